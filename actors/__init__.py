@@ -1,0 +1,17 @@
+"""Dramatiq actors. `dramatiq actors` imports this package: it builds the broker from
+settings (BROKER_URL) and imports every actor module so the worker finds them all.
+
+Producers do the same: ``import actors; actors.media.process_image.send(image_id)``.
+"""
+
+from adapters.broker import setup_broker
+from adapters.logging import configure_logging
+from adapters.settings import get_settings
+
+settings = get_settings()
+configure_logging(settings)
+broker = setup_broker(settings)
+
+from actors import media  # noqa: E402  (the broker must exist before actors are declared)
+
+__all__ = ["broker", "media", "settings"]

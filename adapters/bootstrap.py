@@ -1,0 +1,80 @@
+"""The composition root: the one place that knows which adapter serves which port.
+
+Services are built lazily, once per process, on first use; importing this module
+connects to nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import cached_property
+
+from adapters.settings import Settings, get_settings
+from domain.ports import ObjectStore
+from domain.services.media import MediaService, ThumbnailSpec
+
+
+class Container:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def engine(self):  # type: ignore[no-untyped-def]
+        from adapters.sql.engine import make_engine
+
+        return make_engine(self.settings.database_url)
+
+    @cached_property
+    def uow(self):  # type: ignore[no-untyped-def]
+        from adapters.sql.uow import uow_factory
+
+        return uow_factory(self.engine)
+
+    @cached_property
+    def store(self) -> ObjectStore:
+        s = self.settings
+        if s.minio_endpoint:
+            from adapters.objectstore.minio import MinioObjectStore, make_client
+
+            client = make_client(s.minio_endpoint, s.minio_access_key, s.minio_secret_key,
+                                 secure=s.minio_secure, region=s.minio_region)
+            return MinioObjectStore(client, s.minio_bucket)
+        from adapters.objectstore.local import LocalObjectStore
+
+        return LocalObjectStore(s.local_store_dir)
+
+    @cached_property
+    def imaging(self):  # type: ignore[no-untyped-def]
+        from adapters.imaging import PillowImageProcessor
+
+        return PillowImageProcessor(self.settings.max_image_pixels)
+
+    @cached_property
+    def media(self) -> MediaService:
+        s = self.settings
+        spec = ThumbnailSpec(s.thumbnail_sizes, s.thumbnail_format, s.thumbnail_quality)
+        return MediaService(self.uow, self.store, self.imaging, spec)
+
+    def close(self) -> None:
+        if "engine" in self.__dict__:
+            self.engine.dispose()
+
+
+_lock = threading.Lock()
+_container: Container | None = None
+
+
+def get_container() -> Container:
+    global _container
+    if _container is None:
+        with _lock:
+            if _container is None:
+                _container = Container(get_settings())
+    return _container
+
+
+def set_container(container: Container | None) -> None:
+    """Swap the process-wide container (tests, the embedded demo)."""
+    global _container
+    with _lock:
+        _container = container

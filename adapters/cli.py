@@ -1,0 +1,170 @@
+"""The `atelier` command line."""
+
+from __future__ import annotations
+
+import argparse
+import mimetypes
+import os
+import sys
+import time
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from adapters.settings import get_settings
+    from adapters.sql.migrate import upgrade
+
+    upgrade(get_settings().database_url)
+    print("migrations applied")
+    return 0
+
+
+def _demo_inputs(folder: str | None, workdir: Path) -> list[Path]:
+    if folder:
+        paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            raise SystemExit(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
+        return paths
+    from adapters.samples import make_image
+
+    gen = workdir / "generated"
+    gen.mkdir(parents=True, exist_ok=True)
+    samples = {
+        "landscape.jpg": make_image(1600, 1000, seed=1, make="Atelier", model="Demo Cam"),
+        "rotated-exif.jpg": make_image(1200, 800, seed=2, orientation=6),
+        "transparent.png": make_image(900, 900, seed=3, fmt="PNG", mode="RGBA"),
+        "not-an-image.jpg": b"this is text, not a JPEG\n",
+    }
+    for name, data in samples.items():
+        (gen / name).write_bytes(data)
+    return [gen / name for name in samples]
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run real actors on the embedded default: StubBroker, SQLite, a local directory."""
+    workdir = Path(args.workdir).resolve()
+    os.environ["BROKER_URL"] = "stub://"
+    os.environ.pop("MINIO_ENDPOINT", None)
+    os.environ.setdefault("DATABASE_URL", f"sqlite:///{workdir / 'atelier.db'}")
+    os.environ.setdefault("LOCAL_STORE_DIR", str(workdir / "objects"))
+    os.environ.setdefault("LOG_LEVEL", "CRITICAL")  # the demo prints its own report
+
+    from adapters.settings import get_settings
+    from adapters.sql.migrate import upgrade
+
+    settings = get_settings()
+    upgrade(settings.database_url)
+
+    import dramatiq
+
+    import actors
+    from adapters.bootstrap import get_container
+
+    inputs = _demo_inputs(args.folder, workdir)
+    media = get_container().media
+    worker = dramatiq.Worker(actors.broker, worker_threads=args.threads)
+    worker.start()
+    started = time.perf_counter()
+    try:
+        sent = []
+        for path in inputs:
+            ctype = mimetypes.guess_type(path.name)[0]
+            image = media.register_image(path.read_bytes(), ctype, owner="demo")
+            actors.media.process_image.send(image.id)
+            sent.append((path, image.id))
+        actors.broker.join(actors.media.process_image.queue_name, fail_fast=False)
+        worker.join()
+    finally:
+        worker.stop()
+    elapsed = time.perf_counter() - started
+
+    store_root = Path(settings.local_store_dir).resolve()
+    print(f"atelier demo: {len(sent)} images in {elapsed:.2f}s "
+          f"(database {settings.database_url}, objects under {store_root})")
+    for path, image_id in sent:
+        image = media.get_image(image_id)
+        print(f"\n{path.name}  id={image.id}  status={image.status.value}")
+        if image.failure_reason:
+            print(f"  reason: {image.failure_reason}")
+        if image.metadata:
+            m = image.metadata
+            print(f"  original: {m.get('format')} {m.get('width')}x{m.get('height')} {m.get('mode')}")
+        for t in image.thumbnails:
+            print(f"  {t.size:>4}px  {t.width}x{t.height} {t.format:<4} {t.byte_size:>7} B  "
+                  f"{store_root / t.key}")
+    return 0
+
+
+def cmd_images_add(args: argparse.Namespace) -> int:
+    """Producer: store originals, record them PENDING, send process_image for each."""
+    import actors
+    from adapters.bootstrap import get_container
+
+    media = get_container().media
+    for name in args.files:
+        path = Path(name)
+        image = media.register_image(path.read_bytes(), mimetypes.guess_type(path.name)[0], args.owner)
+        actors.media.process_image.send(image.id)
+        print(image.id)
+    return 0
+
+
+def cmd_images_show(args: argparse.Namespace) -> int:
+    import json
+
+    from adapters.bootstrap import get_container
+    from domain.models import parse_id
+
+    image = get_container().media.get_image(parse_id(args.image_id, "image id"))
+    print(json.dumps({
+        "id": image.id, "status": image.status.value, "failure_reason": image.failure_reason,
+        "metadata": image.metadata,
+        "thumbnails": [t.__dict__ for t in image.thumbnails],
+    }, indent=2, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="atelier", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("migrate", help="apply database migrations (DATABASE_URL)")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("demo", help="run the thumbnail job on the embedded default, no servers needed")
+    p.add_argument("folder", nargs="?", help="folder of images (default: generate a few)")
+    p.add_argument("--workdir", default="var/demo", help="where the SQLite file and objects go")
+    p.add_argument("--threads", type=int, default=2, help="worker threads")
+    p.set_defaults(func=cmd_demo)
+
+    images = sub.add_parser("images", help="register and inspect images").add_subparsers(
+        dest="images_command", required=True)
+    p = images.add_parser("add", help="store images and send process_image for each")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--owner", default=None)
+    p.set_defaults(func=cmd_images_add)
+    p = images.add_parser("show", help="print an image's status, metadata and thumbnails")
+    p.add_argument("image_id")
+    p.set_defaults(func=cmd_images_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from adapters.settings import ConfigError
+    from domain.errors import DomainError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        # get_settings already printed the line naming the variable.
+        return exc.code if isinstance(exc.code, int) else 2
+    except DomainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

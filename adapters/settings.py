@@ -1,0 +1,159 @@
+"""Configuration from environment variables (pydantic-settings).
+
+A bad value stops start-up with one line naming the variable: see ``load_settings``.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class ConfigError(SystemExit):
+    """Raised with a one-line message naming the bad variable; exits with status 2."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    # Messaging
+    broker_url: str = "stub://"
+    queue_prefix: str = Field("", pattern=r"^[A-Za-z0-9_.-]*$")
+    redis_url: str | None = None
+    # Retries (Dramatiq's exponential backoff with jitter); actors may override.
+    retry_max_retries: int = Field(10, ge=0)
+    retry_min_backoff_ms: int = Field(1000, ge=1)
+    retry_max_backoff_ms: int = Field(300_000, ge=1)
+
+    # Storage of record
+    database_url: str = "sqlite:///var/atelier.db"
+
+    # Object store: MinIO/S3 when MINIO_ENDPOINT is set, else a local directory.
+    minio_endpoint: str | None = None
+    minio_access_key: str = "minioadmin"
+    minio_secret_key: str = "minioadmin"
+    minio_bucket: str = Field("atelier", min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]+$")
+    minio_secure: bool = False
+    minio_region: str | None = None
+    local_store_dir: Path = Path("var/objects")
+
+    # Media
+    thumbnail_sizes: Annotated[tuple[int, ...], NoDecode] = (128, 256, 512)
+    thumbnail_format: Literal["webp", "jpeg"] = "webp"
+    thumbnail_quality: int = Field(80, ge=1, le=100)
+    max_image_pixels: int = Field(50_000_000, gt=0)
+
+    # Logging
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("thumbnail_sizes", mode="before")
+    @classmethod
+    def _parse_sizes(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(",") if p.strip()]
+            try:
+                value = tuple(int(p) for p in parts)
+            except ValueError:
+                raise ValueError("must be a comma-separated list of integers, e.g. 128,256,512") from None
+        return value
+
+    @field_validator("thumbnail_sizes")
+    @classmethod
+    def _check_sizes(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value:
+            raise ValueError("needs at least one size")
+        if any(s < 8 or s > 8192 for s in value):
+            raise ValueError("each size must be between 8 and 8192")
+        return tuple(sorted(set(value)))
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "amqp://", "amqps://", "stub://")):
+            raise ValueError("must start with redis://, rediss://, amqp://, amqps:// or stub://")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_db(cls, value: str) -> str:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError("is not a SQLAlchemy database URL") from None
+        if url.get_backend_name() not in ("postgresql", "sqlite"):
+            raise ValueError("must be a postgresql:// or sqlite:// URL")
+        if url.get_backend_name() == "postgresql" and url.drivername == "postgresql":
+            # psycopg 3 is the driver we ship; plain postgresql:// would pick psycopg2.
+            value = url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @model_validator(mode="after")
+    def _redis_default(self) -> Settings:
+        # A Redis broker already gives us a Redis: share it for state unless told otherwise.
+        if self.redis_url is None and self.broker_url.startswith(("redis://", "rediss://")):
+            self.redis_url = self.broker_url
+        return self
+
+    @property
+    def broker_kind(self) -> str:
+        """'redis', 'rabbitmq' or 'stub'."""
+        scheme = self.broker_url.split("://", 1)[0]
+        return {"rediss": "redis", "amqp": "rabbitmq", "amqps": "rabbitmq"}.get(scheme, scheme)
+
+
+def _format_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    name = str(err["loc"][0]).upper() if err["loc"] else "configuration"
+    msg = err["msg"].removeprefix("Value error, ")
+    value = err.get("input")
+    shown = f" (got {value!r})" if isinstance(value, str | int | float) and "SECRET" not in name else ""
+    more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"configuration error: {name}: {msg}{shown}{more}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; raise ConfigError naming the variable on a bad value."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings; a bad value prints one line to stderr and exits 2."""
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        print(exc.message, file=sys.stderr)
+        raise

@@ -1,0 +1,1 @@
+"""SQLAlchemy adapter: tables, engine, unit of work, Alembic migrations."""

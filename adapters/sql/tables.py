@@ -1,0 +1,42 @@
+"""Table definitions. Alembic migrations in migrations/versions are the source of truth
+for the schema; these must match them (a test compares the two)."""
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+images = Table(
+    "images",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("original_key", String(1024), nullable=False),
+    Column("content_type", String(255)),
+    Column("owner", String(255)),
+    Column("status", String(16), nullable=False, index=True),
+    Column("failure_reason", Text),
+    Column("metadata", JSON, nullable=False, default=dict),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+thumbnails = Table(
+    "thumbnails",
+    metadata,
+    Column("image_id", String(36), ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
+    Column("size", Integer, primary_key=True),
+    Column("key", String(1024), nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("format", String(16), nullable=False),
+    Column("byte_size", Integer, nullable=False),
+)

@@ -1,0 +1,41 @@
+"""Error classes that decide how a failed job is treated.
+
+PermanentError: retrying cannot help (bad payload, missing entity, undecodable file).
+The job is not retried and goes to the dead-letter store at once.
+
+TransientError: a dependency failed (timeout, connection refused, 5xx). The job is
+retried with exponential backoff, then dead-lettered.
+"""
+
+
+class DomainError(Exception):
+    """Base of every error the domain raises on purpose."""
+
+
+class PermanentError(DomainError):
+    """Retrying will not help."""
+
+
+class TransientError(DomainError):
+    """A dependency failed; retrying later may succeed."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        #: Seconds the dependency asked us to wait (for example HTTP Retry-After).
+        self.retry_after = retry_after
+
+
+class InvalidPayload(PermanentError):
+    """A message or request carries arguments that cannot be valid."""
+
+
+class NotFound(PermanentError):
+    """The entity a job refers to does not exist."""
+
+
+class InvalidImage(PermanentError):
+    """The bytes are not a decodable image we accept."""
+
+
+class InvalidKey(PermanentError):
+    """An object-store key that is empty, absolute or escapes its prefix."""

@@ -1,0 +1,96 @@
+"""Entities and value objects."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from domain.errors import InvalidPayload
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def parse_id(value: Any, what: str = "id") -> str:
+    """Validate an entity id taken from a message; a bad one is a permanent error."""
+    try:
+        return str(uuid.UUID(str(value)))
+    except (ValueError, TypeError, AttributeError):
+        raise InvalidPayload(f"{what} must be a UUID, got {value!r}") from None
+
+
+class ImageStatus(enum.StrEnum):
+    PENDING = "PENDING"
+    PROCESSING = "PROCESSING"
+    READY = "READY"
+    FAILED = "FAILED"
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    size: int  # the longest side asked for
+    key: str
+    width: int
+    height: int
+    format: str
+    byte_size: int
+
+
+@dataclass
+class Image:
+    id: str
+    original_key: str
+    content_type: str | None = None
+    owner: str | None = None
+    status: ImageStatus = ImageStatus.PENDING
+    failure_reason: str | None = None
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+    thumbnails: list[Thumbnail] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def start_processing(self, now: datetime) -> None:
+        self.status = ImageStatus.PROCESSING
+        self.failure_reason = None
+        self.updated_at = now
+
+    def mark_ready(self, thumbnails: list[Thumbnail], metadata: dict[str, Any], now: datetime) -> None:
+        self.thumbnails = sorted(thumbnails, key=lambda t: t.size)
+        self.metadata = metadata
+        self.status = ImageStatus.READY
+        self.failure_reason = None
+        self.updated_at = now
+
+    def mark_failed(self, reason: str, now: datetime) -> None:
+        self.status = ImageStatus.FAILED
+        self.failure_reason = reason[:2000]
+        self.updated_at = now
+
+
+@dataclass(frozen=True)
+class RenderedThumbnail:
+    size: int
+    data: bytes
+    width: int
+    height: int
+    format: str  # "webp" or "jpeg"
+
+    @property
+    def content_type(self) -> str:
+        return f"image/{self.format}"
+
+
+@dataclass(frozen=True)
+class RenderedImage:
+    """What the imaging port makes of an original: thumbnails and metadata."""
+
+    thumbnails: list[RenderedThumbnail]
+    metadata: dict[str, Any]

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import services
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for this test session."""
+    from adapters.sql.migrate import upgrade
+
+    url = services.create_pg_database()
+    upgrade(url)
+    yield url
+    services.drop_pg_database(url)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    from adapters.sql.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'atelier.db'}"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Each test using this runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("sqlite_url")
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """moto's S3 server on 127.0.0.1; yields its host:port endpoint."""
+    from moto.server import ThreadedMotoServer
+
+    port = services.free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def minio_store(s3_server: str):  # type: ignore[no-untyped-def]
+    from adapters.objectstore.minio import MinioObjectStore, make_client
+
+    client = make_client(s3_server, "testing", "testing", secure=False, region="us-east-1")
+    return MinioObjectStore(client, services.unique("bucket-"))
+
+
+@pytest.fixture
+def base_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for subprocesses: this venv first on PATH, JSON logs, a unique queue prefix."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MINIO_", "BROKER_", "DATABASE_"))}
+    env.update({
+        "PATH": f"{services.VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "INFO",
+        "QUEUE_PREFIX": services.unique("t") + "_",
+        "LOCAL_STORE_DIR": str(tmp_path / "objects"),
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env

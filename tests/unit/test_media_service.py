@@ -1,0 +1,86 @@
+import pytest
+
+from domain.errors import InvalidImage, NotFound
+from domain.models import ImageStatus, new_id
+from domain.services.media import MediaService, ThumbnailSpec, thumbnail_key
+from tests.unit.fakes import FakeImageProcessor, FakeUnitOfWork, InMemoryObjectStore
+
+
+@pytest.fixture
+def world():
+    rows: dict = {}
+    store = InMemoryObjectStore()
+    imaging = FakeImageProcessor()
+    service = MediaService(lambda: FakeUnitOfWork(rows), store, imaging, ThumbnailSpec((64, 128), "webp", 80))
+    return service, rows, store, imaging
+
+
+def test_register_stores_original_and_records_pending(world):
+    service, rows, store, _ = world
+    image = service.register_image(b"pixels", "image/jpeg", owner="ann")
+    assert rows[image.id].status is ImageStatus.PENDING
+    assert store.get(image.original_key) == b"pixels"
+    assert rows[image.id].owner == "ann"
+
+
+def test_process_makes_thumbnails_under_stable_keys_and_marks_ready(world):
+    service, rows, store, _ = world
+    image = service.register_image(b"pixels")
+    result = service.process_image(image.id)
+    assert result.status is ImageStatus.READY
+    assert [t.size for t in rows[image.id].thumbnails] == [64, 128]
+    for t in rows[image.id].thumbnails:
+        assert t.key == thumbnail_key(image.id, t.size, "webp")
+        assert store.get(t.key).startswith(f"{t.size}:".encode())
+    assert rows[image.id].metadata["format"] == "FAKE"
+
+
+def test_second_run_changes_nothing(world):
+    service, rows, store, imaging = world
+    image = service.register_image(b"pixels")
+    service.process_image(image.id)
+    before = (rows[image.id].updated_at, store.puts, imaging.calls)
+    again = service.process_image(image.id)
+    assert again.status is ImageStatus.READY
+    assert (rows[image.id].updated_at, store.puts, imaging.calls) == before
+
+
+def test_undecodable_image_fails_permanently_with_reason(world):
+    service, rows, _, _ = world
+    image = service.register_image(b"bad")
+    with pytest.raises(InvalidImage):
+        service.process_image(image.id)
+    assert rows[image.id].status is ImageStatus.FAILED
+    assert "not an image" in rows[image.id].failure_reason
+    # A failed image is terminal: running again neither raises nor changes it.
+    assert service.process_image(image.id).status is ImageStatus.FAILED
+
+
+def test_missing_image_is_not_found(world):
+    service, *_ = world
+    with pytest.raises(NotFound):
+        service.process_image(new_id())
+
+
+def test_missing_original_fails_permanently(world):
+    service, rows, store, _ = world
+    image = service.register_image(b"pixels")
+    store.delete(image.original_key)
+    with pytest.raises(NotFound):
+        service.process_image(image.id)
+    assert rows[image.id].status is ImageStatus.FAILED
+    assert rows[image.id].failure_reason.startswith("original missing")
+
+
+def test_transient_store_failure_leaves_image_processing_for_the_retry(world):
+    from domain.errors import TransientError
+
+    service, rows, store, _ = world
+    image = service.register_image(b"pixels")
+    real_put = store.put
+    store.put = lambda *a, **k: (_ for _ in ()).throw(TransientError("store down"))
+    with pytest.raises(TransientError):
+        service.process_image(image.id)
+    assert rows[image.id].status is ImageStatus.PROCESSING
+    store.put = real_put
+    assert service.process_image(image.id).status is ImageStatus.READY
