@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,14 +58,11 @@ def minio_store(s3_server: str):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def base_env(tmp_path: Path) -> dict[str, str]:
-    """Environment for subprocesses: this venv first on PATH, JSON logs, a unique queue prefix."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MINIO_", "BROKER_", "DATABASE_"))}
-    env.update({
-        "PATH": f"{services.VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
-        "LOG_FORMAT": "json",
-        "LOG_LEVEL": "INFO",
-        "QUEUE_PREFIX": services.unique("t") + "_",
-        "LOCAL_STORE_DIR": str(tmp_path / "objects"),
-        "PYTHONUNBUFFERED": "1",
-    })
-    return env
+    """Environment for subprocesses: this checkout importable, JSON logs, a unique queue prefix."""
+    return services.subprocess_env(
+        LOG_FORMAT="json",
+        LOG_LEVEL="INFO",
+        QUEUE_PREFIX=services.unique("t") + "_",
+        LOCAL_STORE_DIR=str(tmp_path / "objects"),
+        DATABASE_URL=f"sqlite:///{tmp_path / 'atelier.db'}",
+    )

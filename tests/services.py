@@ -98,7 +98,7 @@ class WorkerProcess:
                  extra_args: tuple[str, ...] = ()) -> None:
         self.env = env
         self.log_path = log_path
-        self.args = [str(VENV_BIN / "dramatiq"), "actors", "--processes", str(processes),
+        self.args = [sys.executable, "-m", "dramatiq", "actors", "--processes", str(processes),
                      "--threads", str(threads), *extra_args]
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -135,5 +135,16 @@ class WorkerProcess:
 
 
 def run_cli(args: list[str], env: dict[str, str], *, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(VENV_BIN / "atelier"), *args], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+    """Run the `atelier` CLI of this checkout (python -m adapters.cli) in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "adapters.cli", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """os.environ with this checkout importable and the service settings cleared."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MINIO_", "BROKER_", "DATABASE_", "REDIS_", "QDRANT_", "CLIP_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env

@@ -1,4 +1,5 @@
 import subprocess
+import sys
 
 import pytest
 
@@ -46,8 +47,8 @@ def test_bad_value_names_the_variable(monkeypatch, var, value):
 
 
 def test_cli_start_up_stops_with_one_line(tmp_path):
-    env = {"PATH": str(services.VENV_BIN), "THUMBNAIL_QUALITY": "300", "HOME": str(tmp_path)}
-    result = subprocess.run([str(services.VENV_BIN / "atelier"), "migrate"], env=env, capture_output=True,
+    env = services.subprocess_env(THUMBNAIL_QUALITY="300")
+    result = subprocess.run([sys.executable, "-m", "adapters.cli", "migrate"], env=env, capture_output=True,
                             text=True, cwd=tmp_path, timeout=60)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
