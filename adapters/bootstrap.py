@@ -26,9 +26,12 @@ class Container:
 
     @cached_property
     def uow(self):  # type: ignore[no-untyped-def]
+        import structlog
+
         from adapters.sql.uow import uow_factory
 
-        return uow_factory(self.engine)
+        # Events inherit the correlation id the middleware bound for the running message.
+        return uow_factory(self.engine, lambda: structlog.contextvars.get_contextvars().get("correlation_id"))
 
     @cached_property
     def store(self) -> ObjectStore:

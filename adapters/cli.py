@@ -9,6 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+#: Modules that add their own subcommands: each has register(subparsers).
+COMMAND_MODULES: list[str] = []
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
 
@@ -148,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = images.add_parser("show", help="print an image's status, metadata and thumbnails")
     p.add_argument("image_id")
     p.set_defaults(func=cmd_images_show)
+
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return parser
 
 

@@ -94,3 +94,18 @@ class RenderedImage:
 
     thumbnails: list[RenderedThumbnail]
     metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DomainEvent:
+    """A fact a service records in the same transaction as the state change that caused it.
+
+    The outbox relay later sends it to the actors subscribed to its type.
+    """
+
+    type: str  # e.g. "image.processed"
+    aggregate_type: str  # e.g. "image"
+    aggregate_id: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    id: str = field(default_factory=new_id)
+    occurred_at: datetime = field(default_factory=utcnow)

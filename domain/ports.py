@@ -6,7 +6,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Protocol
 
-from domain.models import Image, RenderedImage
+from domain.models import DomainEvent, Image, RenderedImage
 
 
 class Clock(Protocol):
@@ -53,6 +53,10 @@ class UnitOfWork(Protocol):
     """One transaction. ``with uow:`` opens it; leaving without commit() rolls back."""
 
     images: ImageRepository
+
+    def add_event(self, event: DomainEvent) -> None:
+        """Record an event in this transaction (the outbox); it exists only if commit() happens."""
+        ...
 
     def __enter__(self) -> UnitOfWork: ...
 

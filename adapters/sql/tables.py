@@ -3,6 +3,7 @@ for the schema; these must match them (a test compares the two)."""
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -39,4 +40,22 @@ thumbnails = Table(
     Column("height", Integer, nullable=False),
     Column("format", String(16), nullable=False),
     Column("byte_size", Integer, nullable=False),
+)
+
+# The transactional outbox: events commit with the state change that caused them.
+outbox_events = Table(
+    "outbox_events",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("type", String(128), nullable=False),
+    Column("aggregate_type", String(64), nullable=False),
+    Column("aggregate_id", String(64), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("correlation_id", String(64)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("published_at", DateTime(timezone=True)),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("last_error", Text),
+    Column("dead", Boolean, nullable=False, default=False),
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -9,7 +10,7 @@ from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapters.sql import tables as t
-from domain.models import Image, ImageStatus, Thumbnail
+from domain.models import DomainEvent, Image, ImageStatus, Thumbnail
 
 
 def _aware(value: datetime) -> datetime:
@@ -101,11 +102,27 @@ class SqlImageRepository:
 
 
 class SqlUnitOfWork:
-    """One session, one transaction. Leaving the block without commit() rolls back."""
+    """One session, one transaction. Leaving the block without commit() rolls back.
 
-    def __init__(self, session_factory: sessionmaker[Session]) -> None:
+    ``correlation_id`` is called when an event is recorded, to stamp it with the
+    correlation id of the work that caused it (the composition root reads it from
+    the running message's context).
+    """
+
+    def __init__(self, session_factory: sessionmaker[Session],
+                 correlation_id: Callable[[], str | None] = lambda: None) -> None:
         self._factory = session_factory
+        self._correlation_id = correlation_id
         self.session: Session | None = None
+
+    def add_event(self, event: DomainEvent) -> None:
+        assert self.session is not None
+        self.session.execute(insert(t.outbox_events).values(
+            id=event.id, type=event.type, aggregate_type=event.aggregate_type,
+            aggregate_id=event.aggregate_id, payload=event.payload,
+            correlation_id=self._correlation_id(), created_at=event.occurred_at,
+            next_attempt_at=event.occurred_at, attempts=0, dead=False,
+        ))
 
     def __enter__(self) -> SqlUnitOfWork:
         self.session = self._factory()
@@ -129,7 +146,7 @@ class SqlUnitOfWork:
         self.session.rollback()
 
 
-def uow_factory(engine: Engine):  # type: ignore[no-untyped-def]
+def uow_factory(engine: Engine, correlation_id: Callable[[], str | None] = lambda: None):  # type: ignore[no-untyped-def]
     """Return a callable that makes a fresh SqlUnitOfWork per use."""
     factory = sessionmaker(bind=engine, expire_on_commit=False)
-    return lambda: SqlUnitOfWork(factory)
+    return lambda: SqlUnitOfWork(factory, correlation_id)

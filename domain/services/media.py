@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from domain.clock import SystemClock
 from domain.errors import InvalidImage, NotFound
 from domain.keys import validate_key
-from domain.models import Image, ImageStatus, Thumbnail, new_id
+from domain.models import DomainEvent, Image, ImageStatus, Thumbnail, new_id
 from domain.ports import Clock, ImageProcessor, ObjectStore, UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,8 @@ class MediaService:
         )
         with self._uow() as uow:
             uow.images.add(image)
+            uow.add_event(DomainEvent("image.uploaded", "image", image.id,
+                                      {"image_id": image.id, "owner": owner, "content_type": content_type}))
             uow.commit()
         return image
 
@@ -117,6 +119,10 @@ class MediaService:
                 return image  # a concurrent run finished first; its objects are the same
             image.mark_ready(thumbnails, rendered.metadata, self._clock.now())
             uow.images.save(image)
+            uow.add_event(DomainEvent("image.processed", "image", image.id, {
+                "image_id": image.id, "status": image.status.value, "owner": image.owner,
+                "content_type": image.content_type,
+            }))
             uow.commit()
         log.info("image ready", extra={"thumbnails": len(thumbnails)})
         return image
@@ -128,4 +134,6 @@ class MediaService:
                 return
             image.mark_failed(reason, self._clock.now())
             uow.images.save(image)
+            uow.add_event(DomainEvent("image.failed", "image", image.id,
+                                      {"image_id": image.id, "reason": image.failure_reason}))
             uow.commit()

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 
 from domain.errors import InvalidImage, NotFound
 from domain.keys import validate_key
-from domain.models import Image, RenderedImage, RenderedThumbnail
+from domain.models import DomainEvent, Image, RenderedImage, RenderedThumbnail
 
 
 class InMemoryObjectStore:
@@ -78,14 +78,19 @@ class FakeImageRepository:
 class FakeUnitOfWork:
     """Writes land in `committed` only on commit(), like a real transaction."""
 
-    def __init__(self, committed: dict[str, Image]) -> None:
+    def __init__(self, committed: dict[str, Image], events: list[DomainEvent] | None = None) -> None:
         self.committed = committed
+        self.events = events if events is not None else []
         self.commits = 0
 
     def __enter__(self) -> FakeUnitOfWork:
         self._staged = copy.deepcopy(self.committed)
+        self._staged_events: list[DomainEvent] = []
         self.images = FakeImageRepository(self._staged)
         return self
+
+    def add_event(self, event: DomainEvent) -> None:
+        self._staged_events.append(event)
 
     def __exit__(self, *exc: object) -> None:
         pass
@@ -93,7 +98,10 @@ class FakeUnitOfWork:
     def commit(self) -> None:
         self.committed.clear()
         self.committed.update(copy.deepcopy(self._staged))
+        self.events.extend(self._staged_events)
+        self._staged_events = []
         self.commits += 1
 
     def rollback(self) -> None:
         self._staged = copy.deepcopy(self.committed)
+        self._staged_events = []

@@ -11,7 +11,10 @@ def world():
     rows: dict = {}
     store = InMemoryObjectStore()
     imaging = FakeImageProcessor()
-    service = MediaService(lambda: FakeUnitOfWork(rows), store, imaging, ThumbnailSpec((64, 128), "webp", 80))
+    events: list = []
+    service = MediaService(lambda: FakeUnitOfWork(rows, events), store, imaging,
+                           ThumbnailSpec((64, 128), "webp", 80))
+    service.events = events  # visible to the tests
     return service, rows, store, imaging
 
 
@@ -33,6 +36,8 @@ def test_process_makes_thumbnails_under_stable_keys_and_marks_ready(world):
         assert t.key == thumbnail_key(image.id, t.size, "webp")
         assert store.get(t.key).startswith(f"{t.size}:".encode())
     assert rows[image.id].metadata["format"] == "FAKE"
+    assert [e.type for e in service.events] == ["image.uploaded", "image.processed"]
+    assert service.events[1].aggregate_id == image.id
 
 
 def test_second_run_changes_nothing(world):
@@ -52,6 +57,7 @@ def test_undecodable_image_fails_permanently_with_reason(world):
         service.process_image(image.id)
     assert rows[image.id].status is ImageStatus.FAILED
     assert "not an image" in rows[image.id].failure_reason
+    assert service.events[-1].type == "image.failed"
     # A failed image is terminal: running again neither raises nor changes it.
     assert service.process_image(image.id).status is ImageStatus.FAILED
 
