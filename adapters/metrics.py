@@ -1,10 +1,11 @@
 """Metrics shared across processes, and the Prometheus collector the ops server scrapes.
 
-Workers add to counters in a MetricsStore (Redis hashes: HINCRBY, pipelined, one round trip per
-message); the ops server reads them at scrape time. Figures from any number of worker processes
-and hosts add up, with no per-process files to merge and nothing lost when a container goes away.
-Gauges (pending outbox events, breaker states, queue lengths, ...) are read at scrape time from
-the stores that own them, through the list of Metric on the container.
+Workers add to counters in a MetricsStore (Redis hashes, HINCRBY: the Metrics middleware sums in
+memory and writes once a second in one transaction); the ops server reads them at scrape time.
+Figures from any number of worker processes and hosts add up, with no per-process files to merge
+and nothing lost when a container goes away. Gauges (pending outbox events, breaker states, queue
+lengths, ...) are read at scrape time from the stores that own them, through the list of
+MetricSpec on the container.
 
 Why not prometheus-client's multiprocess mode (what Dramatiq's own Prometheus middleware uses):
 it merges mmap files in one directory, so it only adds up processes on one host sharing a
@@ -68,7 +69,8 @@ class RedisMetricsStore:
         return f"{self.namespace}{name}"
 
     def add(self, samples: Iterable[tuple[str, tuple[str, ...], float]]) -> None:
-        pipe = self.client.pipeline(transaction=False)
+        # MULTI/EXEC: a write that fails leaves nothing half-added, so the caller can retry it all.
+        pipe = self.client.pipeline(transaction=True)
         for name, labels, amount in samples:
             field = _SEP.join(labels)
             if float(amount).is_integer():

@@ -12,6 +12,11 @@ from prometheus_client.parser import text_string_to_metric_families
 import middleware
 from adapters.metrics import AtelierCollector, InMemoryMetricsStore, MetricSpec
 from domain.errors import InvalidPayload, TransientError
+from middleware.metrics import Metrics
+
+
+def flush(broker) -> None:
+    next(m for m in broker.middleware if isinstance(m, Metrics)).flush()
 
 
 class SkipOdd(Middleware):
@@ -56,6 +61,7 @@ def test_counts_processed_failed_retried_dead_lettered_and_skipped(stub):
     for n, outcome in [(0, "ok"), (2, "ok"), (4, "permanent"), (6, "transient"), (1, "ok")]:
         work.send(n, outcome)
     broker.join("q", fail_fast=False)
+    flush(broker)
 
     labels = ("q", "work")
     assert store.read("dramatiq_messages_total") == {labels: 6}  # 5 sent + 1 retry; the skip counts
@@ -105,15 +111,20 @@ def test_a_failing_source_is_reported_and_the_rest_still_exposed():
     assert not [k for k in figures if k[0] == "atelier_fallback_queue_length"]
 
 
-def test_a_store_that_fails_never_fails_the_message():
-    class DownStore:
-        def add(self, samples):
-            raise ConnectionError("redis down")
+class FlakyStore(InMemoryMetricsStore):
+    def __init__(self):
+        super().__init__()
+        self.down = True
 
-        def read(self, name):
+    def add(self, samples):
+        if self.down:
             raise ConnectionError("redis down")
+        super().add(samples)
 
-    broker = StubBroker(middleware=middleware.build_stack(max_retries=0, metrics_store=DownStore))
+
+def test_a_store_that_fails_never_fails_the_message_and_loses_nothing():
+    store = FlakyStore()
+    broker = StubBroker(middleware=middleware.build_stack(max_retries=0, metrics_store=lambda: store))
     broker.emit_after("process_boot")
     done = []
 
@@ -124,8 +135,22 @@ def test_a_store_that_fails_never_fails_the_message():
     worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=50)
     worker.start()
     try:
-        work.send()
+        for _ in range(3):
+            work.send()
         broker.join("q", fail_fast=True)
+        flush(broker)  # fails: kept for the next write
+        assert store.read("dramatiq_messages_total") == {}
+        store.down = False
     finally:
-        worker.stop()
-    assert done == [1] and not broker.dead_letters
+        worker.stop()  # flushes on shutdown
+    assert done == [1, 1, 1] and not broker.dead_letters
+    assert store.read("dramatiq_messages_total") == {("q", "work"): 3}
+
+
+def test_figures_are_written_in_the_background():
+    from tests.services import wait_for
+
+    store = InMemoryMetricsStore()
+    metrics = Metrics(lambda: store, flush_interval=0.05)
+    metrics._add([("dramatiq_messages_total", ("q", "a"), 1)])
+    assert wait_for(lambda: store.read("dramatiq_messages_total") == {("q", "a"): 1}, timeout=10)
