@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import re
+import socket
 import threading
 from wsgiref.simple_server import make_server
 
@@ -134,3 +135,25 @@ def test_redis_metrics_store_adds_up_across_processes():
     finally:
         store.clear()
     assert store.read("dramatiq_messages_total") == {}
+
+
+def test_readiness_gives_each_check_its_timeout():
+    from adapters.health import Check, redis_check
+    from adapters.ops import Readiness
+
+    release = threading.Event()
+    # A server that accepts connections and never answers: Redis PING has to give up by itself.
+    silent = socket.create_server(("127.0.0.1", 0))
+    try:
+        port = silent.getsockname()[1]
+        readiness = Readiness([Check("hangs", release.wait), Check("fine", lambda: None),
+                               redis_check("redis", f"redis://127.0.0.1:{port}/0", 0.5)], timeout=1.0)
+        ok, body = readiness.run()
+    finally:
+        release.set()
+        silent.close()
+    assert not ok and body["status"] == "unready"
+    assert sorted(body["failed"]) == ["hangs", "redis"]
+    assert body["checks"]["hangs"]["error"] == "no answer within 1s"
+    assert "Timeout" in body["checks"]["redis"]["error"]
+    assert body["checks"]["fine"]["status"] == "up"
