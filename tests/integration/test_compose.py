@@ -156,10 +156,14 @@ def test_the_image_installs_the_project_with_its_migrations(tmp_path):
     import sys
     import zipfile
 
+    # Build from a copy, as `COPY . /src` does, so the checkout gets no build/ or egg-info.
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "var", "build", "*.egg-info",
+                                                              "__pycache__", ".*_cache"))
     result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                             "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+                             "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    (wheel,) = tmp_path.glob("atelier-*.whl")
+    (wheel,) = (tmp_path / "dist").glob("atelier-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for path in ("actors/__init__.py", "adapters/ops.py", "adapters/commands/ops.py", "middleware/metrics.py",
                  "adapters/sql/migrations/env.py", "adapters/sql/migrations/versions/0001_images.py"):
