@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import threading
 from functools import cached_property
+from typing import TYPE_CHECKING
 
+from adapters.health import Check
 from adapters.settings import Settings, get_settings
-from domain.ports import ObjectStore
+from domain.ports import MetricsStore, ObjectStore
 from domain.services.media import MediaService, ThumbnailSpec
+
+if TYPE_CHECKING:
+    from adapters.metrics import MetricSpec
 
 
 class Container:
@@ -57,6 +62,47 @@ class Container:
         s = self.settings
         spec = ThumbnailSpec(s.thumbnail_sizes, s.thumbnail_format, s.thumbnail_quality)
         return MediaService(self.uow, self.store, self.imaging, spec)
+
+    # --- operations ---
+    @cached_property
+    def metrics_store(self) -> MetricsStore:
+        """Shared counters: Redis when there is one (figures add up across processes), else memory."""
+        if self.settings.redis_url:
+            import redis
+
+            from adapters.metrics import RedisMetricsStore
+
+            client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+            return RedisMetricsStore(client, f"atelier:{self.settings.queue_prefix}metrics:")
+        from adapters.metrics import InMemoryMetricsStore
+
+        return InMemoryMetricsStore()
+
+    @cached_property
+    def metrics(self) -> list[MetricSpec]:
+        """Figures /metrics reads at scrape time, besides Dramatiq's counters; add one line each."""
+        from adapters.metrics import MetricSpec
+        from adapters.sql.stats import outbox_backlog
+
+        return [
+            MetricSpec("atelier_outbox_pending_events", "gauge", "Outbox events not yet published.",
+                       lambda: outbox_backlog(self.engine)[0]),
+            MetricSpec("atelier_outbox_dead_events", "gauge", "Outbox events given up on.",
+                       lambda: outbox_backlog(self.engine)[1]),
+        ]
+
+    @cached_property
+    def readiness_checks(self) -> list[Check]:
+        """Dependencies /readyz checks, each within OPS_CHECK_TIMEOUT_S; add one line each."""
+        from adapters.health import broker_check, redis_check, sql_check
+
+        s = self.settings
+        timeout = s.ops_check_timeout_s
+        checks = [broker_check(s.broker_url, timeout), sql_check(self.engine)]
+        if s.redis_url:
+            checks.append(redis_check("redis", s.redis_url, timeout))
+        checks.append(Check("object_store", self.store.ping))
+        return checks
 
     def close(self) -> None:
         if "engine" in self.__dict__:

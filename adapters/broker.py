@@ -10,6 +10,14 @@ from dramatiq.brokers.stub import StubBroker
 
 import middleware
 from adapters.settings import Settings
+from domain.ports import MetricsStore
+from middleware.shutdown import RequeueUnfinished
+
+
+def _metrics_store() -> MetricsStore:
+    from adapters.bootstrap import get_container
+
+    return get_container().metrics_store
 
 
 def build_broker(settings: Settings) -> Broker:
@@ -17,10 +25,12 @@ def build_broker(settings: Settings) -> Broker:
         max_retries=settings.retry_max_retries,
         min_backoff_ms=settings.retry_min_backoff_ms,
         max_backoff_ms=settings.retry_max_backoff_ms,
+        metrics_store=_metrics_store,
     )
     kind = settings.broker_kind
     broker: Broker
     if kind == "redis":
+        stack.append(RequeueUnfinished())
         broker = RedisBroker(url=settings.broker_url, middleware=stack)
     elif kind == "rabbitmq":
         # Publisher confirms: send() returns only once RabbitMQ has the message.

@@ -59,6 +59,16 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
 
+    # --- operations ---
+    # HTTP basic auth (both set) and/or a bearer token protect every ops endpoint but /healthz.
+    ops_username: str | None = None
+    ops_password: str | None = None
+    ops_token: str | None = Field(None, min_length=16)
+    # Each readiness check gets this long before it counts as failed.
+    ops_check_timeout_s: float = Field(2.0, gt=0, le=60)
+    # Where /dashboard points when the broker is RabbitMQ (default: the broker host, port 15672).
+    rabbitmq_management_url: str | None = None
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
@@ -117,6 +127,19 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
+    @field_validator("ops_username", "ops_password", "ops_token", "rabbitmq_management_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # compose passes unset variables as empty strings.
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _ops_auth_pair(self) -> Settings:
+        if (self.ops_username is None) != (self.ops_password is None):
+            missing = "OPS_PASSWORD" if self.ops_password is None else "OPS_USERNAME"
+            raise ValueError(f"{missing} must be set too: basic auth needs OPS_USERNAME and OPS_PASSWORD")
+        return self
+
     @model_validator(mode="after")
     def _redis_default(self) -> Settings:
         # A Redis broker already gives us a Redis: share it for state unless told otherwise.
@@ -136,7 +159,8 @@ def _format_error(exc: ValidationError) -> str:
     name = str(err["loc"][0]).upper() if err["loc"] else "configuration"
     msg = err["msg"].removeprefix("Value error, ")
     value = err.get("input")
-    shown = f" (got {value!r})" if isinstance(value, str | int | float) and "SECRET" not in name else ""
+    shown = f" (got {value!r})" if isinstance(value, str | int | float) and not any(
+        word in name for word in ("SECRET", "PASSWORD", "TOKEN")) else ""
     more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
     return f"configuration error: {name}: {msg}{shown}{more}"
 

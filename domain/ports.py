@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -65,3 +65,12 @@ class UnitOfWork(Protocol):
     def commit(self) -> None: ...
 
     def rollback(self) -> None: ...
+
+
+class MetricsStore(Protocol):
+    """Counters that every process adds to and the ops server reads at scrape time, so figures
+    from several workers add up. A sample is (metric name, label values, amount)."""
+
+    def add(self, samples: Iterable[tuple[str, tuple[str, ...], float]]) -> None: ...
+
+    def read(self, name: str) -> dict[tuple[str, ...], float]: ...

@@ -4,9 +4,12 @@ The stack, in order (Dramatiq calls before_* hooks in this order, after_* hooks 
 
 1. AgeLimit, TimeLimit, ShutdownNotifications, Callbacks, Pipelines, CurrentMessage:
    Dramatiq's own; CurrentMessage lets actors and middleware see the running message.
-2. LogContext: binds actor/message_id/queue into structlog before anything logs.
-3. ClassifiedRetries: Dramatiq's Retries with PermanentError never retried.
+2. Metrics: counts and times every message in the shared MetricsStore (when given one).
+3. LogContext: binds actor/message_id/queue into structlog before anything logs.
+4. ClassifiedRetries: Dramatiq's Retries with PermanentError never retried.
 """
+
+from collections.abc import Callable
 
 from dramatiq.middleware import (
     AgeLimit,
@@ -18,12 +21,15 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
+from domain.ports import MetricsStore
 from middleware.logcontext import LogContext
+from middleware.metrics import Metrics
 from middleware.retries import ClassifiedRetries
 
 
 def build_stack(*, max_retries: int = 20, min_backoff_ms: int = 1000,
-                max_backoff_ms: int = 300_000) -> list[Middleware]:
+                max_backoff_ms: int = 300_000,
+                metrics_store: Callable[[], MetricsStore] | None = None) -> list[Middleware]:
     """The middleware list every broker in atelier is built with."""
     return [
         AgeLimit(),
@@ -32,9 +38,10 @@ def build_stack(*, max_retries: int = 20, min_backoff_ms: int = 1000,
         Callbacks(),
         Pipelines(),
         CurrentMessage(),
+        *([Metrics(metrics_store)] if metrics_store is not None else []),
         LogContext(),
         ClassifiedRetries(max_retries=max_retries, min_backoff=min_backoff_ms, max_backoff=max_backoff_ms),
     ]
 
 
-__all__ = ["ClassifiedRetries", "LogContext", "build_stack"]
+__all__ = ["ClassifiedRetries", "LogContext", "Metrics", "build_stack"]

@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 bash scripts/services.sh
+bash scripts/tools.sh
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

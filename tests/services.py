@@ -95,10 +95,11 @@ class WorkerProcess:
     """A real `dramatiq actors` subprocess with its output captured to a file."""
 
     def __init__(self, env: dict[str, str], log_path: Path, *, processes: int = 1, threads: int = 2,
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 extra_args: tuple[str, ...] = (), modules: tuple[str, ...] = ()) -> None:
+        """``modules`` are imported after ``actors`` (test-only actors under tests/e2e)."""
         self.env = env
         self.log_path = log_path
-        self.args = [sys.executable, "-m", "dramatiq", "actors", "--processes", str(processes),
+        self.args = [sys.executable, "-m", "dramatiq", "actors", *modules, "--processes", str(processes),
                      "--threads", str(threads), *extra_args]
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -1,0 +1,131 @@
+"""Record per-actor message counts and durations in a MetricsStore shared by all processes."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+from dramatiq import Broker, Message, Worker
+from dramatiq.common import q_name
+from dramatiq.logging import get_logger
+from dramatiq.middleware import Middleware
+
+from domain.ports import MetricsStore
+
+#: Dramatiq's own metric names and labels (dramatiq.middleware.prometheus), so its dashboards work.
+MESSAGES = "dramatiq_messages_total"
+ERRORS = "dramatiq_message_errors_total"
+RETRIES = "dramatiq_message_retries_total"
+REJECTS = "dramatiq_message_rejects_total"
+DURATION = "dramatiq_message_duration_milliseconds"
+SKIPPED = "atelier_messages_skipped_total"
+DURATION_BUCKETS: tuple[float, ...] = (5, 10, 25, 50, 75, 100, 250, 500, 750, 1000, 2500, 5000, 7500, 10000,
+                                       30000, 60000, 600000, 900000, math.inf)
+MESSAGE_LABELS = ("queue_name", "actor_name")
+
+Sample = tuple[str, tuple[str, ...], float]
+
+
+def bucket_label(upper: float) -> str:
+    return "+Inf" if upper == math.inf else repr(float(upper))
+
+
+def duration_samples(labels: tuple[str, str], millis: float) -> list[Sample]:
+    """One observation: a count in its own (non-cumulative) bucket, and the sum."""
+    upper = next(b for b in DURATION_BUCKETS if millis <= b)
+    return [(f"{DURATION}_bucket", (*labels, bucket_label(upper)), 1), (f"{DURATION}_sum", labels, millis)]
+
+
+class Metrics(Middleware):
+    """Counts messages processed, errored, skipped, retried and dead-lettered per queue and actor,
+    and a histogram of processing time, in the shared store.
+
+    Parameters:
+      store: a callable returning the MetricsStore, resolved on first use so that building the
+        broker connects to nothing.
+      flush_interval: seconds between writes. Figures add up in memory and a background thread
+        writes them in one transaction per interval (and when the worker shuts down), so a message
+        costs a dict update, not a round trip. 0 writes through on every message.
+
+    A store that fails is logged (at most once a minute) and never fails a message; what could not
+    be written is kept and added to the next write.
+    """
+
+    def __init__(self, store: Callable[[], MetricsStore], *, flush_interval: float = 1.0) -> None:
+        self.logger = get_logger(__name__, type(self))
+        self.flush_interval = flush_interval
+        self._store_factory = store
+        self._store: MetricsStore | None = None
+        self._started: dict[str, float] = {}
+        self._pending: dict[tuple[str, tuple[str, ...]], float] = defaultdict(float)
+        self._lock = threading.Lock()
+        self._flusher: threading.Thread | None = None
+        self._last_warning = 0.0
+
+    def _add(self, samples: list[Sample]) -> None:
+        with self._lock:
+            for name, labels, amount in samples:
+                self._pending[(name, labels)] += amount
+            if self.flush_interval > 0 and self._flusher is None:
+                self._flusher = threading.Thread(target=self._flush_forever, name="metrics-flush", daemon=True)
+                self._flusher.start()
+        if self.flush_interval <= 0:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what has added up since the last write; keep it for the next one if that fails."""
+        with self._lock:
+            pending, self._pending = self._pending, defaultdict(float)
+        if not pending:
+            return
+        try:
+            if self._store is None:
+                self._store = self._store_factory()
+            self._store.add([(name, labels, amount) for (name, labels), amount in pending.items()])
+        except Exception:  # metrics are never worth failing or retrying a message
+            with self._lock:
+                for key, amount in pending.items():
+                    self._pending[key] += amount
+                now = time.monotonic()
+                warn, self._last_warning = now - self._last_warning >= 60, now
+            if warn:
+                self.logger.warning("Could not record metrics; will add them to the next write.", exc_info=True)
+
+    def _flush_forever(self) -> None:
+        while True:
+            time.sleep(self.flush_interval)
+            self.flush()
+
+    def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
+        self.flush()
+
+    def before_process_message(self, broker: Broker, message: Message) -> None:
+        self._started[message.message_id] = time.perf_counter()
+
+    def after_process_message(self, broker: Broker, message: Message, *, result=None, exception=None) -> None:
+        labels = (message.queue_name, message.actor_name)
+        started = self._started.pop(message.message_id, None)
+        millis = (time.perf_counter() - started) * 1000 if started is not None else 0.0
+        samples: list[Sample] = [(MESSAGES, labels, 1), *duration_samples(labels, millis)]
+        if exception is not None:
+            samples.append((ERRORS, labels, 1))
+        self._add(samples)
+
+    def after_skip_message(self, broker: Broker, message: Message) -> None:
+        # Like Dramatiq's own middleware, a skipped message counts as processed.
+        labels = (message.queue_name, message.actor_name)
+        started = self._started.pop(message.message_id, None)
+        millis = (time.perf_counter() - started) * 1000 if started is not None else 0.0
+        self._add([(MESSAGES, labels, 1), (SKIPPED, labels, 1), *duration_samples(labels, millis)])
+
+    def after_nack(self, broker: Broker, message: Message) -> None:
+        self._add([(REJECTS, (message.queue_name, message.actor_name), 1)])
+
+    def after_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
+        # A retry is enqueued with a backoff delay; moving it from the delay queue back to its
+        # queue enqueues it again without one, which must not count twice.
+        if delay is not None and message.options.get("retries"):
+            self._add([(RETRIES, (q_name(message.queue_name), message.actor_name), 1)])
