@@ -12,6 +12,7 @@ from functools import cached_property
 from adapters.settings import Settings, get_settings
 from domain.ports import ObjectStore
 from domain.services.media import MediaService, ThumbnailSpec
+from domain.services.outbox import OutboxRelay
 
 
 class Container:
@@ -58,9 +59,37 @@ class Container:
         spec = ThumbnailSpec(s.thumbnail_sizes, s.thumbnail_format, s.thumbnail_quality)
         return MediaService(self.uow, self.store, self.imaging, spec)
 
+    @cached_property
+    def redis(self):  # type: ignore[no-untyped-def]
+        """Redis for shared state and pub/sub (REDIS_URL, or the broker's Redis); None without one."""
+        if not self.settings.redis_url:
+            return None
+        import redis
+
+        return redis.Redis.from_url(self.settings.redis_url)
+
+    @cached_property
+    def outbox_publisher(self):  # type: ignore[no-untyped-def]
+        import actors
+        from adapters.outbox_publisher import DramatiqPublisher, events_channel
+
+        s = self.settings
+        return DramatiqPublisher(actors.broker, self.redis, channel=events_channel(s.queue_prefix),
+                                 dedup_window=s.outbox_dedup_window)
+
+    @cached_property
+    def outbox_relay(self) -> OutboxRelay:
+        from actors.routing import ROUTES
+
+        s = self.settings
+        return OutboxRelay(self.uow, self.outbox_publisher, ROUTES, batch_size=s.outbox_batch_size,
+                           max_retries=s.outbox_max_retries, backoff_ms=s.outbox_backoff_ms)
+
     def close(self) -> None:
         if "engine" in self.__dict__:
             self.engine.dispose()
+        if self.__dict__.get("redis") is not None:
+            self.redis.close()
 
 
 _lock = threading.Lock()
