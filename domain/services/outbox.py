@@ -85,6 +85,7 @@ class RelayStats:
     failed: int = 0
     dead: int = 0
     broker_down: bool = False
+    more_due: bool = False  # the run's budget ran out while full batches were still coming
     errors: list[str] = field(default_factory=list)
 
     def add(self, other: RelayStats) -> None:
@@ -180,7 +181,10 @@ class OutboxRelay:
         while True:
             stats = self.relay_batch()
             total.add(stats)
-            if stats.broker_down or stats.claimed < self.batch_size or time.monotonic() >= deadline:
+            if stats.broker_down or stats.claimed < self.batch_size:
+                break
+            if time.monotonic() >= deadline:
+                total.more_due = True
                 break
         if total.claimed:
             log.info("outbox relay: %d events published, %d deliveries, %d failed, %d dead in %d batches",

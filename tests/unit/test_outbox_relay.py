@@ -92,7 +92,7 @@ def test_relay_keeps_claiming_batches_until_nothing_is_due(world):
     store, _, publisher, relay, add = world
     add(*[_event() for _ in range(25)])
     stats = relay(batch_size=10).relay()
-    assert (stats.batches, stats.published) == (3, 25)
+    assert (stats.batches, stats.published, stats.more_due) == (3, 25, False)
     assert all(e.published_at for e in store.values())
 
 
@@ -100,7 +100,7 @@ def test_relay_stops_when_its_budget_is_spent(world):
     _, _, _, relay, add = world
     add(*[_event() for _ in range(25)])
     stats = relay(batch_size=10).relay(budget_seconds=0)
-    assert (stats.batches, stats.published) == (1, 10)
+    assert (stats.batches, stats.published, stats.more_due) == (1, 10, True)
 
 
 def test_future_events_are_not_due_yet(world):
