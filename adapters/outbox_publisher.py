@@ -1,12 +1,16 @@
 """EventPublisher on Dramatiq (enqueue to subscriber actors) and Redis pub/sub (announce).
 
+Announcements go to ``channel`` (default "<QUEUE_PREFIX>atelier.events"), one PUBLISH per relayed
+batch whose data is a JSON array of event messages (the dicts subscribers receive).
+
 Every message carries the options of the message contract: ``dedup_key`` = "<event id>:<actor>"
 with ``dedup_window``, ``correlation_id`` from the event, and ``causation_id`` = the event id.
 
-On a Redis broker a batch is enqueued in one pipeline: the same Lua dispatch Dramatiq's
-RedisBroker.enqueue runs per message, with the same before/after enqueue hooks, but one round
-trip for the whole batch instead of one per message. Other brokers enqueue message by message
-(RabbitMQ with publisher confirms).
+On a Redis broker a batch is enqueued in one MULTI/EXEC transaction: per queue one HSET of the
+message bodies and one RPUSH of their ids (what RedisBroker.enqueue's Lua script does for one
+message), with the same before/after enqueue middleware hooks; one round trip for the batch
+instead of one per message, and all of it or none of it lands. Other brokers enqueue message by
+message (RabbitMQ with publisher confirms).
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ import dramatiq
 import redis
 from dramatiq import Broker, Message
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.common import current_millis
 
 from domain.errors import TransientError
 from domain.models import Delivery, OutboxEvent
@@ -92,40 +95,39 @@ class DramatiqPublisher:
         return errors
 
     def _enqueue_redis(self, messages: Sequence[Message[Any]]) -> list[str | None]:
+        """The whole batch in one MULTI/EXEC: per queue, one HSET of the message bodies and one RPUSH
+        of their ids, the layout RedisBroker's enqueue script writes one message at a time."""
         broker: RedisBroker = self.broker  # type: ignore[assignment]
-        if not messages:
-            return []
-        dispatch = broker.scripts["dispatch"]
-        keys = [broker.namespace]
-        max_unpack = broker._max_unpack_size()
-        pipe = broker.client.pipeline(transaction=False)
-        sent = []
+        errors: list[str | None] = []
+        ready: list[Message[Any]] = []
         for message in messages:
             # As RedisBroker.enqueue: a fresh Redis-side id per enqueue.
             message = message.copy(options={"redis_message_id": str(uuid4())})
-            broker.emit_before("enqueue", message, None)
-            dispatch(keys=keys, args=[
-                "enqueue", current_millis(), message.queue_name, broker.broker_id, broker.heartbeat_timeout,
-                broker.dead_message_ttl, 0, max_unpack, message.options["redis_message_id"], message.encode(),
-            ], client=pipe)
-            sent.append(message)
-        results = pipe.execute(raise_on_error=False)
-        errors: list[str | None] = []
-        for message, result in zip(sent, results, strict=True):
-            if isinstance(result, Exception):
-                if isinstance(result, _OUTAGE):
-                    raise result
-                errors.append(f"{type(result).__name__}: {result}")
-            else:
-                broker.emit_after("enqueue", message, None)
-                errors.append(None)
+            try:
+                broker.emit_before("enqueue", message, None)
+            except Exception as exc:  # a middleware refused this message
+                errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            ready.append(message)
+            errors.append(None)
+        if not ready:
+            return errors
+        by_queue: dict[str, list[Message[Any]]] = {}
+        for message in ready:
+            by_queue.setdefault(message.queue_name, []).append(message)
+        pipe = broker.client.pipeline(transaction=True)
+        for queue_name, group in by_queue.items():
+            key = f"{broker.namespace}:{queue_name}"
+            pipe.hset(f"{key}.msgs", mapping={m.options["redis_message_id"]: m.encode() for m in group})
+            pipe.rpush(key, *(m.options["redis_message_id"] for m in group))
+        pipe.execute()
+        for message in ready:
+            broker.emit_after("enqueue", message, None)
         return errors
 
     def notify(self, events: Sequence[OutboxEvent]) -> None:
+        """One PUBLISH per relayed batch: a JSON array of the events' messages, in claim order."""
         if self.notifier is None or not events:
             return
-        pipe = self.notifier.pipeline(transaction=False)
-        for event in events:
-            pipe.publish(self.channel, json.dumps(event.message(), separators=(",", ":"), default=str))
-        pipe.execute()
-
+        self.notifier.publish(self.channel, json.dumps([e.message() for e in events], separators=(",", ":"),
+                                                       default=str))

@@ -160,6 +160,22 @@ def test_relay_delivers_to_each_subscriber_with_the_message_contract(uow, broker
     assert relay.relay().claimed == 0
 
 
+def test_a_real_worker_runs_what_the_relay_enqueued(uow, broker):
+    """The batched Redis enqueue writes what Dramatiq's own consumer reads."""
+    seen: list[tuple[str, str]] = []
+    done = dramatiq.actor(lambda event: seen.append((event["id"], event["type"])), broker=broker.broker,
+                          actor_name="sub_worker", queue_name=broker.queue + "w")
+    ids = _record(uow, 25)
+    OutboxRelay(uow, DramatiqPublisher(broker.broker), [Route("image.*", done.actor_name)], batch_size=10).relay()
+    worker = dramatiq.Worker(broker.broker, queues={done.queue_name}, worker_threads=2, worker_timeout=100)
+    worker.start()
+    try:
+        services.wait_for(lambda: len(seen) >= 25, timeout=30, message="25 runs")
+    finally:
+        worker.stop()
+    assert sorted(seen) == sorted((i, "image.processed") for i in ids)
+
+
 def test_published_events_are_announced_on_redis_pubsub(uow, broker):
     channel = f"{broker.prefix}atelier.events"
     pubsub = broker.client.pubsub()
@@ -167,10 +183,16 @@ def test_published_events_are_announced_on_redis_pubsub(uow, broker):
     services.wait_for(lambda: pubsub.get_message(timeout=0.1), message="subscription confirmed")
     ids = _record(uow, 2)
     publisher = DramatiqPublisher(broker.broker, broker.client, channel=channel)
-    OutboxRelay(uow, publisher, ROUTES).relay()
+    OutboxRelay(uow, publisher, ROUTES, batch_size=1).relay()  # one announcement per batch
     got: list[str] = []
-    services.wait_for(lambda: (m := pubsub.get_message(timeout=0.1)) and got.append(json.loads(m["data"])["id"])
-                      or len(got) == 2, message="two announcements")
+
+    def receive() -> bool:
+        message = pubsub.get_message(timeout=0.1)
+        if message:
+            got.extend(e["id"] for e in json.loads(message["data"]))
+        return len(got) == 2
+
+    services.wait_for(receive, message="two announcements")
     pubsub.close()
     assert sorted(got) == sorted(ids)
 
