@@ -223,7 +223,8 @@ def main() -> int:
             print(f"latency commit->enqueue, {label}: median {statistics.median(s):.1f} ms, "
                   f"p99 {pct(s, 0.99):.1f} ms, max {max(s):.1f} ms")
         print(f"latency median ratio poll/LISTEN: {statistics.median(poll) / statistics.median(listen):.0f}x")
-        print(json.dumps({"naive_events_per_s": round(rates["naive"]), "atelier_events_per_s": round(rates["atelier"]),
+        print(json.dumps({"naive_events_per_s": round(rates["naive"]),
+                          "atelier_events_per_s": round(rates["atelier"]),
                           "listen_median_ms": round(statistics.median(listen), 1),
                           "listen_p99_ms": round(pct(listen, 0.99), 1),
                           "poll_median_ms": round(statistics.median(poll), 1)}))

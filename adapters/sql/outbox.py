@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from sqlalchemy import false, select, text, update
+from sqlalchemy import false, select, update
 from sqlalchemy.orm import Session
 
 from adapters.sql import tables as t
@@ -45,9 +45,6 @@ class SqlOutboxRepository:
              .limit(limit))
         if self._pg:
             q = q.with_for_update(skip_locked=True)
-            # The commit marking the batch published need not wait for the WAL flush: if the server
-            # crashes before it, the events are relayed again under the same dedup keys.
-            self._s.execute(text("SET LOCAL synchronous_commit = off"))
         return [_event(r) for r in self._s.execute(q)]
 
     def mark_published(self, event_ids: Sequence[str], now: datetime) -> None:
