@@ -306,3 +306,59 @@ def test_two_relays_in_parallel_deliver_10000_events_once_to_each_subscriber(fre
     deliveries = broker.deliveries()
     assert len(deliveries) == 20_000 and set(deliveries.values()) == {1}
     assert set(deliveries) == {(i, a) for i in ids for a in ("sub_a", "sub_b")}
+
+
+def test_two_relays_in_parallel_on_sqlite_take_turns_and_deliver_once(sqlite_url, broker):
+    """SQLite has no row locks: each batch holds the database write lock (BEGIN IMMEDIATE)."""
+    engine = make_engine(sqlite_url)
+    _bulk_insert(engine, 2_000)
+    uow = uow_factory(engine)
+    stats, errors = [], []
+
+    def run() -> None:
+        try:
+            stats.append(OutboxRelay(uow, DramatiqPublisher(broker.broker), ROUTES).relay(budget_seconds=600))
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    engine.dispose()
+    assert not errors, errors
+    assert sum(s.published for s in stats) == 2_000
+    deliveries = broker.deliveries()
+    assert len(deliveries) == 4_000 and set(deliveries.values()) == {1}
+
+
+def test_relay_on_rabbitmq_reaches_a_real_worker_and_waits_out_an_outage(uow):
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+    prefix = services.unique("obx") + "_"
+    seen: list[str] = []
+    rabbit = RabbitmqBroker(url=services.RABBITMQ_URL, confirm_delivery=True, middleware=middleware.build_stack())
+    dramatiq.actor(lambda event: seen.append(event["id"]), broker=rabbit, actor_name="sub_a",
+                   queue_name=f"{prefix}subs")
+    down = RabbitmqBroker(url=f"amqp://guest:guest@127.0.0.1:{services.free_port()}/", confirm_delivery=True,
+                          middleware=middleware.build_stack())
+    dramatiq.actor(lambda event: None, broker=down, actor_name="sub_a", queue_name=f"{prefix}subs")
+    routes = [Route("image.*", "sub_a")]
+    ids = _record(uow, 12)
+    try:
+        stats = OutboxRelay(uow, DramatiqPublisher(down), routes, max_retries=0).relay()
+        assert stats.broker_down and stats.published == 0
+        stats = OutboxRelay(uow, DramatiqPublisher(rabbit), routes, batch_size=5).relay()
+        assert stats.published == 12
+        worker = dramatiq.Worker(rabbit, worker_threads=2, worker_timeout=100)
+        worker.start()
+        try:
+            services.wait_for(lambda: len(seen) >= 12, timeout=30, message="12 runs on RabbitMQ")
+        finally:
+            worker.stop()
+        assert sorted(seen) == sorted(ids)
+    finally:
+        rabbit.close()
+        down.close()
+        services.purge_queues(services.RABBITMQ_URL, prefix, ("subs",))

@@ -1,13 +1,16 @@
 """The scheduler's job table, slots and tick guard, on Dramatiq's StubBroker."""
 
+import subprocess
+import sys
 from datetime import UTC, datetime
 
 import dramatiq
 import pytest
 from dramatiq.brokers.stub import StubBroker
 
-from adapters.settings import load_settings
+from adapters.settings import ConfigError, load_settings
 from schedules.jobs import Job, LocalTickGuard, build_jobs, fire
+from tests import services
 
 
 @pytest.fixture
@@ -60,3 +63,21 @@ def test_a_failed_send_gives_the_slot_back(broker):
     job, guard = Job("j", "missing_actor", interval=1), LocalTickGuard()
     assert not fire(job, broker, guard, now=100.0)
     assert guard.claim("schedule:j:100", 1000)  # free for another replica to send
+
+
+@pytest.mark.parametrize("var,value", [("GC_CRON", "every night"), ("OUTBOX_BATCH_SIZE", "0"),
+                                       ("OUTBOX_POLL_INTERVAL_MS", "fast"), ("FALLBACK_POLL_INTERVAL", "-1")])
+def test_bad_schedule_settings_name_the_variable(monkeypatch, var, value):
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert info.value.message.startswith(f"configuration error: {var}:")
+
+
+def test_scheduler_start_up_stops_with_one_line(tmp_path):
+    env = services.subprocess_env(GC_CRON="61 * * * *")
+    result = subprocess.run([sys.executable, "-m", "schedules"], env=env, capture_output=True, text=True,
+                            cwd=services.ROOT, timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("configuration error: GC_CRON:"), result.stderr
