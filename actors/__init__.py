@@ -12,6 +12,7 @@ settings = get_settings()
 configure_logging(settings)
 broker = setup_broker(settings)
 
-from actors import media  # noqa: E402  (the broker must exist before actors are declared)
+# The broker must exist before actors are declared.
+from actors import media, outbox, routing  # noqa: E402
 
-__all__ = ["broker", "media", "settings"]
+__all__ = ["broker", "media", "outbox", "routing", "settings"]

@@ -14,6 +14,7 @@ from adapters.health import Check
 from adapters.settings import Settings, get_settings
 from domain.ports import MetricsStore, ObjectStore
 from domain.services.media import MediaService, ThumbnailSpec
+from domain.services.outbox import OutboxRelay
 
 if TYPE_CHECKING:
     from adapters.metrics import MetricSpec
@@ -67,13 +68,10 @@ class Container:
     @cached_property
     def metrics_store(self) -> MetricsStore:
         """Shared counters: Redis when there is one (figures add up across processes), else memory."""
-        if self.settings.redis_url:
-            import redis
-
+        if self.redis is not None:
             from adapters.metrics import RedisMetricsStore
 
-            client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
-            return RedisMetricsStore(client, f"atelier:{self.settings.queue_prefix}metrics:")
+            return RedisMetricsStore(self.redis, f"atelier:{self.settings.queue_prefix}metrics:")
         from adapters.metrics import InMemoryMetricsStore
 
         return InMemoryMetricsStore()
@@ -104,9 +102,37 @@ class Container:
         checks.append(Check("object_store", self.store.ping))
         return checks
 
+    @cached_property
+    def redis(self):  # type: ignore[no-untyped-def]
+        """Redis for shared state and pub/sub (REDIS_URL, or the broker's Redis); None without one."""
+        if not self.settings.redis_url:
+            return None
+        import redis
+
+        return redis.Redis.from_url(self.settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+
+    @cached_property
+    def outbox_publisher(self):  # type: ignore[no-untyped-def]
+        import actors
+        from adapters.outbox_publisher import DramatiqPublisher, events_channel
+
+        s = self.settings
+        return DramatiqPublisher(actors.broker, self.redis, channel=events_channel(s.queue_prefix),
+                                 dedup_window=s.outbox_dedup_window)
+
+    @cached_property
+    def outbox_relay(self) -> OutboxRelay:
+        from actors.routing import ROUTES
+
+        s = self.settings
+        return OutboxRelay(self.uow, self.outbox_publisher, ROUTES, batch_size=s.outbox_batch_size,
+                           max_retries=s.outbox_max_retries, backoff_ms=s.outbox_backoff_ms)
+
     def close(self) -> None:
         if "engine" in self.__dict__:
             self.engine.dispose()
+        if self.__dict__.get("redis") is not None:
+            self.redis.close()
 
 
 _lock = threading.Lock()

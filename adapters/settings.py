@@ -69,6 +69,30 @@ class Settings(BaseSettings):
     # Where /dashboard points when the broker is RabbitMQ (default: the broker host, port 15672).
     rabbitmq_management_url: str | None = None
 
+    # --- outbox ---
+    outbox_batch_size: int = Field(100, ge=1, le=10_000)  # events claimed per relay transaction
+    outbox_max_retries: int = Field(3, ge=0)  # failed relays of one event before it is marked dead
+    outbox_backoff_ms: int = Field(1000, ge=1)  # first retry delay; doubles per attempt
+    outbox_poll_interval_ms: int = Field(500, ge=10)  # relay_outbox tick and the relay loop's poll
+    outbox_relay_budget_ms: int = Field(5000, ge=10)  # one relay run stops claiming after this
+    outbox_dedup_window: int = Field(86_400, ge=1)  # seconds a subscriber's dedup key is remembered
+    outbox_relay_loop: bool = True  # `python -m schedules` also runs the low-latency relay loop
+
+    # --- scheduler ---
+    gc_cron: str = "0 2 * * *"  # collect_abandoned_uploads, crontab syntax, UTC
+    fallback_poll_interval: float = Field(10.0, gt=0)  # seconds between drain_fallback ticks
+
+    @field_validator("gc_cron")
+    @classmethod
+    def _check_cron(cls, value: str) -> str:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(value)
+        except ValueError as exc:
+            raise ValueError(f"must be a crontab expression like '0 2 * * *' ({exc})") from None
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:

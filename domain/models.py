@@ -109,3 +109,50 @@ class DomainEvent:
     payload: dict[str, Any] = field(default_factory=dict)
     id: str = field(default_factory=new_id)
     occurred_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass
+class OutboxEvent:
+    """A recorded DomainEvent as the outbox holds it, with its delivery state."""
+
+    id: str
+    type: str
+    aggregate_type: str
+    aggregate_id: str
+    payload: dict[str, Any]
+    correlation_id: str | None
+    created_at: datetime
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    published_at: datetime | None = None
+    last_error: str | None = None
+    dead: bool = False
+
+    def message(self) -> dict[str, Any]:
+        """What subscribers receive: the event as plain JSON-able data."""
+        return {
+            "id": self.id,
+            "type": self.type,
+            "aggregate_type": self.aggregate_type,
+            "aggregate_id": self.aggregate_id,
+            "payload": self.payload,
+            "correlation_id": self.correlation_id,
+            "created_at": self.created_at.isoformat(),
+        }
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One outbox event bound for one subscriber actor.
+
+    dedup_key is the same every time the pair is sent, so a resend after a crash between
+    enqueue and commit is recognised by the dedup middleware and not run twice.
+    """
+
+    event: OutboxEvent
+    actor: str
+    args: tuple[Any, ...]
+
+    @property
+    def dedup_key(self) -> str:
+        return f"{self.event.id}:{self.actor}"

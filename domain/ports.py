@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Protocol
 
-from domain.models import DomainEvent, Image, RenderedImage
+from domain.models import Delivery, DomainEvent, Image, OutboxEvent, RenderedImage
 
 
 class Clock(Protocol):
@@ -49,10 +49,35 @@ class ImageRepository(Protocol):
     def save(self, image: Image) -> None: ...
 
 
+class OutboxRepository(Protocol):
+    """The outbox inside the current unit of work's transaction.
+
+    claim_due locks the rows it returns until the transaction ends, and skips rows another
+    transaction holds, so relays running in parallel never claim the same event.
+    """
+
+    def claim_due(self, now: datetime, limit: int) -> list[OutboxEvent]: ...
+
+    def mark_published(self, event_ids: Sequence[str], now: datetime) -> None: ...
+
+    def mark_failed(self, event_id: str, *, attempts: int, error: str, next_attempt_at: datetime,
+                    dead: bool) -> None: ...
+
+    def get(self, event_id: str) -> OutboxEvent | None: ...
+
+    def list(self, *, dead: bool | None = None, published: bool | None = None,
+             limit: int = 100) -> list[OutboxEvent]: ...
+
+    def revive(self, event_id: str, now: datetime) -> bool:
+        """Make a dead (or failing) event due again with its attempts reset; False if unknown."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One transaction. ``with uow:`` opens it; leaving without commit() rolls back."""
 
     images: ImageRepository
+    outbox: OutboxRepository
 
     def add_event(self, event: DomainEvent) -> None:
         """Record an event in this transaction (the outbox); it exists only if commit() happens."""
@@ -74,3 +99,15 @@ class MetricsStore(Protocol):
     def add(self, samples: Iterable[tuple[str, tuple[str, ...], float]]) -> None: ...
 
     def read(self, name: str) -> dict[tuple[str, ...], float]: ...
+
+class EventPublisher(Protocol):
+    """Hands outbox events to the broker and announces them (the outbox relay's way out)."""
+
+    def enqueue(self, deliveries: Sequence[Delivery]) -> dict[str, str]:
+        """Enqueue every delivery. Returns {event id: error} for deliveries that failed on their
+        own (the others went out); raises TransientError when the broker cannot be reached."""
+        ...
+
+    def notify(self, events: Sequence[OutboxEvent]) -> None:
+        """Announce published events (pub/sub: fire and forget)."""
+        ...

@@ -7,11 +7,13 @@ from sqlalchemy import (
     Column,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
     Table,
     Text,
+    text,
 )
 
 metadata = MetaData()
@@ -59,3 +61,8 @@ outbox_events = Table(
     Column("last_error", Text),
     Column("dead", Boolean, nullable=False, default=False),
 )
+
+# Undelivered events by due time: the relay's claim (migration obx1; PostgreSQL adds a NOTIFY trigger).
+Index("ix_outbox_pending", outbox_events.c.next_attempt_at,
+      postgresql_where=text("published_at IS NULL AND dead = false"),
+      sqlite_where=text("published_at IS NULL AND dead = 0"))

@@ -10,6 +10,7 @@ from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapters.sql import tables as t
+from adapters.sql.outbox import SqlOutboxRepository
 from domain.models import DomainEvent, Image, ImageStatus, Thumbnail
 
 
@@ -127,6 +128,7 @@ class SqlUnitOfWork:
     def __enter__(self) -> SqlUnitOfWork:
         self.session = self._factory()
         self.images = SqlImageRepository(self.session)
+        self.outbox = SqlOutboxRepository(self.session)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -16,7 +16,7 @@ from tests.services import ROOT
 
 #: Entry points that other branches add (messaging, outbox + scheduler); the integrator empties this
 #: list when they are merged, and the test then checks them like the others.
-PENDING_ENTRY_POINTS = {("atelier", "mock-channels"), ("python", "-m", "schedules")}
+PENDING_ENTRY_POINTS = {("atelier", "mock-channels")}
 #: Settings fields that other branches add (media: the Qdrant server); emptied by the integrator.
 PENDING_SETTINGS = {"QDRANT_URL"}
 #: Variables of the third-party images (documented by each image), not atelier settings.

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 
-from domain.errors import InvalidImage, NotFound
+from domain.errors import InvalidImage, NotFound, TransientError
 from domain.keys import validate_key
-from domain.models import DomainEvent, Image, RenderedImage, RenderedThumbnail
+from domain.models import Delivery, DomainEvent, Image, OutboxEvent, RenderedImage, RenderedThumbnail
 
 
 class InMemoryObjectStore:
@@ -105,3 +106,98 @@ class FakeUnitOfWork:
     def rollback(self) -> None:
         self._staged = copy.deepcopy(self.committed)
         self._staged_events = []
+
+
+class FakeOutboxRepository:
+    """The outbox over a dict of rows; claims lock rows until the owning transaction ends."""
+
+    def __init__(self, rows: dict[str, OutboxEvent], locked: set[str]) -> None:
+        self.rows = rows
+        self.locked = locked
+        self.claimed: list[str] = []
+
+    def claim_due(self, now: datetime, limit: int) -> list[OutboxEvent]:
+        due = sorted((e for e in self.rows.values()
+                      if e.published_at is None and not e.dead and e.next_attempt_at <= now
+                      and e.id not in self.locked), key=lambda e: (e.next_attempt_at, e.id))[:limit]
+        self.claimed = [e.id for e in due]
+        self.locked.update(self.claimed)
+        return [copy.deepcopy(e) for e in due]
+
+    def mark_published(self, event_ids, now: datetime) -> None:
+        for event_id in event_ids:
+            self.rows[event_id].published_at = now
+
+    def mark_failed(self, event_id: str, *, attempts: int, error: str, next_attempt_at: datetime,
+                    dead: bool) -> None:
+        row = self.rows[event_id]
+        row.attempts, row.last_error, row.next_attempt_at, row.dead = attempts, error, next_attempt_at, dead
+
+    def get(self, event_id: str) -> OutboxEvent | None:
+        row = self.rows.get(event_id)
+        return copy.deepcopy(row) if row else None
+
+    def list(self, *, dead=None, published=None, limit: int = 100) -> list[OutboxEvent]:
+        rows = [e for e in self.rows.values()
+                if (dead is None or e.dead == dead)
+                and (published is None or (e.published_at is not None) == published)]
+        return [copy.deepcopy(e) for e in sorted(rows, key=lambda e: e.created_at, reverse=True)[:limit]]
+
+    def revive(self, event_id: str, now: datetime) -> bool:
+        row = self.rows.get(event_id)
+        if row is None:
+            return False
+        row.attempts, row.dead, row.last_error, row.next_attempt_at = 0, False, None, now
+        return True
+
+
+class FakeOutboxUnitOfWork:
+    """A unit of work over an in-memory outbox: changes land only on commit(); row locks are
+    shared between units of work made from the same store, like concurrent transactions."""
+
+    def __init__(self, store: dict[str, OutboxEvent], locked: set[str]) -> None:
+        self.store = store
+        self.locked = locked
+
+    def __enter__(self) -> FakeOutboxUnitOfWork:
+        self._staged = copy.deepcopy(self.store)
+        self.outbox = FakeOutboxRepository(self._staged, self.locked)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.locked.difference_update(self.outbox.claimed)
+
+    def commit(self) -> None:
+        self.store.clear()
+        self.store.update(copy.deepcopy(self._staged))
+
+    def rollback(self) -> None:
+        self._staged = copy.deepcopy(self.store)
+
+
+class FakePublisher:
+    """Records deliveries; `down` makes it raise like an unreachable broker, `refuse` names actors
+    whose deliveries fail on their own."""
+
+    def __init__(self) -> None:
+        self.sent: list[Delivery] = []
+        self.notified: list[str] = []
+        self.down = False
+        self.refuse: set[str] = set()
+        self.on_enqueue = None  # called after enqueueing, e.g. to simulate a crash before commit
+
+    def enqueue(self, deliveries) -> dict[str, str]:
+        if self.down:
+            raise TransientError("connection refused")
+        failures = {}
+        for d in deliveries:
+            if d.actor in self.refuse:
+                failures[d.event.id] = f"no actor named {d.actor!r}"
+            else:
+                self.sent.append(d)
+        if self.on_enqueue:
+            self.on_enqueue()
+        return failures
+
+    def notify(self, events) -> None:
+        self.notified.extend(e.id for e in events)

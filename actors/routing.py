@@ -1,0 +1,17 @@
+"""The routing table: which actors receive which outbox events.
+
+Patterns are fnmatch wildcards over the event type (``image.*``, ``*``); an event goes once to
+each actor whose pattern matches, in table order. A subscriber receives the event as one dict
+argument (id, type, aggregate_type, aggregate_id, payload, correlation_id, created_at) unless
+its route gives ``args``, a function from that dict to the actor's arguments. Every message
+carries dedup_key "<event id>:<actor>", so a subscriber runs once per event.
+
+Only name actors that this code base declares: a route to an unknown actor fails the event,
+which is retried and then marked dead. Adding a subscriber is one line, e.g.
+    Route("image.processed", "embed_image", args=lambda e: (e["aggregate_id"],)),
+"""
+
+from domain.services.outbox import Route
+
+ROUTES: list[Route] = [
+]
