@@ -172,6 +172,7 @@ class _IterReader:
             self.total += len(piece)
         if size < 0:
             size = len(self._buf)
-        out = bytes(self._buf[:size])
+        with memoryview(self._buf) as view:
+            out = bytes(view[:size])  # one copy, not a bytearray slice and then bytes
         del self._buf[:size]
         return out
