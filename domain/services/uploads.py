@@ -136,8 +136,15 @@ class UploadService:
         self._check_index(self.get_upload(upload_id), index)
         key = chunk_key(upload_id, index)
         self._store.put(key, data)
-        # MD5 of the bytes: what S3 reports as the ETag of a single-part PUT.
-        return self.register_chunk(upload_id, index, len(data), etag=hashlib.md5(data).hexdigest())
+        try:
+            # MD5 of the bytes: what S3 reports as the ETag of a single-part PUT.
+            return self.register_chunk(upload_id, index, len(data), etag=hashlib.md5(data).hexdigest())
+        except PermanentError:
+            # The upload finished meanwhile (merged, failed, collected): nothing else would remove
+            # this object. (MERGING still reads the chunks: leave it.)
+            if self.get_upload(upload_id).status in (UploadStatus.COMPLETED, UploadStatus.FAILED):
+                self._store.delete(key)
+            raise
 
     def register_chunk(self, upload_id: str, index: int, size: int, *, etag: str | None = None) -> Chunk:
         """Register a chunk whose object is already at chunk_key(upload_id, index)."""
@@ -310,13 +317,14 @@ class UploadService:
     def _fail(self, upload_id: str, reason: str, chunks: Sequence[Chunk], key: str) -> None:
         with self._uow() as uow:
             upload = uow.uploads.get_for_update(upload_id)
-            if upload is None or upload.status in (UploadStatus.COMPLETED, UploadStatus.FAILED):
+            if upload is None or upload.status is UploadStatus.COMPLETED:
                 return
-            upload.mark_failed(reason, self._clock.now())
-            uow.uploads.save(upload)
-            uow.add_event(DomainEvent("upload.failed", "upload", upload.id,
-                                      {"upload_id": upload.id, "reason": upload.failure_reason}))
-            uow.commit()
+            if upload.status is not UploadStatus.FAILED:  # a concurrent merge may have failed it first
+                upload.mark_failed(reason, self._clock.now())
+                uow.uploads.save(upload)
+                uow.add_event(DomainEvent("upload.failed", "upload", upload.id,
+                                          {"upload_id": upload.id, "reason": upload.failure_reason}))
+                uow.commit()
         log.warning("upload failed: %s", reason)
         # Bad bytes must not be downloadable, and nothing will merge these chunks again.
         self._store.delete(key)

@@ -374,3 +374,27 @@ def test_two_collectors_at_once_collect_each_upload_once(uow, store):
     for upload_id in ids:
         assert service.get_upload(upload_id).status is UploadStatus.FAILED
         assert len([e for e in _events(uow, upload_id) if e.type == "upload.failed"]) == 1
+
+
+def test_a_chunk_arriving_after_the_collector_is_refused_and_removed(uow, store):
+    clock = ControlledClock(T0 + timedelta(days=20))
+    service = UploadService(uow, store, clock=clock)
+    upload = service.create_upload("late.bin", 2)
+    service.upload_chunk(upload.id, 0, b"x")
+    clock.current += timedelta(hours=25)
+    assert service.collect_abandoned() >= 1
+    # The producer comes back: its chunk is refused and not left behind in the store.
+    real_get = service.get_upload
+    calls = iter([UploadStatus.UPLOADING])
+
+    def stale_get(upload_id):  # the status check before the put still saw UPLOADING
+        current = real_get(upload_id)
+        status = next(calls, None)
+        if status is not None:
+            current.status = status
+        return current
+
+    service.get_upload = stale_get  # type: ignore[method-assign]
+    with pytest.raises(PermanentError, match="FAILED"):
+        service.upload_chunk(upload.id, 1, b"late")
+    assert not store.exists(chunk_key(upload.id, 1))
