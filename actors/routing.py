@@ -14,4 +14,6 @@ which is retried and then marked dead. Adding a subscriber is one line, e.g.
 from domain.services.outbox import Route
 
 ROUTES: list[Route] = [
+    # --- uploads --- an image upload's image is processed once its upload is COMPLETED.
+    Route("upload.completed", "process_uploaded_image"),
 ]

@@ -15,6 +15,7 @@ from adapters.settings import Settings, get_settings
 from domain.ports import MetricsStore, ObjectStore
 from domain.services.media import MediaService, ThumbnailSpec
 from domain.services.outbox import OutboxRelay
+from domain.services.uploads import UploadPolicy, UploadService
 
 if TYPE_CHECKING:
     from adapters.metrics import MetricSpec
@@ -79,14 +80,18 @@ class Container:
     @cached_property
     def metrics(self) -> list[MetricSpec]:
         """Figures /metrics reads at scrape time, besides Dramatiq's counters; add one line each."""
-        from adapters.metrics import MetricSpec
+        from adapters.metrics import MetricSpec, store_counter
         from adapters.sql.stats import outbox_backlog
+        from domain.services.uploads import COLLECTED_METRIC
 
         return [
             MetricSpec("atelier_outbox_pending_events", "gauge", "Outbox events not yet published.",
                        lambda: outbox_backlog(self.engine)[0]),
             MetricSpec("atelier_outbox_dead_events", "gauge", "Outbox events given up on.",
                        lambda: outbox_backlog(self.engine)[1]),
+            # --- uploads ---
+            store_counter(self.metrics_store, COLLECTED_METRIC,
+                          "Abandoned uploads collected (chunks deleted, status FAILED)."),
         ]
 
     @cached_property
@@ -127,6 +132,16 @@ class Container:
         s = self.settings
         return OutboxRelay(self.uow, self.outbox_publisher, ROUTES, batch_size=s.outbox_batch_size,
                            max_retries=s.outbox_max_retries, backoff_ms=s.outbox_backoff_ms)
+
+    # --- uploads ---
+    @cached_property
+    def uploads(self) -> UploadService:
+        from datetime import timedelta
+
+        s = self.settings
+        policy = UploadPolicy(url_expiry_s=s.upload_url_expiry_s, retention=timedelta(hours=s.gc_retention_hours),
+                              gc_batch_size=s.gc_batch_size)
+        return UploadService(self.uow, self.store, policy, metrics=self.metrics_store)
 
     def close(self) -> None:
         if "engine" in self.__dict__:

@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     gc_cron: str = "0 2 * * *"  # collect_abandoned_uploads, crontab syntax, UTC
     fallback_poll_interval: float = Field(10.0, gt=0)  # seconds between drain_fallback ticks
 
+    # --- uploads ---
+    gc_retention_hours: float = Field(24.0, gt=0)  # an UPLOADING upload idle this long is abandoned
+    gc_batch_size: int = Field(100, ge=1, le=10_000)  # uploads collected per transaction
+    upload_url_expiry_s: int = Field(3600, ge=1, le=604_800)  # presigned download URLs (S3 max: 7 days)
+
     @field_validator("gc_cron")
     @classmethod
     def _check_cron(cls, value: str) -> str:

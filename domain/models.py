@@ -156,3 +156,70 @@ class Delivery:
     @property
     def dedup_key(self) -> str:
         return f"{self.event.id}:{self.actor}"
+
+
+# --- uploads ---
+class UploadStatus(enum.StrEnum):
+    UPLOADING = "UPLOADING"
+    MERGING = "MERGING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One uploaded piece of an upload, stored as its own object until the merge."""
+
+    upload_id: str
+    index: int  # 0-based
+    size: int
+    key: str
+    etag: str | None = None
+
+
+@dataclass
+class Upload:
+    """A file that arrives in chunks and is merged into one object.
+
+    Status goes UPLOADING -> MERGING -> COMPLETED | FAILED; an upload left UPLOADING past the
+    retention period is collected (FAILED, reason "abandoned").
+    """
+
+    id: str
+    filename: str
+    total_chunks: int
+    content_type: str | None = None
+    owner: str | None = None
+    expected_size: int | None = None
+    expected_sha256: str | None = None
+    status: UploadStatus = UploadStatus.UPLOADING
+    failure_reason: str | None = None
+    final_key: str | None = None
+    size: int | None = None  # of the merged object
+    sha256: str | None = None  # of the merged object, when it was computed
+    image_id: str | None = None  # the image registered from it, for an image upload
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+    completed_at: datetime | None = None
+
+    def start_merging(self, now: datetime) -> None:
+        self.status = UploadStatus.MERGING
+        self.updated_at = now
+
+    def mark_completed(self, *, key: str, size: int, sha256: str | None, now: datetime) -> None:
+        self.status = UploadStatus.COMPLETED
+        self.failure_reason = None
+        self.final_key = key
+        self.size = size
+        self.sha256 = sha256
+        self.updated_at = now
+        self.completed_at = now
+
+    def mark_failed(self, reason: str, now: datetime) -> None:
+        self.status = UploadStatus.FAILED
+        self.failure_reason = reason[:2000]
+        self.updated_at = now
+
+    @property
+    def is_image(self) -> bool:
+        return (self.content_type or "").lower().startswith("image/")

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Protocol
 
-from domain.models import Delivery, DomainEvent, Image, OutboxEvent, RenderedImage
+from domain.models import Chunk, Delivery, DomainEvent, Image, OutboxEvent, RenderedImage, Upload
 
 
 class Clock(Protocol):
@@ -31,6 +31,24 @@ class ObjectStore(Protocol):
     def url(self, key: str, expires_seconds: int = 3600) -> str: ...
 
     def ping(self) -> None: ...
+
+    # --- uploads ---
+    def compose(self, key: str, sources: Sequence[str], content_type: str = "application/octet-stream") -> None:
+        """Concatenate ``sources`` into ``key`` inside the store, without the bytes passing through
+        this process (S3: every source but the last must be at least 5 MiB). The object appears
+        whole or not at all; composing again gives the same object."""
+        ...
+
+    def read_stream(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """The object's bytes in pieces of at most ``chunk_size``."""
+        ...
+
+    def put_stream(self, key: str, chunks: Iterable[bytes],
+                   content_type: str = "application/octet-stream") -> int:
+        """Store the concatenation of ``chunks`` holding a bounded amount in memory; returns its size.
+        The object appears only if ``chunks`` ends normally: an exception leaves any previous
+        object under ``key`` as it was."""
+        ...
 
 
 class ImageProcessor(Protocol):
@@ -78,6 +96,7 @@ class UnitOfWork(Protocol):
 
     images: ImageRepository
     outbox: OutboxRepository
+    uploads: UploadRepository  # --- uploads ---
 
     def add_event(self, event: DomainEvent) -> None:
         """Record an event in this transaction (the outbox); it exists only if commit() happens."""
@@ -110,4 +129,34 @@ class EventPublisher(Protocol):
 
     def notify(self, events: Sequence[OutboxEvent]) -> None:
         """Announce published events (pub/sub: fire and forget)."""
+        ...
+
+
+# --- uploads ---
+class UploadRepository(Protocol):
+    """Uploads and their chunks inside the current unit of work's transaction."""
+
+    def add(self, upload: Upload) -> None: ...
+
+    def get(self, upload_id: str) -> Upload | None: ...
+
+    def get_for_update(self, upload_id: str) -> Upload | None:
+        """The upload, row-locked until the transaction ends (concurrent merges serialise here)."""
+        ...
+
+    def save(self, upload: Upload) -> None: ...
+
+    def chunks(self, upload_id: str) -> list[Chunk]:
+        """Registered chunks, by index."""
+        ...
+
+    def put_chunk(self, chunk: Chunk) -> None:
+        """Register a chunk; registering an index again replaces it."""
+        ...
+
+    def delete_chunks(self, upload_id: str) -> int: ...
+
+    def claim_abandoned(self, before: datetime, limit: int) -> list[Upload]:
+        """Up to ``limit`` uploads still UPLOADING with no activity since ``before``, row-locked;
+        rows another transaction holds are skipped, so collectors in parallel never share one."""
         ...

@@ -3,6 +3,7 @@ for the schema; these must match them (a test compares the two)."""
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -66,3 +67,38 @@ outbox_events = Table(
 Index("ix_outbox_pending", outbox_events.c.next_attempt_at,
       postgresql_where=text("published_at IS NULL AND dead = false"),
       sqlite_where=text("published_at IS NULL AND dead = 0"))
+
+# --- uploads ---
+uploads = Table(
+    "uploads",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("filename", String(255), nullable=False),
+    Column("content_type", String(255)),
+    Column("owner", String(255)),
+    Column("total_chunks", Integer, nullable=False),
+    Column("expected_size", BigInteger),
+    Column("expected_sha256", String(64)),
+    Column("status", String(16), nullable=False),
+    Column("failure_reason", Text),
+    Column("final_key", String(1024)),
+    Column("size", BigInteger),
+    Column("sha256", String(64)),
+    Column("image_id", String(36)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("completed_at", DateTime(timezone=True)),
+)
+# The collector's query: UPLOADING rows by last activity.
+Index("ix_uploads_status_updated", uploads.c.status, uploads.c.updated_at)
+
+upload_chunks = Table(
+    "upload_chunks",
+    metadata,
+    Column("upload_id", String(36), ForeignKey("uploads.id", ondelete="CASCADE"), primary_key=True),
+    Column("idx", Integer, primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("key", String(1024), nullable=False),
+    Column("etag", String(128)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)

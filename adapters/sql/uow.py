@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from adapters.sql import tables as t
 from adapters.sql.outbox import SqlOutboxRepository
+from adapters.sql.uploads import SqlUploadRepository
 from domain.models import DomainEvent, Image, ImageStatus, Thumbnail
 
 
@@ -129,6 +130,7 @@ class SqlUnitOfWork:
         self.session = self._factory()
         self.images = SqlImageRepository(self.session)
         self.outbox = SqlOutboxRepository(self.session)
+        self.uploads = SqlUploadRepository(self.session)  # --- uploads ---
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -201,3 +201,110 @@ class FakePublisher:
 
     def notify(self, events) -> None:
         self.notified.extend(e.id for e in events)
+
+
+# --- uploads ---
+class InMemoryUploadStore(InMemoryObjectStore):
+    """The in-memory store with the merge operations; counts what passed through 'the worker'."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.composed: list[tuple[str, list[str]]] = []
+        self.streamed: list[str] = []
+
+    def compose(self, key: str, sources, content_type: str = "application/octet-stream") -> None:
+        data = b"".join(self.get(s) for s in sources)  # NotFound for a missing source, like S3
+        self.objects[validate_key(key)] = (data, content_type)
+        self.composed.append((key, list(sources)))
+
+    def read_stream(self, key: str, chunk_size: int = 1 << 20):
+        data = self.get(key)
+        for i in range(0, len(data), chunk_size):
+            yield data[i:i + chunk_size]
+
+    def put_stream(self, key: str, chunks, content_type: str = "application/octet-stream") -> int:
+        data = b"".join(chunks)  # an exception from chunks leaves the key as it was
+        self.objects[validate_key(key)] = (data, content_type)
+        self.streamed.append(key)
+        return len(data)
+
+
+class FakeUploadRepository:
+    def __init__(self, rows: dict, chunks: dict) -> None:
+        self.rows, self._chunks = rows, chunks
+
+    def add(self, upload) -> None:
+        self.rows[upload.id] = copy.deepcopy(upload)
+
+    def get(self, upload_id: str):
+        row = self.rows.get(upload_id)
+        return copy.deepcopy(row) if row else None
+
+    get_for_update = get
+
+    def save(self, upload) -> None:
+        self.rows[upload.id] = copy.deepcopy(upload)
+
+    def chunks(self, upload_id: str) -> list:
+        return sorted((c for (u, _), c in self._chunks.items() if u == upload_id), key=lambda c: c.index)
+
+    def put_chunk(self, chunk) -> None:
+        self._chunks[(chunk.upload_id, chunk.index)] = chunk
+
+    def delete_chunks(self, upload_id: str) -> int:
+        keys = [k for k in self._chunks if k[0] == upload_id]
+        for k in keys:
+            del self._chunks[k]
+        return len(keys)
+
+    def claim_abandoned(self, before, limit: int) -> list:
+        rows = sorted((u for u in self.rows.values() if u.status.value == "UPLOADING" and u.updated_at < before),
+                      key=lambda u: (u.updated_at, u.id))
+        return [copy.deepcopy(u) for u in rows[:limit]]
+
+
+class UploadState:
+    """What is committed: images, uploads, chunks, events. Calling it opens a unit of work."""
+
+    def __init__(self) -> None:
+        self.images: dict = {}
+        self.uploads: dict = {}
+        self.chunks: dict = {}
+        self.events: list[DomainEvent] = []
+        self.commits = 0
+
+    def __call__(self) -> FakeUploadUnitOfWork:
+        return FakeUploadUnitOfWork(self)
+
+
+class FakeUploadUnitOfWork:
+    """Writes land in the UploadState only on commit(), like a real transaction."""
+
+    def __init__(self, state: UploadState) -> None:
+        self.state = state
+
+    def __enter__(self) -> FakeUploadUnitOfWork:
+        self.rollback()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def add_event(self, event: DomainEvent) -> None:
+        self._events.append(event)
+
+    def commit(self) -> None:
+        st = self.state
+        st.images, st.uploads, st.chunks = (copy.deepcopy(self._images), copy.deepcopy(self._uploads),
+                                            dict(self._chunks))
+        st.events.extend(self._events)
+        st.commits += 1
+        self._events = []
+
+    def rollback(self) -> None:
+        st = self.state
+        self._images, self._uploads, self._chunks = (copy.deepcopy(st.images), copy.deepcopy(st.uploads),
+                                                     dict(st.chunks))
+        self._events: list[DomainEvent] = []
+        self.images = FakeImageRepository(self._images)
+        self.uploads = FakeUploadRepository(self._uploads, self._chunks)

@@ -1,0 +1,40 @@
+"""Upload actors: thin wrappers around UploadService."""
+
+from typing import Any
+
+import dramatiq
+import structlog
+
+from actors import settings
+from adapters.bootstrap import get_container
+from adapters.broker import queue
+from domain.errors import InvalidPayload
+from domain.models import parse_id
+
+
+# Merging 10 GB server side takes a while; streaming small chunks longer still.
+@dramatiq.actor(queue_name=queue(settings, "uploads"), time_limit=3_600_000)
+def merge_upload(upload_id: str) -> None:
+    upload_id = parse_id(upload_id, "upload_id")
+    structlog.contextvars.bind_contextvars(upload_id=upload_id)
+    get_container().uploads.merge_upload(upload_id)
+
+
+# Sent by the scheduler (GC_CRON) and runnable by hand (`atelier gc`); safe to run twice at once.
+@dramatiq.actor(queue_name=queue(settings, "uploads"), time_limit=3_600_000, max_retries=3)
+def collect_abandoned_uploads() -> None:
+    get_container().uploads.collect_abandoned()
+
+
+# Subscribed to upload.completed (actors/routing.py): an image upload was registered as an image
+# in the COMPLETED transaction; this processes it. Other uploads have no image_id: nothing to do.
+@dramatiq.actor(queue_name=queue(settings, "media"), time_limit=300_000)
+def process_uploaded_image(event: dict[str, Any]) -> None:
+    if not isinstance(event, dict) or not isinstance(event.get("payload"), dict):
+        raise InvalidPayload(f"expected an upload.completed event, got {event!r:.200}")
+    image_id = event["payload"].get("image_id")
+    if image_id is None:
+        return
+    image_id = parse_id(image_id, "image_id")
+    structlog.contextvars.bind_contextvars(image_id=image_id, upload_id=event.get("aggregate_id"))
+    get_container().media.process_image(image_id)
