@@ -10,6 +10,7 @@ from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapters.sql import tables as t
+from adapters.sql.messages import SqlMessageRepository
 from adapters.sql.outbox import SqlOutboxRepository
 from domain.models import DomainEvent, Image, ImageStatus, Thumbnail
 
@@ -129,6 +130,7 @@ class SqlUnitOfWork:
         self.session = self._factory()
         self.images = SqlImageRepository(self.session)
         self.outbox = SqlOutboxRepository(self.session)
+        self.messages = SqlMessageRepository(self.session)  # --- messaging ---
         return self
 
     def __exit__(self, *exc: object) -> None:

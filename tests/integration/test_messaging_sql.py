@@ -1,0 +1,106 @@
+"""The message repository on real PostgreSQL and SQLite."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+
+from adapters.sql.engine import make_engine
+from adapters.sql.uow import uow_factory
+from domain.models import MessageChannel, MessageStatus, OutboundMessage, new_id, utcnow
+
+WA, IG = MessageChannel.WHATSAPP, MessageChannel.INSTAGRAM
+
+
+@pytest.fixture
+def engine(database_url):
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def uow(engine):
+    return uow_factory(engine)
+
+
+def _message(**kw) -> OutboundMessage:
+    now = utcnow()
+    fields = dict(id=new_id(), channel=MessageChannel.ALL, recipient="+15550001", text="hello", sender="shop",
+                  conversation_id="conv-1", created_at=now, updated_at=now)
+    fields.update(kw)
+    return OutboundMessage(**fields)
+
+
+def test_roundtrip_with_deliveries(uow):
+    message = _message()
+    with uow() as u:
+        assert u.messages.add(message)
+        u.commit()
+    now = utcnow()
+    with uow() as u:
+        got = u.messages.get_for_update(message.id)
+        assert got.deliveries == []
+        got.plan_deliveries(now)
+        got.delivery(WA).start_attempt(now, now + timedelta(seconds=30))
+        got.delivery(WA).mark_sent("wamid.1", now)
+        got.delivery(IG).start_attempt(now, now + timedelta(seconds=30))
+        got.delivery(IG).attempt_failed("503", now)
+        got.refresh_status(now)
+        u.messages.save(got)
+        u.commit()
+    with uow() as u:
+        stored = u.messages.get(message.id)
+        assert u.messages.find_by_provider_id("whatsapp", "wamid.1") == message.id
+        assert u.messages.find_by_provider_id("instagram", "wamid.1") is None
+    assert [(d.channel, d.status, d.attempts) for d in stored.deliveries] == [
+        (WA, MessageStatus.SENT, 1), (IG, MessageStatus.PENDING, 1)]
+    assert stored.delivery(WA).sent_at == now and stored.delivery(WA).sent_at.tzinfo is not None
+    assert stored.delivery(IG).last_error == "503" and stored.delivery(IG).sending_until is None
+    assert (stored.text, stored.sender, stored.conversation_id, stored.status) == (
+        "hello", "shop", "conv-1", MessageStatus.PENDING)
+
+
+def test_add_of_an_existing_id_changes_nothing(uow):
+    message = _message()
+    with uow() as u:
+        assert u.messages.add(message)
+        u.commit()
+    with uow() as u:
+        assert not u.messages.add(_message(id=message.id, text="other"))
+        u.commit()
+    with uow() as u:
+        assert u.messages.get(message.id).text == "hello"
+
+
+def test_rollback_leaves_no_message(uow):
+    message = _message()
+    with uow() as u:
+        u.messages.add(message)
+    with uow() as u:
+        assert u.messages.get(message.id) is None
+
+
+def test_concurrent_creates_of_one_id_make_one_row(uow):
+    """Producers racing with the same id: ON CONFLICT DO NOTHING, no error, one row."""
+    message = _message()
+    results, errors = [], []
+    barrier = threading.Barrier(4)
+
+    def create():
+        try:
+            barrier.wait()
+            with uow() as u:
+                results.append(u.messages.add(_message(id=message.id)))
+                u.commit()
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == [] and sorted(results) == [False, False, False, True]
