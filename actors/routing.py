@@ -14,4 +14,6 @@ which is retried and then marked dead. Adding a subscriber is one line, e.g.
 from domain.services.outbox import Route
 
 ROUTES: list[Route] = [
+    # --- messaging ---
+    Route("message.created", "route_message", args=lambda e: (e["aggregate_id"],)),
 ]

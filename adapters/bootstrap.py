@@ -14,6 +14,7 @@ from adapters.health import Check
 from adapters.settings import Settings, get_settings
 from domain.ports import MetricsStore, ObjectStore
 from domain.services.media import MediaService, ThumbnailSpec
+from domain.services.messaging import MessagingService
 from domain.services.outbox import OutboxRelay
 
 if TYPE_CHECKING:
@@ -128,11 +129,32 @@ class Container:
         return OutboxRelay(self.uow, self.outbox_publisher, ROUTES, batch_size=s.outbox_batch_size,
                            max_retries=s.outbox_max_retries, backoff_ms=s.outbox_backoff_ms)
 
+    # --- messaging ---
+    @cached_property
+    def channel_gateways(self):  # type: ignore[no-untyped-def]
+        """One ChannelGateway per concrete channel (HTTP to WhatsApp Cloud API and Instagram)."""
+        from adapters.channels.http import InstagramGateway, WhatsAppGateway
+        from domain.models import MessageChannel
+
+        s = self.settings
+        return {
+            MessageChannel.WHATSAPP: WhatsAppGateway(s.whatsapp_base_url, s.whatsapp_token, s.whatsapp_phone_number_id,
+                                                     timeout=s.channel_timeout_s),
+            MessageChannel.INSTAGRAM: InstagramGateway(s.instagram_base_url, s.instagram_token,
+                                                       timeout=s.channel_timeout_s),
+        }
+
+    @cached_property
+    def messaging(self) -> MessagingService:
+        return MessagingService(self.uow, self.channel_gateways, lease_seconds=self.settings.message_send_lease_s)
+
     def close(self) -> None:
         if "engine" in self.__dict__:
             self.engine.dispose()
         if self.__dict__.get("redis") is not None:
             self.redis.close()
+        for gateway in (self.__dict__.get("channel_gateways") or {}).values():  # --- messaging ---
+            gateway.close()
 
 
 _lock = threading.Lock()
