@@ -156,7 +156,9 @@ class MessagingService:
             if message.plan_deliveries(self._clock.now()):
                 uow.messages.save(message)
                 uow.commit()
-        return [d.channel for d in message.deliveries if not d.final]
+        to_send = [d.channel for d in message.deliveries if not d.final]
+        log.info("message %s routed: %s", message_id, ", ".join(c.value for c in to_send) or "nothing left to send")
+        return to_send
 
     def deliver(self, message_id: str, channel: MessageChannel) -> ChannelDelivery:
         """Send the delivery of ``message_id`` on ``channel`` unless it was sent already."""
