@@ -81,13 +81,16 @@ class Container:
     def metrics(self) -> list[MetricSpec]:
         """Figures /metrics reads at scrape time, besides Dramatiq's counters; add one line each."""
         from adapters.metrics import MetricSpec
-        from adapters.sql.stats import outbox_backlog
+        from adapters.sql.stats import outbox_backlog, pending_deliveries
 
         return [
             MetricSpec("atelier_outbox_pending_events", "gauge", "Outbox events not yet published.",
                        lambda: outbox_backlog(self.engine)[0]),
             MetricSpec("atelier_outbox_dead_events", "gauge", "Outbox events given up on.",
                        lambda: outbox_backlog(self.engine)[1]),
+            # --- messaging ---
+            MetricSpec("atelier_message_deliveries_pending", "gauge", "Chat message deliveries not sent yet.",
+                       lambda: pending_deliveries(self.engine), ("channel",)),
         ]
 
     @cached_property

@@ -101,3 +101,5 @@ message_deliveries = Table(
 
 # Delivery reports name the channel's message id.
 Index("ix_message_deliveries_provider", message_deliveries.c.channel, message_deliveries.c.provider_message_id)
+# The pending-deliveries gauge (atelier_message_deliveries_pending).
+Index("ix_message_deliveries_status", message_deliveries.c.status, message_deliveries.c.channel)

@@ -104,3 +104,25 @@ def test_concurrent_creates_of_one_id_make_one_row(uow):
     for th in threads:
         th.join()
     assert errors == [] and sorted(results) == [False, False, False, True]
+
+
+def test_pending_deliveries_gauge(database_url, engine, uow):
+    """atelier_message_deliveries_pending{channel}, as the ops server reads it at scrape time."""
+    from adapters.bootstrap import Container
+    from adapters.settings import load_settings
+
+    container = Container(load_settings(database_url=database_url))
+    (spec,) = [m for m in container.metrics if m.name == "atelier_message_deliveries_pending"]
+    before = spec.read()
+    message = _message()
+    now = utcnow()
+    message.plan_deliveries(now)
+    message.delivery(WA).mark_sent("wamid.x", now)
+    with uow() as u:
+        u.messages.add(message)
+        u.commit()
+    after = spec.read()
+    container.close()
+    assert spec.labels == ("channel",)
+    assert after[("instagram",)] - before[("instagram",)] == 1
+    assert after[("whatsapp",)] == before[("whatsapp",)]  # that one is SENT

@@ -46,9 +46,12 @@ def upgrade() -> None:
     )
     # Delivery reports name the channel's message id.
     op.create_index("ix_message_deliveries_provider", "message_deliveries", ["channel", "provider_message_id"])
+    # The pending-deliveries gauge.
+    op.create_index("ix_message_deliveries_status", "message_deliveries", ["status", "channel"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_message_deliveries_status", table_name="message_deliveries")
     op.drop_index("ix_message_deliveries_provider", table_name="message_deliveries")
     op.drop_table("message_deliveries")
     op.drop_index("ix_outbound_messages_status", table_name="outbound_messages")
