@@ -126,3 +126,27 @@ def test_pending_deliveries_gauge(database_url, engine, uow):
     assert spec.labels == ("channel",)
     assert after[("instagram",)] - before[("instagram",)] == 1
     assert after[("whatsapp",)] == before[("whatsapp",)]  # that one is SENT
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_migration_msg1_goes_down_and_up(backend, tmp_path):
+    from sqlalchemy import inspect
+
+    from adapters.sql.migrate import downgrade, upgrade
+    from tests import services
+
+    url = f"sqlite:///{tmp_path / 'm.db'}" if backend == "sqlite" else services.create_pg_database()
+    try:
+        upgrade(url)
+        downgrade(url, "obx1")
+        engine = make_engine(url)
+        assert not {"outbound_messages", "message_deliveries"} & set(inspect(engine).get_table_names())
+        engine.dispose()
+        upgrade(url)
+        engine = make_engine(url)
+        indexes = {i["name"] for i in inspect(engine).get_indexes("message_deliveries")}
+        engine.dispose()
+        assert {"ix_message_deliveries_provider", "ix_message_deliveries_status"} <= indexes
+    finally:
+        if backend == "postgresql":
+            services.drop_pg_database(url)
