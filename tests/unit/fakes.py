@@ -204,6 +204,8 @@ class FakePublisher:
 
 
 # --- messaging ---
+import threading  # noqa: E402
+
 from domain.models import OutboundMessage, SendReceipt  # noqa: E402
 
 
@@ -232,13 +234,19 @@ class FakeMessageRepository:
 
 
 class FakeMessagingUnitOfWork:
-    """Messages and events land in the shared dicts only on commit(), like a real transaction."""
+    """Messages and events land in the shared dicts only on commit(), like a real transaction.
+    Transactions on one store run one at a time (as SQLite's BEGIN IMMEDIATE does), so units of
+    work used from several threads never lose each other's updates."""
+
+    _locks: dict[int, threading.RLock] = {}
 
     def __init__(self, committed: dict[str, OutboundMessage], events: list[DomainEvent]) -> None:
         self.committed = committed
         self.events = events
+        self._lock = self._locks.setdefault(id(committed), threading.RLock())
 
     def __enter__(self) -> FakeMessagingUnitOfWork:
+        self._lock.acquire()
         self._staged = copy.deepcopy(self.committed)
         self._staged_events: list[DomainEvent] = []
         self.messages = FakeMessageRepository(self._staged)
@@ -248,7 +256,7 @@ class FakeMessagingUnitOfWork:
         self._staged_events.append(event)
 
     def __exit__(self, *exc: object) -> None:
-        pass
+        self._lock.release()
 
     def commit(self) -> None:
         self.committed.clear()
