@@ -155,6 +155,18 @@ def test_thousand_messages_through_an_outage_arrive_exactly_once(env, tmp_path):
             return all(stats[c]["unique"] >= len(ids) for c, ids in expected.items())
 
         services.wait_for(all_arrived, timeout=600, interval=0.5, message="every message at the mock")
+        # The mock has them; the worker commits SENT just after. Resend only once it has, so the
+        # resent route_message finds nothing left to send.
+        ours = [m["id"] for m in messages] + [cli_id]  # (the database is shared by the session's tests)
+        dt, mt = t.message_deliveries, t.outbound_messages
+        deliveries = len(expected["whatsapp"]) + len(expected["instagram"])
+
+        def all_sent() -> bool:
+            with engine.connect() as conn:
+                return conn.execute(select(func.count()).where(dt.c.message_id.in_(ours),
+                                                               dt.c.status == "SENT")).scalar() == deliveries
+
+        services.wait_for(all_sent, timeout=120, interval=0.5, message="every delivery SENT")
 
         # The producer sends route_message and deliver_message again for some: they run, and find
         # every delivery SENT.
@@ -174,14 +186,12 @@ def test_thousand_messages_through_an_outage_arrive_exactly_once(env, tmp_path):
 
         stats = mock.stats()
         arrived = {c: mock.deliveries(c) for c in expected}
-        ours = [m["id"] for m in messages] + [cli_id]  # (the database is shared by the session's tests)
-        d, m = t.message_deliveries, t.outbound_messages
         with engine.connect() as conn:
             delivery_statuses = Counter(dict(conn.execute(
-                select(d.c.status, func.count()).where(d.c.message_id.in_(ours)).group_by(d.c.status)).all()))
+                select(dt.c.status, func.count()).where(dt.c.message_id.in_(ours)).group_by(dt.c.status)).all()))
             message_statuses = Counter(dict(conn.execute(
-                select(m.c.status, func.count()).where(m.c.id.in_(ours)).group_by(m.c.status)).all()))
-            attempts = conn.execute(select(func.sum(d.c.attempts)).where(d.c.message_id.in_(ours))).scalar()
+                select(mt.c.status, func.count()).where(mt.c.id.in_(ours)).group_by(mt.c.status)).all()))
+            attempts = conn.execute(select(func.sum(dt.c.attempts)).where(dt.c.message_id.in_(ours))).scalar()
         relay_output = relay.output()
     engine.dispose()
 
@@ -191,7 +201,6 @@ def test_thousand_messages_through_an_outage_arrive_exactly_once(env, tmp_path):
         assert {(r["accepted"], r["delivered"]) for r in arrived[channel].values()} == {(1, 1)}, channel
         assert stats[channel]["accepted_more_than_once"] == []
         assert stats[channel]["accepted"] == stats[channel]["delivered"] == len(ids)
-    deliveries = len(expected["whatsapp"]) + len(expected["instagram"])
     assert delivery_statuses == {"SENT": deliveries}
     assert message_statuses == {"SENT": TOTAL + 1}
     # The outage was real: requests failed, were retried, and the attempts are counted.
