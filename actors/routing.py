@@ -16,4 +16,6 @@ from domain.services.outbox import Route
 ROUTES: list[Route] = [
     # --- uploads --- an image upload's image is processed once its upload is COMPLETED.
     Route("upload.completed", "process_uploaded_image"),
+    # --- messaging ---
+    Route("message.created", "route_message", args=lambda e: (e["aggregate_id"],)),
 ]

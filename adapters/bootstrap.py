@@ -14,6 +14,7 @@ from adapters.health import Check
 from adapters.settings import Settings, get_settings
 from domain.ports import MetricsStore, ObjectStore
 from domain.services.media import MediaService, ThumbnailSpec
+from domain.services.messaging import MessagingService
 from domain.services.outbox import OutboxRelay
 from domain.services.uploads import UploadPolicy, UploadService
 
@@ -81,7 +82,7 @@ class Container:
     def metrics(self) -> list[MetricSpec]:
         """Figures /metrics reads at scrape time, besides Dramatiq's counters; add one line each."""
         from adapters.metrics import MetricSpec, store_counter
-        from adapters.sql.stats import outbox_backlog
+        from adapters.sql.stats import outbox_backlog, pending_deliveries
         from domain.services.uploads import COLLECTED_METRIC
 
         return [
@@ -92,6 +93,9 @@ class Container:
             # --- uploads ---
             store_counter(self.metrics_store, COLLECTED_METRIC,
                           "Abandoned uploads collected (chunks deleted, status FAILED)."),
+            # --- messaging ---
+            MetricSpec("atelier_message_deliveries_pending", "gauge", "Chat message deliveries not sent yet.",
+                       lambda: pending_deliveries(self.engine), ("channel",)),
         ]
 
     @cached_property
@@ -142,12 +146,32 @@ class Container:
         policy = UploadPolicy(url_expiry_s=s.upload_url_expiry_s, retention=timedelta(hours=s.gc_retention_hours),
                               gc_batch_size=s.gc_batch_size)
         return UploadService(self.uow, self.store, policy, metrics=self.metrics_store)
+    # --- messaging ---
+    @cached_property
+    def channel_gateways(self):  # type: ignore[no-untyped-def]
+        """One ChannelGateway per concrete channel (HTTP to WhatsApp Cloud API and Instagram)."""
+        from adapters.channels.http import InstagramGateway, WhatsAppGateway
+        from domain.models import MessageChannel
+
+        s = self.settings
+        return {
+            MessageChannel.WHATSAPP: WhatsAppGateway(s.whatsapp_base_url, s.whatsapp_token, s.whatsapp_phone_number_id,
+                                                     timeout=s.channel_timeout_s),
+            MessageChannel.INSTAGRAM: InstagramGateway(s.instagram_base_url, s.instagram_token,
+                                                       timeout=s.channel_timeout_s),
+        }
+
+    @cached_property
+    def messaging(self) -> MessagingService:
+        return MessagingService(self.uow, self.channel_gateways, lease_seconds=self.settings.message_send_lease_s)
 
     def close(self) -> None:
         if "engine" in self.__dict__:
             self.engine.dispose()
         if self.__dict__.get("redis") is not None:
             self.redis.close()
+        for gateway in (self.__dict__.get("channel_gateways") or {}).values():  # --- messaging ---
+            gateway.close()
 
 
 _lock = threading.Lock()

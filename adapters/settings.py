@@ -86,6 +86,21 @@ class Settings(BaseSettings):
     gc_retention_hours: float = Field(24.0, gt=0)  # an UPLOADING upload idle this long is abandoned
     gc_batch_size: int = Field(100, ge=1, le=10_000)  # uploads collected per transaction
     upload_url_expiry_s: int = Field(3600, ge=1, le=604_800)  # presigned download URLs (S3 max: 7 days)
+    # --- messaging ---
+    # Chat channel APIs (the defaults are Meta's; compose points them at the mock channels).
+    whatsapp_base_url: str = "https://graph.facebook.com/v21.0"
+    whatsapp_token: str | None = None
+    whatsapp_phone_number_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]+$")
+    instagram_base_url: str = "https://graph.instagram.com/v21.0"
+    instagram_token: str | None = None
+    channel_timeout_s: float = Field(10.0, gt=0, le=300)  # connect/read/write timeout of one channel call
+    # How long a delivery stays claimed by the run sending it; a run that died mid-send blocks its
+    # delivery this long before another run takes over. Keep it above the longest channel call.
+    message_send_lease_s: float = Field(60.0, gt=0)
+    # Delivery-status webhooks (`atelier messages webhooks`): Meta's verification token and the app
+    # secret that signs each POST (X-Hub-Signature-256); unset secret = signatures not checked.
+    channel_webhook_verify_token: str | None = None
+    channel_webhook_secret: str | None = None
 
     @field_validator("gc_cron")
     @classmethod
@@ -174,6 +189,27 @@ class Settings(BaseSettings):
         # A Redis broker already gives us a Redis: share it for state unless told otherwise.
         if self.redis_url is None and self.broker_url.startswith(("redis://", "rediss://")):
             self.redis_url = self.broker_url
+        return self
+
+    # --- messaging ---
+    @field_validator("whatsapp_base_url", "instagram_base_url")
+    @classmethod
+    def _check_channel_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("whatsapp_token", "whatsapp_phone_number_id", "instagram_token",
+                     "channel_webhook_verify_token", "channel_webhook_secret", mode="before")
+    @classmethod
+    def _empty_channel_value_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_call(self) -> Settings:
+        if self.message_send_lease_s <= self.channel_timeout_s:
+            raise ValueError(f"MESSAGE_SEND_LEASE_S ({self.message_send_lease_s:g}) must be longer than "
+                             f"CHANNEL_TIMEOUT_S ({self.channel_timeout_s:g})")
         return self
 
     @property

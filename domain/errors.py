@@ -39,3 +39,12 @@ class InvalidImage(PermanentError):
 
 class InvalidKey(PermanentError):
     """An object-store key that is empty, absolute or escapes its prefix."""
+
+
+# --- messaging ---
+class DeliveryInFlight(DomainError):
+    """Another run is sending this delivery right now (its lease has not expired).
+
+    Neither permanent nor a dependency failure: retried later, and a circuit breaker does not
+    count it, since the channel did nothing wrong.
+    """

@@ -223,3 +223,160 @@ class Upload:
     @property
     def is_image(self) -> bool:
         return (self.content_type or "").lower().startswith("image/")
+
+
+# --- messaging ---
+class MessageChannel(enum.StrEnum):
+    WHATSAPP = "whatsapp"
+    INSTAGRAM = "instagram"
+    ALL = "all"  # fans out to every concrete channel, one delivery each
+
+
+#: The channels a message can actually be sent on, in fan-out order.
+CONCRETE_CHANNELS: tuple[MessageChannel, ...] = (MessageChannel.WHATSAPP, MessageChannel.INSTAGRAM)
+
+
+class MessageStatus(enum.StrEnum):
+    PENDING = "PENDING"
+    SENT = "SENT"
+    DELIVERED = "DELIVERED"
+    FAILED = "FAILED"
+
+
+#: A delivery in one of these is never sent again.
+FINAL_DELIVERY_STATUSES = frozenset({MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.FAILED})
+_PROGRESS = {MessageStatus.PENDING: 0, MessageStatus.SENT: 1, MessageStatus.DELIVERED: 2}
+
+
+@dataclass
+class ChannelDelivery:
+    """One outbound message on one channel (named so as not to clash with the outbox's Delivery).
+
+    ``sending_until`` is a lease: set before the channel is called, cleared when the outcome is
+    recorded, so a duplicate run of the same delivery waits instead of sending twice.
+    """
+
+    message_id: str
+    channel: MessageChannel
+    status: MessageStatus = MessageStatus.PENDING
+    attempts: int = 0
+    provider_message_id: str | None = None
+    last_error: str | None = None
+    sending_until: datetime | None = None
+    sent_at: datetime | None = None
+    delivered_at: datetime | None = None
+    updated_at: datetime = field(default_factory=utcnow)
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_DELIVERY_STATUSES
+
+    def start_attempt(self, now: datetime, lease_until: datetime) -> None:
+        self.attempts += 1
+        self.sending_until = lease_until
+        self.updated_at = now
+
+    def attempt_failed(self, error: str, now: datetime) -> None:
+        """A transient failure: stays PENDING for the retry, lease released."""
+        if self.final:  # another run finished it meanwhile
+            return
+        self.last_error = error[:2000]
+        self.sending_until = None
+        self.updated_at = now
+
+    def mark_sent(self, provider_message_id: str | None, now: datetime) -> None:
+        if self.final:  # another run finished it meanwhile; its record stands
+            return
+        self.status = MessageStatus.SENT
+        self.provider_message_id = provider_message_id
+        self.last_error = None
+        self.sending_until = None
+        self.sent_at = now
+        self.updated_at = now
+
+    def mark_failed(self, error: str, now: datetime) -> None:
+        if self.final:
+            return
+        self.status = MessageStatus.FAILED
+        self.last_error = error[:2000]
+        self.sending_until = None
+        self.updated_at = now
+
+    def mark_delivered(self, now: datetime) -> bool:
+        """The channel reported the message delivered; False if that changes nothing."""
+        if self.status in (MessageStatus.DELIVERED, MessageStatus.FAILED):
+            return False
+        self.status = MessageStatus.DELIVERED
+        self.sending_until = None
+        self.delivered_at = now
+        self.updated_at = now
+        return True
+
+
+@dataclass
+class OutboundMessage:
+    """A chat message to send on a channel (or on every channel: ``all``).
+
+    Its status sums up its deliveries: PENDING while one is pending; FAILED when all failed;
+    otherwise the least advanced of the others (SENT, then DELIVERED). Each delivery keeps its own.
+    """
+
+    id: str
+    channel: MessageChannel
+    recipient: str
+    text: str | None = None
+    media_url: str | None = None
+    sender: str | None = None
+    conversation_id: str | None = None
+    status: MessageStatus = MessageStatus.PENDING
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+    deliveries: list[ChannelDelivery] = field(default_factory=list)
+
+    @property
+    def channels(self) -> tuple[MessageChannel, ...]:
+        return CONCRETE_CHANNELS if self.channel is MessageChannel.ALL else (self.channel,)
+
+    @property
+    def attempts(self) -> int:
+        return sum(d.attempts for d in self.deliveries)
+
+    def delivery(self, channel: MessageChannel) -> ChannelDelivery | None:
+        return next((d for d in self.deliveries if d.channel is channel), None)
+
+    def plan_deliveries(self, now: datetime) -> list[ChannelDelivery]:
+        """Add the deliveries the channel asks for (fan-out of ``all``); return the new ones."""
+        added = []
+        for channel in self.channels:
+            if self.delivery(channel) is None:
+                d = ChannelDelivery(self.id, channel, updated_at=now)
+                self.deliveries.append(d)
+                added.append(d)
+        return added
+
+    def refresh_status(self, now: datetime) -> bool:
+        """Recompute the message status from its deliveries; True if it changed."""
+        statuses = [d.status for d in self.deliveries]
+        if not statuses or MessageStatus.PENDING in statuses:
+            status = MessageStatus.PENDING
+        elif all(s is MessageStatus.FAILED for s in statuses):
+            status = MessageStatus.FAILED
+        else:
+            status = min((s for s in statuses if s is not MessageStatus.FAILED), key=_PROGRESS.__getitem__)
+        if status is self.status:
+            return False
+        self.status = status
+        self.updated_at = now
+        return True
+
+    def same_request(self, other: OutboundMessage) -> bool:
+        """Whether ``other`` asks for the same thing (a producer's duplicate, not a reused id)."""
+        return (self.channel, self.recipient, self.text, self.media_url, self.sender, self.conversation_id) == (
+            other.channel, other.recipient, other.text, other.media_url, other.sender, other.conversation_id)
+
+
+@dataclass(frozen=True)
+class SendReceipt:
+    """What a channel answered to an accepted message."""
+
+    provider_message_id: str | None

@@ -102,3 +102,40 @@ upload_chunks = Table(
     Column("etag", String(128)),
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
+
+# --- messaging ---
+# Outbound chat messages (migration msg1) and their deliveries, one per channel.
+outbound_messages = Table(
+    "outbound_messages",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("conversation_id", String(255), index=True),
+    Column("sender", String(255)),
+    Column("recipient", String(255), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("text", Text),
+    Column("media_url", String(2048)),
+    Column("status", String(16), nullable=False, index=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+message_deliveries = Table(
+    "message_deliveries",
+    metadata,
+    Column("message_id", String(36), ForeignKey("outbound_messages.id", ondelete="CASCADE"), primary_key=True),
+    Column("channel", String(16), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("provider_message_id", String(255)),
+    Column("last_error", Text),
+    Column("sending_until", DateTime(timezone=True)),
+    Column("sent_at", DateTime(timezone=True)),
+    Column("delivered_at", DateTime(timezone=True)),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Delivery reports name the channel's message id.
+Index("ix_message_deliveries_provider", message_deliveries.c.channel, message_deliveries.c.provider_message_id)
+# The pending-deliveries gauge (atelier_message_deliveries_pending).
+Index("ix_message_deliveries_status", message_deliveries.c.status, message_deliveries.c.channel)

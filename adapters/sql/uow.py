@@ -10,6 +10,7 @@ from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapters.sql import tables as t
+from adapters.sql.messages import SqlMessageRepository
 from adapters.sql.outbox import SqlOutboxRepository
 from adapters.sql.uploads import SqlUploadRepository
 from domain.models import DomainEvent, Image, ImageStatus, Thumbnail
@@ -131,6 +132,7 @@ class SqlUnitOfWork:
         self.images = SqlImageRepository(self.session)
         self.outbox = SqlOutboxRepository(self.session)
         self.uploads = SqlUploadRepository(self.session)  # --- uploads ---
+        self.messages = SqlMessageRepository(self.session)  # --- messaging ---
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -16,7 +16,7 @@ from tests.services import ROOT
 
 #: Entry points that other branches add (messaging, outbox + scheduler); the integrator empties this
 #: list when they are merged, and the test then checks them like the others.
-PENDING_ENTRY_POINTS = {("atelier", "mock-channels")}
+PENDING_ENTRY_POINTS: set[tuple[str, ...]] = set()
 #: Settings fields that other branches add (media: the Qdrant server); emptied by the integrator.
 PENDING_SETTINGS = {"QDRANT_URL"}
 #: Variables of the third-party images (documented by each image), not atelier settings.
@@ -27,7 +27,7 @@ IMAGE_VARIABLES = {
     "minio/mc": {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"},
 }
 SERVICES = {"redis", "rabbitmq", "postgres", "minio", "minio-buckets", "qdrant", "migrate", "worker", "scheduler",
-            "ops", "mock-channels"}
+            "ops", "mock-channels", "message-webhooks"}
 
 
 def compose_config(broker: str = "redis", path: str = "compose.yaml", **env: str) -> subprocess.CompletedProcess:
@@ -54,7 +54,7 @@ def test_compose_is_valid_and_complete(config):
     assert config["services"]["redis"]["command"][1:3] == ["--appendonly", "yes"]
     assert config["services"]["rabbitmq"]["image"].endswith("-management")
     assert "postgres-data:/var/lib/postgresql/data:rw" in config["services"]["postgres"]["volumes"]
-    assert set(ours(config)) == {"migrate", "worker", "scheduler", "ops", "mock-channels"}
+    assert set(ours(config)) == {"migrate", "worker", "scheduler", "ops", "mock-channels", "message-webhooks"}
 
 
 def test_the_validator_refuses_a_broken_file(tmp_path):

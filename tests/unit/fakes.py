@@ -308,3 +308,88 @@ class FakeUploadUnitOfWork:
         self._events: list[DomainEvent] = []
         self.images = FakeImageRepository(self._images)
         self.uploads = FakeUploadRepository(self._uploads, self._chunks)
+
+
+# --- messaging ---
+import threading  # noqa: E402
+
+from domain.models import OutboundMessage, SendReceipt  # noqa: E402
+
+
+class FakeMessageRepository:
+    def __init__(self, rows: dict[str, OutboundMessage]) -> None:
+        self.rows = rows
+
+    def add(self, message: OutboundMessage) -> bool:
+        if message.id in self.rows:
+            return False
+        self.rows[message.id] = copy.deepcopy(message)
+        return True
+
+    def get(self, message_id: str) -> OutboundMessage | None:
+        row = self.rows.get(message_id)
+        return copy.deepcopy(row) if row else None
+
+    get_for_update = get
+
+    def save(self, message: OutboundMessage) -> None:
+        self.rows[message.id] = copy.deepcopy(message)
+
+    def find_by_provider_id(self, channel: str, provider_message_id: str) -> str | None:
+        return next((m.id for m in self.rows.values() for d in m.deliveries
+                     if d.channel.value == channel and d.provider_message_id == provider_message_id), None)
+
+
+class FakeMessagingUnitOfWork:
+    """Messages and events land in the shared dicts only on commit(), like a real transaction.
+    Transactions on one store run one at a time (as SQLite's BEGIN IMMEDIATE does), so units of
+    work used from several threads never lose each other's updates."""
+
+    _locks: dict[int, threading.RLock] = {}
+
+    def __init__(self, committed: dict[str, OutboundMessage], events: list[DomainEvent]) -> None:
+        self.committed = committed
+        self.events = events
+        self._lock = self._locks.setdefault(id(committed), threading.RLock())
+
+    def __enter__(self) -> FakeMessagingUnitOfWork:
+        self._lock.acquire()
+        self._staged = copy.deepcopy(self.committed)
+        self._staged_events: list[DomainEvent] = []
+        self.messages = FakeMessageRepository(self._staged)
+        return self
+
+    def add_event(self, event: DomainEvent) -> None:
+        self._staged_events.append(event)
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    def commit(self) -> None:
+        self.committed.clear()
+        self.committed.update(copy.deepcopy(self._staged))
+        self.events.extend(self._staged_events)
+        self._staged_events = []
+
+    def rollback(self) -> None:
+        self._staged = copy.deepcopy(self.committed)
+        self._staged_events = []
+
+
+class FakeChannelGateway:
+    """Records sends; ``fail_with`` is raised by the next sends (an exception or a list of them)."""
+
+    def __init__(self, name: str = "fake") -> None:
+        self.name = name
+        self.sent: list[tuple[str, str]] = []  # (message id, idempotency key)
+        self.fail_with: list[Exception] = []
+        self.during_send = None  # called inside send(), e.g. to run a competing delivery
+
+    def send(self, message: OutboundMessage, idempotency_key: str) -> SendReceipt:
+        if self.during_send is not None:
+            hook, self.during_send = self.during_send, None
+            hook()
+        if self.fail_with:
+            raise self.fail_with.pop(0)
+        self.sent.append((message.id, idempotency_key))
+        return SendReceipt(f"{self.name}-{len(self.sent)}")

@@ -1,0 +1,39 @@
+"""Messaging actors: thin wrappers around MessagingService.
+
+route_message(message_id) is what the outbox routes ``message.created`` to (actors/routing.py);
+it plans the deliveries and sends deliver_message(message_id, channel) once per channel.
+deliver_message sends one delivery; the service never sends a delivery that is already SENT,
+so the broker redelivering either message sends nothing twice.
+"""
+
+import dramatiq
+import structlog
+
+from actors import settings
+from adapters.bootstrap import get_container
+from adapters.broker import queue
+from domain.models import parse_id
+from domain.services.messaging import parse_channel
+
+# Options for the dedup / circuit-breaker middleware (the middleware branch); add to the decorators
+# below once it is merged (Dramatiq refuses actor options no middleware declares):
+ROUTE_OPTIONS = {"dedup_key": lambda message_id: f"message:{message_id}", "dedup_window": 86400}
+DELIVER_OPTIONS = {"circuit": lambda message_id, channel: f"channel:{channel}", "circuit_fallback": True}
+
+
+@dramatiq.actor(queue_name=queue(settings, "messages"))
+def route_message(message_id: str) -> None:
+    message_id = parse_id(message_id, "message_id")
+    structlog.contextvars.bind_contextvars(outbound_message_id=message_id)
+    for channel in get_container().messaging.route(message_id):
+        deliver_message.send(message_id, channel.value)
+
+
+# A channel call is bounded by CHANNEL_TIMEOUT_S; the time limit only catches a hung run.
+@dramatiq.actor(queue_name=queue(settings, "messages"),
+                time_limit=int(settings.message_send_lease_s * 1000))
+def deliver_message(message_id: str, channel: str) -> None:
+    message_id = parse_id(message_id, "message_id")
+    channel_ = parse_channel(channel, concrete=True)
+    structlog.contextvars.bind_contextvars(outbound_message_id=message_id, channel=channel_.value)
+    get_container().messaging.deliver(message_id, channel_)

@@ -1,0 +1,89 @@
+"""`atelier messages ...`: send chat messages, show their status, receive the channels' webhooks.
+
+``send`` records the message and a ``message.created`` event in one transaction; the outbox relay
+(`python -m schedules`, or `atelier outbox relay`) hands it to route_message. So a message the
+command reported is never lost, even if the broker is down at that moment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def _row(message: Any) -> dict[str, Any]:
+    return {
+        "id": message.id, "channel": message.channel.value, "status": message.status.value,
+        "recipient": message.recipient, "sender": message.sender, "conversation_id": message.conversation_id,
+        "text": message.text, "media_url": message.media_url, "attempts": message.attempts,
+        "created_at": message.created_at.isoformat(), "updated_at": message.updated_at.isoformat(),
+        "deliveries": [{
+            "channel": d.channel.value, "status": d.status.value, "attempts": d.attempts,
+            "provider_message_id": d.provider_message_id, "last_error": d.last_error,
+            "sent_at": d.sent_at.isoformat() if d.sent_at else None,
+            "delivered_at": d.delivered_at.isoformat() if d.delivered_at else None,
+        } for d in message.deliveries],
+    }
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from adapters.bootstrap import get_container
+
+    message, created = get_container().messaging.create(
+        channel=args.channel, recipient=args.to, text=args.text, media_url=args.media_url, sender=args.sender,
+        conversation_id=args.conversation, message_id=args.id)
+    print(message.id if created else f"{message.id} (already recorded: not sent again)")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from adapters.bootstrap import get_container
+    from domain.models import parse_id
+
+    message = get_container().messaging.get(parse_id(args.message_id, "message id"))
+    print(json.dumps(_row(message), indent=2))
+    return 0
+
+
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    """Serve the channels' delivery-status webhooks until SIGTERM/SIGINT."""
+    from adapters.bootstrap import get_container
+    from adapters.channels.webhooks import WebhookApp
+    from adapters.logging import configure_logging
+    from adapters.ops import serve
+    from adapters.settings import get_settings
+    from domain.models import MessageStatus
+
+    settings = get_settings()
+    configure_logging(settings)
+    container = get_container()
+    messaging = container.messaging
+    app = WebhookApp(lambda channel, provider_id: messaging.record_status(channel, provider_id,
+                                                                          MessageStatus.DELIVERED),
+                     verify_token=settings.channel_webhook_verify_token, secret=settings.channel_webhook_secret)
+    serve(app, args.host, args.port)
+    container.close()
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    messages = subparsers.add_parser("messages", help="send chat messages and follow their status").add_subparsers(
+        dest="messages_command", required=True)
+    p = messages.add_parser("send", help="record a message; the outbox relay routes it (prints its id)")
+    p.add_argument("--channel", required=True, choices=["whatsapp", "instagram", "all"])
+    p.add_argument("--to", required=True, help="recipient: phone number (WhatsApp) or Instagram-scoped id")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--text")
+    what.add_argument("--media-url", help="an image URL the channel fetches")
+    p.add_argument("--sender", default=None)
+    p.add_argument("--conversation", default=None, help="conversation id")
+    p.add_argument("--id", default=None, help="your message id (UUID): sending it again is a no-op")
+    p.set_defaults(func=cmd_send)
+    p = messages.add_parser("show", help="a message's status and its deliveries, as JSON")
+    p.add_argument("message_id")
+    p.set_defaults(func=cmd_show)
+    p = messages.add_parser("webhooks", help="receive the channels' delivery-status webhooks")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
+    p.add_argument("--port", type=int, default=8098)
+    p.set_defaults(func=cmd_webhooks)

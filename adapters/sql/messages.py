@@ -1,0 +1,97 @@
+"""The outbound-message repository over SQLAlchemy Core, inside a unit of work's session."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from adapters.sql import tables as t
+from domain.models import ChannelDelivery, MessageChannel, MessageStatus, OutboundMessage
+
+_m = t.outbound_messages
+_d = t.message_deliveries
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; everything we store is UTC.
+    return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _delivery_row(d: ChannelDelivery) -> dict:
+    return {
+        "message_id": d.message_id, "channel": d.channel.value, "status": d.status.value, "attempts": d.attempts,
+        "provider_message_id": d.provider_message_id, "last_error": d.last_error,
+        "sending_until": d.sending_until, "sent_at": d.sent_at, "delivered_at": d.delivered_at,
+        "updated_at": d.updated_at,
+    }
+
+
+class SqlMessageRepository:
+    def __init__(self, session: Session) -> None:
+        self._s = session
+        self._dialect = session.get_bind().dialect.name
+
+    def add(self, message: OutboundMessage) -> bool:
+        # ON CONFLICT DO NOTHING: two producers creating the same id at once both succeed, one row.
+        dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        result = self._s.execute(dialect_insert(_m).values(
+            id=message.id, conversation_id=message.conversation_id, sender=message.sender,
+            recipient=message.recipient, channel=message.channel.value, text=message.text,
+            media_url=message.media_url, status=message.status.value, created_at=message.created_at,
+            updated_at=message.updated_at,
+        ).on_conflict_do_nothing(index_elements=["id"]).returning(_m.c.id))
+        if result.first() is None:  # (psycopg reports rowcount -1 here: ask for the row instead)
+            return False
+        if message.deliveries:
+            self._s.execute(insert(_d), [_delivery_row(d) for d in message.deliveries])
+        return True
+
+    def get(self, message_id: str) -> OutboundMessage | None:
+        return self._load(message_id, lock=False)
+
+    def get_for_update(self, message_id: str) -> OutboundMessage | None:
+        return self._load(message_id, lock=True)
+
+    def save(self, message: OutboundMessage) -> None:
+        self._s.execute(update(_m).where(_m.c.id == message.id).values(
+            status=message.status.value, updated_at=message.updated_at))
+        stored = set(self._s.scalars(select(_d.c.channel).where(_d.c.message_id == message.id)))
+        for d in message.deliveries:
+            row = _delivery_row(d)
+            if d.channel.value in stored:
+                self._s.execute(update(_d).where(_d.c.message_id == d.message_id, _d.c.channel == d.channel.value)
+                                .values(**row))
+            else:
+                self._s.execute(insert(_d).values(**row))
+
+    def find_by_provider_id(self, channel: str, provider_message_id: str) -> str | None:
+        return self._s.scalar(select(_d.c.message_id).where(
+            _d.c.channel == channel, _d.c.provider_message_id == provider_message_id).limit(1))
+
+    def _load(self, message_id: str, *, lock: bool) -> OutboundMessage | None:
+        q = select(_m).where(_m.c.id == message_id)
+        if lock:
+            q = q.with_for_update()
+        row = self._s.execute(q).first()
+        if row is None:
+            return None
+        deliveries = [
+            ChannelDelivery(
+                message_id=r.message_id, channel=MessageChannel(r.channel), status=MessageStatus(r.status),
+                attempts=r.attempts, provider_message_id=r.provider_message_id, last_error=r.last_error,
+                sending_until=_aware(r.sending_until), sent_at=_aware(r.sent_at),
+                delivered_at=_aware(r.delivered_at), updated_at=_aware(r.updated_at),
+            )
+            for r in self._s.execute(select(_d).where(_d.c.message_id == message_id))
+        ]
+        order = {c: i for i, c in enumerate(MessageChannel)}
+        deliveries.sort(key=lambda d: order[d.channel])
+        return OutboundMessage(
+            id=row.id, channel=MessageChannel(row.channel), recipient=row.recipient, text=row.text,
+            media_url=row.media_url, sender=row.sender, conversation_id=row.conversation_id,
+            status=MessageStatus(row.status), created_at=_aware(row.created_at), updated_at=_aware(row.updated_at),
+            deliveries=deliveries,
+        )

@@ -1,0 +1,241 @@
+"""Messaging use cases: record outbound chat messages, fan them out per channel, send each delivery.
+
+- create: idempotent on the message id (a producer may supply it): the same request again is a
+  no-op returning the stored message; the id reused for a different message is refused.
+  Records ``message.created`` in the same transaction (the outbox routes it to route_message).
+- route: plans one delivery per channel (``all`` -> whatsapp and instagram) and returns the
+  channels still to send; the actor sends deliver_message for each.
+- deliver: sends one delivery through its channel's gateway. Idempotent: a delivery that is SENT,
+  DELIVERED or FAILED is never sent again; a run finding another run's lease unexpired raises
+  DeliveryInFlight instead of sending in parallel. Every attempt is counted.
+- record_status: a channel's report (DELIVERED) for a delivery, found by the channel's message id.
+
+Every delivery status change commits with a ``message.status`` event (uow.add_event).
+
+What "sent once" means: a delivery is marked SENT in the transaction after the channel accepted
+it, and a SENT delivery is never sent again, whatever the broker redelivers. One window stays: the
+channel accepted a request whose answer never reached us (timeout, connection reset after the
+request went out, or a crash before SENT committed). The retry then sends again, with the same
+idempotency key; a channel that deduplicates on it (the mock channels do) shows it once, one that
+does not may show it twice. That is at-least-once, narrowed to that window.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from typing import Any
+
+from domain.clock import SystemClock
+from domain.errors import DeliveryInFlight, InvalidPayload, NotFound, PermanentError
+from domain.models import (
+    ChannelDelivery,
+    DomainEvent,
+    MessageChannel,
+    MessageStatus,
+    OutboundMessage,
+    new_id,
+    parse_id,
+)
+from domain.ports import ChannelGateway, Clock, MessagingUnitOfWork
+
+log = logging.getLogger(__name__)
+
+MAX_TEXT_LENGTH = 4096  # WhatsApp's limit for a text body
+MAX_FIELD_LENGTH = 255
+
+
+def parse_channel(value: Any, *, concrete: bool = False) -> MessageChannel:
+    try:
+        channel = MessageChannel(str(value).lower())
+    except ValueError:
+        raise InvalidPayload(f"channel must be one of whatsapp, instagram, all; got {value!r}") from None
+    if concrete and channel is MessageChannel.ALL:
+        raise InvalidPayload("a delivery is on one channel: whatsapp or instagram, not all")
+    return channel
+
+
+def idempotency_key(message_id: str, channel: MessageChannel) -> str:
+    """The same for every attempt of one delivery."""
+    return f"{message_id}:{channel.value}"
+
+
+def _text_field(value: Any, name: str, *, required: bool = False, limit: int = MAX_FIELD_LENGTH) -> str | None:
+    if value is None or value == "":
+        if required:
+            raise InvalidPayload(f"{name} is required")
+        return None
+    if not isinstance(value, str):
+        raise InvalidPayload(f"{name} must be a string")
+    value = value.strip()
+    if required and not value:
+        raise InvalidPayload(f"{name} is required")
+    if len(value) > limit:
+        raise InvalidPayload(f"{name} is longer than {limit} characters")
+    return value or None
+
+
+class MessagingService:
+    def __init__(
+        self,
+        uow: Callable[[], MessagingUnitOfWork],
+        gateways: Mapping[MessageChannel, ChannelGateway],
+        *,
+        lease_seconds: float = 60.0,
+        clock: Clock | None = None,
+    ) -> None:
+        self._uow = uow
+        self._gateways = gateways
+        self._lease = timedelta(seconds=lease_seconds)
+        self._clock = clock or SystemClock()
+
+    # Producer side.
+
+    def create(
+        self,
+        *,
+        channel: str,
+        recipient: str,
+        text: str | None = None,
+        media_url: str | None = None,
+        sender: str | None = None,
+        conversation_id: str | None = None,
+        message_id: str | None = None,
+    ) -> tuple[OutboundMessage, bool]:
+        """Record a message PENDING with a ``message.created`` event. Returns (message, created):
+        created is False when this id was already recorded with the same content."""
+        text = _text_field(text, "text", limit=MAX_TEXT_LENGTH)
+        media_url = _text_field(media_url, "media_url", limit=2048)
+        if (text is None) == (media_url is None):
+            raise InvalidPayload("give either text or media_url (exactly one)")
+        if media_url is not None and not media_url.startswith(("https://", "http://")):
+            raise InvalidPayload("media_url must be an http(s) URL")
+        now = self._clock.now()
+        message = OutboundMessage(
+            id=parse_id(message_id, "message id") if message_id is not None else new_id(),
+            channel=parse_channel(channel),
+            recipient=_text_field(recipient, "recipient", required=True),  # type: ignore[arg-type]
+            text=text,
+            media_url=media_url,
+            sender=_text_field(sender, "sender"),
+            conversation_id=_text_field(conversation_id, "conversation_id"),
+            created_at=now,
+            updated_at=now,
+        )
+        with self._uow() as uow:
+            if not uow.messages.add(message):
+                existing = uow.messages.get(message.id)
+                assert existing is not None
+                if not existing.same_request(message):
+                    raise InvalidPayload(f"message id {message.id} was already used for a different message")
+                log.info("message %s already recorded: duplicate create ignored", message.id)
+                return existing, False
+            uow.add_event(DomainEvent("message.created", "message", message.id, {
+                "message_id": message.id, "channel": message.channel.value,
+                "conversation_id": message.conversation_id,
+            }, occurred_at=now))
+            uow.commit()
+        return message, True
+
+    def get(self, message_id: str) -> OutboundMessage:
+        with self._uow() as uow:
+            message = uow.messages.get(message_id)
+        if message is None:
+            raise NotFound(f"message {message_id} does not exist")
+        return message
+
+    # Worker side.
+
+    def route(self, message_id: str) -> list[MessageChannel]:
+        """Plan one delivery per channel; return the channels whose delivery is not final yet."""
+        with self._uow() as uow:
+            message = uow.messages.get_for_update(message_id)
+            if message is None:
+                raise NotFound(f"message {message_id} does not exist")
+            if message.plan_deliveries(self._clock.now()):
+                uow.messages.save(message)
+                uow.commit()
+        to_send = [d.channel for d in message.deliveries if not d.final]
+        log.info("message %s routed: %s", message_id, ", ".join(c.value for c in to_send) or "nothing left to send")
+        return to_send
+
+    def deliver(self, message_id: str, channel: MessageChannel) -> ChannelDelivery:
+        """Send the delivery of ``message_id`` on ``channel`` unless it was sent already."""
+        gateway = self._gateways.get(channel)
+        if gateway is None:
+            raise InvalidPayload(f"no gateway for channel {channel.value!r}")
+        with self._uow() as uow:
+            now = self._clock.now()
+            message = uow.messages.get_for_update(message_id)
+            if message is None:
+                raise NotFound(f"message {message_id} does not exist")
+            if channel not in message.channels:
+                raise InvalidPayload(f"message {message_id} is for {message.channel.value}, not {channel.value}")
+            message.plan_deliveries(now)
+            delivery = message.delivery(channel)
+            assert delivery is not None
+            if delivery.final:
+                log.info("delivery %s/%s already %s: not sent again", message_id, channel.value,
+                         delivery.status.value)
+                return delivery
+            if delivery.sending_until is not None and delivery.sending_until > now:
+                raise DeliveryInFlight(f"delivery {message_id}/{channel.value} is being sent by another run "
+                                       f"until {delivery.sending_until.isoformat()}")
+            delivery.start_attempt(now, now + self._lease)
+            uow.messages.save(message)
+            uow.commit()
+
+        try:
+            receipt = gateway.send(message, idempotency_key(message_id, channel))
+        except PermanentError as exc:
+            reason = str(exc)
+            self._finish(message_id, channel, lambda d, now: d.mark_failed(reason, now))
+            raise
+        except Exception as exc:  # TransientError, or anything unexpected: retried
+            error = f"{type(exc).__name__}: {exc}"
+            self._finish(message_id, channel, lambda d, now: d.attempt_failed(error, now))
+            raise
+        return self._finish(message_id, channel, lambda d, now: d.mark_sent(receipt.provider_message_id, now))
+
+    def record_status(self, channel: MessageChannel, provider_message_id: str,
+                      status: MessageStatus) -> ChannelDelivery:
+        """A status the channel reported (only DELIVERED moves a delivery on). NotFound if no
+        delivery carries that channel message id (yet: the report may beat our SENT commit)."""
+        if status is not MessageStatus.DELIVERED:
+            raise InvalidPayload(f"channels report DELIVERED, not {status.value}")
+        with self._uow() as uow:
+            message_id = uow.messages.find_by_provider_id(channel.value, provider_message_id)
+            if message_id is None:
+                raise NotFound(f"no {channel.value} delivery with channel message id {provider_message_id}")
+        return self._finish(message_id, channel, lambda d, now: d.mark_delivered(now))
+
+    def _finish(self, message_id: str, channel: MessageChannel,
+                change: Callable[[ChannelDelivery, Any], object]) -> ChannelDelivery:
+        """Apply one delivery change in its own transaction, with a message.status event when
+        the delivery's status moves."""
+        with self._uow() as uow:
+            now = self._clock.now()
+            message = uow.messages.get_for_update(message_id)
+            if message is None:
+                raise NotFound(f"message {message_id} vanished")
+            delivery = message.delivery(channel)
+            assert delivery is not None
+            before = delivery.status
+            change(delivery, now)
+            message.refresh_status(now)
+            uow.messages.save(message)
+            if delivery.status is not before:
+                uow.add_event(DomainEvent("message.status", "message", message_id, {
+                    "message_id": message_id, "channel": channel.value, "status": delivery.status.value,
+                    "message_status": message.status.value, "attempts": delivery.attempts,
+                    "provider_message_id": delivery.provider_message_id, "error": delivery.last_error,
+                    "conversation_id": message.conversation_id,
+                }, occurred_at=now))
+            uow.commit()
+        log.info("delivery %s/%s %s after %d attempt(s)", message_id, channel.value, delivery.status.value,
+                 delivery.attempts)
+        return delivery
+
+
+__all__ = ["MessageStatus", "MessagingService", "idempotency_key", "parse_channel"]

@@ -1,0 +1,61 @@
+"""The messaging actors on the StubBroker, with the service over in-memory fakes: route_message fans
+out one deliver_message per channel; bad payloads fail at once; redelivery sends nothing twice."""
+
+import dramatiq
+import pytest
+
+from adapters.bootstrap import Container, get_container, set_container
+from adapters.settings import load_settings
+from domain.models import MessageChannel, MessageStatus, new_id
+from domain.services.messaging import MessagingService
+from tests.unit.fakes import FakeChannelGateway, FakeMessagingUnitOfWork
+
+
+@pytest.fixture
+def world():
+    import actors
+
+    assert actors.broker.__class__.__name__ == "StubBroker", "unit tests run with BROKER_URL unset (stub://)"
+    rows, events = {}, []
+    gateways = {MessageChannel.WHATSAPP: FakeChannelGateway("wa"), MessageChannel.INSTAGRAM: FakeChannelGateway("ig")}
+    service = MessagingService(lambda: FakeMessagingUnitOfWork(rows, events), gateways)
+    previous = get_container()
+    container = Container(load_settings())
+    container.__dict__["messaging"] = service  # the cached_property's slot
+    set_container(container)
+    broker = actors.broker
+    broker.flush_all()
+    broker.dead_letters_by_queue.clear()
+    worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=50)
+    worker.start()
+    yield actors, service, rows, gateways
+    worker.stop()
+    set_container(previous)
+
+
+def test_route_message_fans_out_and_delivers_each_channel_once(world):
+    actors, service, rows, gateways = world
+    message, _ = service.create(channel="all", recipient="ann", text="hi")
+    actors.messaging.route_message.send(message.id)
+    actors.messaging.route_message.send(message.id)  # a duplicate from the producer
+    actors.broker.join(actors.messaging.route_message.queue_name, fail_fast=True)
+    assert rows[message.id].status is MessageStatus.SENT
+    assert len(gateways[MessageChannel.WHATSAPP].sent) == len(gateways[MessageChannel.INSTAGRAM].sent) == 1
+
+
+def test_bad_payloads_fail_at_once(world):
+    actors, service, rows, gateways = world
+    actors.messaging.deliver_message.send("not-a-uuid", "whatsapp")
+    actors.messaging.deliver_message.send(new_id(), "all")
+    actors.messaging.route_message.send(new_id())  # no such message: NotFound, permanent
+    actors.broker.join(actors.messaging.route_message.queue_name, fail_fast=False)
+    assert len(actors.broker.dead_letters) == 3
+    assert gateways[MessageChannel.WHATSAPP].sent == []
+
+
+def test_the_middleware_options_to_wire_are_exactly_the_contract(world):
+    actors = world[0]
+    assert actors.messaging.ROUTE_OPTIONS["dedup_key"]("m-1") == "message:m-1"
+    assert actors.messaging.ROUTE_OPTIONS["dedup_window"] == 86400
+    assert actors.messaging.DELIVER_OPTIONS["circuit"]("m-1", "whatsapp") == "channel:whatsapp"
+    assert actors.messaging.DELIVER_OPTIONS["circuit_fallback"] is True

@@ -1,0 +1,212 @@
+"""MessagingService with in-memory fakes: create, route (fan-out), deliver, statuses, events."""
+
+from datetime import timedelta
+
+import pytest
+
+from domain.errors import DeliveryInFlight, InvalidPayload, NotFound, PermanentError, TransientError
+from domain.models import MessageChannel, MessageStatus, new_id, utcnow
+from domain.services.messaging import MessagingService
+from tests.unit.fakes import FakeChannelGateway, FakeMessagingUnitOfWork
+
+WA, IG = MessageChannel.WHATSAPP, MessageChannel.INSTAGRAM
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = utcnow()
+
+    def now(self):  # type: ignore[no-untyped-def]
+        return self.t
+
+
+@pytest.fixture
+def world():
+    rows, events = {}, []
+    gateways = {WA: FakeChannelGateway("wa"), IG: FakeChannelGateway("ig")}
+    clock = Clock()
+    service = MessagingService(lambda: FakeMessagingUnitOfWork(rows, events), gateways, lease_seconds=30,
+                               clock=clock)
+    return service, rows, events, gateways, clock
+
+
+def _statuses(events):
+    return [(e.payload["channel"], e.payload["status"]) for e in events if e.type == "message.status"]
+
+
+def test_create_records_pending_with_a_created_event(world):
+    service, rows, events, _, _ = world
+    message, created = service.create(channel="whatsapp", recipient="+15550001", text="hello", sender="shop",
+                                      conversation_id="c-1")
+    assert created and rows[message.id].status is MessageStatus.PENDING
+    assert [(e.type, e.aggregate_id, e.payload["channel"]) for e in events] == [
+        ("message.created", message.id, "whatsapp")]
+
+
+def test_create_is_idempotent_on_the_producers_id(world):
+    service, rows, events, _, _ = world
+    mid = new_id()
+    first, created = service.create(channel="all", recipient="ann", text="hi", message_id=mid)
+    again, created_again = service.create(channel="all", recipient="ann", text="hi", message_id=mid)
+    assert created and not created_again and again.id == first.id == mid
+    assert len(rows) == 1 and len(events) == 1
+    with pytest.raises(InvalidPayload, match="different message"):
+        service.create(channel="all", recipient="bob", text="hi", message_id=mid)
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    ({"channel": "sms", "recipient": "a", "text": "x"}, "channel must be"),
+    ({"channel": "whatsapp", "recipient": " ", "text": "x"}, "recipient is required"),
+    ({"channel": "whatsapp", "recipient": "a"}, "exactly one"),
+    ({"channel": "whatsapp", "recipient": "a", "text": "x", "media_url": "https://x/y.png"}, "exactly one"),
+    ({"channel": "whatsapp", "recipient": "a", "media_url": "file:///etc/passwd"}, "http"),
+    ({"channel": "whatsapp", "recipient": "a", "text": "x" * 4097}, "longer than 4096"),
+    ({"channel": "whatsapp", "recipient": "a", "text": "x", "message_id": "nope"}, "UUID"),
+])
+def test_bad_input_is_refused(world, kwargs, error):
+    service, rows, _, _, _ = world
+    with pytest.raises(InvalidPayload, match=error):
+        service.create(**kwargs)
+    assert rows == {}
+
+
+def test_all_fans_out_into_one_delivery_per_channel(world):
+    service, rows, _, _, _ = world
+    message, _ = service.create(channel="all", recipient="ann", text="hi")
+    assert service.route(message.id) == [WA, IG]
+    assert [d.channel for d in rows[message.id].deliveries] == [WA, IG]
+    assert service.route(message.id) == [WA, IG]  # routing again adds nothing
+    assert len(rows[message.id].deliveries) == 2
+    single, _ = service.create(channel="instagram", recipient="ann", text="hi")
+    assert service.route(single.id) == [IG]
+    with pytest.raises(NotFound):
+        service.route(new_id())
+
+
+def test_deliver_sends_once_and_records_sent_with_an_event(world):
+    service, rows, events, gateways, _ = world
+    message, _ = service.create(channel="whatsapp", recipient="ann", text="hi")
+    service.route(message.id)
+    delivery = service.deliver(message.id, WA)
+    assert delivery.status is MessageStatus.SENT and delivery.attempts == 1
+    assert delivery.provider_message_id == "wa-1"
+    assert gateways[WA].sent == [(message.id, f"{message.id}:whatsapp")]
+    assert rows[message.id].status is MessageStatus.SENT
+    # Redelivered by the broker: not sent again, nothing changes.
+    again = service.deliver(message.id, WA)
+    assert again.status is MessageStatus.SENT and again.attempts == 1
+    assert len(gateways[WA].sent) == 1
+    assert _statuses(events) == [("whatsapp", "SENT")]
+    status = [e for e in events if e.type == "message.status"][0]
+    assert status.payload["message_status"] == "SENT" and status.payload["provider_message_id"] == "wa-1"
+
+
+def test_transient_failures_are_counted_and_retried(world):
+    service, rows, events, gateways, _ = world
+    message, _ = service.create(channel="whatsapp", recipient="ann", text="hi")
+    gateways[WA].fail_with = [TransientError("503 from channel"), TransientError("timeout")]
+    for _ in range(2):
+        with pytest.raises(TransientError):
+            service.deliver(message.id, WA)
+    stored = rows[message.id].delivery(WA)
+    assert stored.status is MessageStatus.PENDING and stored.attempts == 2
+    assert "timeout" in stored.last_error and stored.sending_until is None  # lease released
+    assert service.deliver(message.id, WA).attempts == 3
+    assert len(gateways[WA].sent) == 1
+    assert _statuses(events) == [("whatsapp", "SENT")]  # PENDING -> SENT is the only change
+
+
+def test_an_unexpected_error_releases_the_lease_too(world):
+    service, rows, _, gateways, _ = world
+    message, _ = service.create(channel="whatsapp", recipient="ann", text="hi")
+    gateways[WA].fail_with = [RuntimeError("bug in a gateway")]
+    with pytest.raises(RuntimeError):
+        service.deliver(message.id, WA)
+    assert rows[message.id].delivery(WA).sending_until is None
+    assert service.deliver(message.id, WA).status is MessageStatus.SENT
+
+
+def test_permanent_failure_marks_failed_and_is_never_resent(world):
+    service, rows, events, gateways, _ = world
+    message, _ = service.create(channel="whatsapp", recipient="ann", text="hi")
+    gateways[WA].fail_with = [PermanentError("400: invalid recipient")]
+    with pytest.raises(PermanentError):
+        service.deliver(message.id, WA)
+    assert rows[message.id].status is MessageStatus.FAILED
+    assert service.deliver(message.id, WA).status is MessageStatus.FAILED
+    assert gateways[WA].sent == []
+    assert _statuses(events) == [("whatsapp", "FAILED")]
+
+
+def test_fan_out_deliveries_are_tracked_on_their_own(world):
+    service, rows, events, gateways, _ = world
+    message, _ = service.create(channel="all", recipient="ann", text="hi")
+    service.route(message.id)
+    gateways[IG].fail_with = [PermanentError("403: not allowed to message this user")]
+    service.deliver(message.id, WA)
+    assert rows[message.id].status is MessageStatus.PENDING  # instagram still pending
+    with pytest.raises(PermanentError):
+        service.deliver(message.id, IG)
+    stored = rows[message.id]
+    assert (stored.delivery(WA).status, stored.delivery(IG).status) == (MessageStatus.SENT, MessageStatus.FAILED)
+    assert stored.status is MessageStatus.SENT  # one channel got it
+    assert stored.attempts == 2
+    assert service.route(message.id) == []  # nothing left to send
+    assert _statuses(events) == [("whatsapp", "SENT"), ("instagram", "FAILED")]
+
+
+def test_a_concurrent_run_waits_for_the_lease_instead_of_sending(world):
+    service, rows, _, gateways, clock = world
+    message, _ = service.create(channel="whatsapp", recipient="ann", text="hi")
+    seen = []
+
+    def competing_run():
+        with pytest.raises(DeliveryInFlight):
+            service.deliver(message.id, WA)
+        seen.append(True)
+
+    gateways[WA].during_send = competing_run
+    service.deliver(message.id, WA)
+    assert seen == [True] and len(gateways[WA].sent) == 1
+
+
+def test_an_expired_lease_is_taken_over(world):
+    """A run that died mid-send (its lease left behind) does not block the delivery forever."""
+    service, rows, _, gateways, clock = world
+    message, _ = service.create(channel="whatsapp", recipient="ann", text="hi")
+    service.route(message.id)
+    stuck = rows[message.id]
+    stuck.delivery(WA).start_attempt(clock.t, clock.t + timedelta(seconds=30))
+    with pytest.raises(DeliveryInFlight):
+        service.deliver(message.id, WA)
+    clock.t += timedelta(seconds=31)
+    delivery = service.deliver(message.id, WA)
+    assert delivery.status is MessageStatus.SENT and delivery.attempts == 2
+
+
+def test_deliver_checks_its_arguments(world):
+    service, _, _, _, _ = world
+    message, _ = service.create(channel="whatsapp", recipient="ann", text="hi")
+    with pytest.raises(InvalidPayload, match="not instagram"):
+        service.deliver(message.id, IG)
+    with pytest.raises(NotFound):
+        service.deliver(new_id(), WA)
+
+
+def test_delivery_reports_move_sent_to_delivered(world):
+    service, rows, events, _, _ = world
+    message, _ = service.create(channel="all", recipient="ann", text="hi")
+    service.route(message.id)
+    wa = service.deliver(message.id, WA)
+    service.deliver(message.id, IG)
+    assert service.record_status(WA, wa.provider_message_id, MessageStatus.DELIVERED).status is MessageStatus.DELIVERED
+    assert rows[message.id].status is MessageStatus.SENT  # instagram not confirmed yet
+    service.record_status(IG, rows[message.id].delivery(IG).provider_message_id, MessageStatus.DELIVERED)
+    assert rows[message.id].status is MessageStatus.DELIVERED
+    service.record_status(WA, wa.provider_message_id, MessageStatus.DELIVERED)  # a repeated report
+    assert _statuses(events) == [("whatsapp", "SENT"), ("instagram", "SENT"), ("whatsapp", "DELIVERED"),
+                                 ("instagram", "DELIVERED")]
+    with pytest.raises(NotFound):
+        service.record_status(WA, "wamid.unknown", MessageStatus.DELIVERED)
+    with pytest.raises(InvalidPayload):
+        service.record_status(WA, wa.provider_message_id, MessageStatus.FAILED)
