@@ -13,6 +13,6 @@ configure_logging(settings)
 broker = setup_broker(settings)
 
 # The broker must exist before actors are declared.
-from actors import media, outbox, routing  # noqa: E402
+from actors import fallback, media, outbox, routing  # noqa: E402
 
-__all__ = ["broker", "media", "outbox", "routing", "settings"]
+__all__ = ["broker", "fallback", "media", "outbox", "routing", "settings"]

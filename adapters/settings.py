@@ -82,6 +82,15 @@ class Settings(BaseSettings):
     gc_cron: str = "0 2 * * *"  # collect_abandoned_uploads, crontab syntax, UTC
     fallback_poll_interval: float = Field(10.0, gt=0)  # seconds between drain_fallback ticks
 
+    # --- middleware ---
+    dedup_default_window: int = Field(86_400, ge=1)  # seconds, for actors that give a key but no window
+    circuit_failure_threshold: int = Field(5, ge=1)  # dependency failures within the window that open it
+    circuit_window_s: float = Field(60.0, gt=0)  # seconds over which failures are counted
+    circuit_reset_timeout_s: float = Field(30.0, gt=0)  # open this long, then half-open
+    circuit_half_open_trials: int = Field(1, ge=1)  # messages let through while half-open
+    fallback_batch_size: int = Field(50, ge=1, le=10_000)  # parked messages one drain moves per circuit
+    dlq_replay_dedup_window: int = Field(86_400, ge=1)  # seconds a replayed letter's key is remembered
+
     @field_validator("gc_cron")
     @classmethod
     def _check_cron(cls, value: str) -> str:
@@ -170,6 +179,16 @@ class Settings(BaseSettings):
         if self.redis_url is None and self.broker_url.startswith(("redis://", "rediss://")):
             self.redis_url = self.broker_url
         return self
+
+    @property
+    def breaker_policy(self):  # type: ignore[no-untyped-def]
+        """The circuit breakers' defaults (actors may override them)."""
+        from domain.resilience import BreakerPolicy
+
+        return BreakerPolicy(failure_threshold=self.circuit_failure_threshold,
+                             window_ms=int(self.circuit_window_s * 1000),
+                             reset_timeout_ms=int(self.circuit_reset_timeout_s * 1000),
+                             half_open_trials=self.circuit_half_open_trials)
 
     @property
     def broker_kind(self) -> str:
