@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 #: Modules that add their own subcommands: each has register(subparsers).
-COMMAND_MODULES: list[str] = ["adapters.commands.ops", "adapters.commands.outbox"]
+COMMAND_MODULES: list[str] = ["adapters.commands.ops", "adapters.commands.outbox",
+                              "adapters.commands.dlq"]  # --- middleware ---
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 

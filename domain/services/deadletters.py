@@ -8,9 +8,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from domain.clock import Clock
-from domain.errors import NotFound
-from domain.ports import DeadLetterStore, MessageSender
+from domain.errors import DomainError, NotFound
+from domain.ports import Clock, DeadLetterStore, MessageSender
 from domain.resilience import DeadLetter
 
 #: Options that belong to one delivery or one run of retries: a replay starts afresh without them.
@@ -18,7 +17,7 @@ NOT_REPLAYED = frozenset({"retries", "traceback", "requeue_timestamp", "eta", "r
                           "dead_letter_attempts", "retry_enqueue_error", "failed_because", "replay_of"})
 
 
-class AlreadyReplayed(Exception):
+class AlreadyReplayed(DomainError):
     def __init__(self, letter: DeadLetter) -> None:
         super().__init__(f"dead letter {letter.id} was replayed at {letter.replayed_at:%Y-%m-%dT%H:%M:%S%z} "
                          f"(message {letter.replay_message_id}); use --force to replay it again")
