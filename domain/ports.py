@@ -208,6 +208,7 @@ class MessageSender(Protocol):
 
     def requeue(self, item: bytes) -> None: ...
 
-    def send(self, actor: str, args: Sequence[Any], kwargs: dict[str, Any], options: dict[str, Any]) -> str:
+    def send(self, actor: str, queue: str, args: Sequence[Any], kwargs: dict[str, Any],
+             options: dict[str, Any]) -> str:
         """Enqueue a new message; returns its message id."""
         ...

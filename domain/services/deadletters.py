@@ -63,7 +63,8 @@ class DeadLetterService:
         letter = self.get(letter_id)
         if letter.replayed_at is not None and not force:
             raise AlreadyReplayed(letter)
-        message_id = self.sender.send(letter.actor, letter.args, letter.kwargs, self.replay_options(letter))
+        message_id = self.sender.send(letter.actor, letter.queue, letter.args, letter.kwargs,
+                                      self.replay_options(letter))
         self.store.mark_replayed(letter.id, self.clock.now(), message_id)
         return message_id
 
