@@ -56,9 +56,17 @@ def guarded_call(n: int) -> None:
     state.hincrby(f"{NS}:guarded", str(n), 1)
 
 
-# Backoffs of seconds: RabbitMQ workers release delayed messages on a ~1 s tick, which would
-# blur shorter ones.
-@dramatiq.actor(queue_name=Q, max_retries=3, min_backoff=2000, max_backoff=10_000)
+@dramatiq.actor(queue_name=Q, circuit=lambda n: "http:fallback", circuit_fallback=True,
+                circuit_failure_threshold=3, circuit_reset_timeout=1, max_retries=50, min_backoff=100,
+                max_backoff=500)
+def guarded_fallback(n: int) -> None:
+    response = httpx.post(f"{os.environ['TEST_HTTP_URL']}/call/{n}", timeout=5)
+    if response.status_code >= 500:
+        raise TransientError(f"server said {response.status_code}")
+    state.hincrby(f"{NS}:fallback_done", str(n), 1)
+
+
+# Backoffs of seconds, min_backoff=2000, max_backoff=10_000)
 def poison(n: int) -> None:
     state.rpush(f"{NS}:poison:{n}", time.time())
     if not state.get(f"{NS}:healed"):
@@ -87,6 +95,11 @@ def main(argv: list[str]) -> int:
     elif command == "guarded":
         for n in range(int(rest[0]), int(rest[1])):
             guarded_call.send(n)
+    elif command == "guarded_fallback":
+        for n in range(int(rest[0]), int(rest[1])):
+            guarded_fallback.send(n)
+    elif command == "drain":
+        actors.fallback.drain_fallback.send()
     elif command == "poison":
         poison.send_with_options(args=(int(rest[0]),), correlation_id=rest[1])
     elif command == "refuse":

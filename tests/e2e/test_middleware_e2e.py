@@ -181,3 +181,27 @@ def test_poison_message_is_dead_lettered_after_retries_and_replayed(env, tmp_pat
     assert state.lrange(f"{ns}:poison_ok", 0, -1) == [f"poison-{ns}"]  # same correlation id, ran once
     assert letters.get(poisoned.id).replayed_at is not None
     engine.dispose()
+
+
+def test_fallback_circuit_parks_in_its_queue_and_drain_fallback_sends_each_back_once(env, tmp_path):
+    env, state, dependency = env
+    ns = env["TEST_STATE_NS"]
+    client = redis.Redis.from_url(services.REDIS_URL)
+    fallback_key = f"atelier:{env['QUEUE_PREFIX']}fallback:http:fallback"
+    with worker(env, tmp_path):
+        dependency.failing = True
+        send(env, "guarded_fallback", "0", "12")
+        services.wait_for(lambda: client.llen(fallback_key) >= 9, timeout=60,
+                          message="messages parked in the fallback queue")
+        dependency.failing = False
+
+        def drained() -> bool:
+            if len(state.hgetall(f"{ns}:fallback_done")) == 12:
+                return True
+            send(env, "drain")  # what the scheduler does every FALLBACK_POLL_INTERVAL
+            return False
+
+        services.wait_for(drained, timeout=120, interval=0.5, message="every parked message ran")
+    assert state.hgetall(f"{ns}:fallback_done") == {str(n): "1" for n in range(12)}
+    assert client.llen(fallback_key) == 0 and client.llen(f"{fallback_key}:processing") == 0
+    client.close()
