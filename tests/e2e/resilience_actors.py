@@ -66,7 +66,9 @@ def guarded_fallback(n: int) -> None:
     state.hincrby(f"{NS}:fallback_done", str(n), 1)
 
 
-# Backoffs of seconds, min_backoff=2000, max_backoff=10_000)
+# Backoffs of seconds: RabbitMQ workers release delayed messages on a ~1 s tick, which would
+# blur shorter ones.
+@dramatiq.actor(queue_name=Q, max_retries=3, min_backoff=2000, max_backoff=10_000)
 def poison(n: int) -> None:
     state.rpush(f"{NS}:poison:{n}", time.time())
     if not state.get(f"{NS}:healed"):
