@@ -128,6 +128,10 @@ class DedupStore(Protocol):
 
     def complete(self, key: str, token: str, window_ms: int) -> None: ...
 
+    def complete_many(self, items: Sequence[tuple[str, str, int]]) -> None:
+        """complete() for each (key, token, window_ms), in one round trip where the store can."""
+        ...
+
     def release(self, key: str, token: str) -> None:
         """Free the key if ``token`` still holds it (a failed attempt: its retry may run)."""
         ...

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -82,7 +81,6 @@ class CircuitBreaker(Middleware):
         self._metrics_factory = metrics
         self.policy = policy or BreakerPolicy()
         self._running: dict[str, tuple[str, bool, BreakerPolicy]] = {}  # message id -> (circuit, trial, policy)
-        self._lock = threading.Lock()
 
     @property
     def actor_options(self) -> set[str]:
@@ -139,8 +137,7 @@ class CircuitBreaker(Middleware):
         if decision.transition is not None:
             self._transition(circuit, *decision.transition)
         if decision.allowed:
-            with self._lock:
-                self._running[message.message_id] = (circuit, decision.trial, policy)
+            self._running[message.message_id] = (circuit, decision.trial, policy)
             return
         self._park(broker, message, circuit, decision.state, decision.retry_at_ms, actor_options)
 
@@ -160,16 +157,14 @@ class CircuitBreaker(Middleware):
             # Parking failed: running it is better than losing it; Retries handles the outcome.
             self.logger.error("Could not park message %r for open circuit %r; running it.", message.message_id,
                               circuit, exc_info=True)
-            with self._lock:
-                self._running[message.message_id] = (circuit, False, self.policy_for(actor_options))
+            self._running[message.message_id] = (circuit, False, self.policy_for(actor_options))
             return
         self.logger.info("Circuit %r is %s: message %r parked (%s).", circuit, state.value, message.message_id, how)
         self._count(CIRCUIT_PARKED, (circuit, how))
         raise SkipMessage(f"circuit {circuit!r} is {state.value}: parked ({how})")
 
     def after_process_message(self, broker: Broker, message: Message, *, result=None, exception=None) -> None:
-        with self._lock:
-            running = self._running.pop(message.message_id, None)
+        running = self._running.pop(message.message_id, None)  # dict operations are atomic: no lock
         if running is None:
             return
         circuit, trial, policy = running
@@ -185,8 +180,7 @@ class CircuitBreaker(Middleware):
             self._transition(circuit, *transition)
 
     def after_skip_message(self, broker: Broker, message: Message) -> None:
-        with self._lock:
-            running = self._running.pop(message.message_id, None)
+        running = self._running.pop(message.message_id, None)  # dict operations are atomic: no lock
         if running is not None and running[1]:
             self.store.release_trial(running[0])
 

@@ -32,8 +32,9 @@ def correlation_scope(correlation_id: str | None = None) -> Iterator[str]:
 
 
 class Correlation(Middleware):
-    """Stamps ``correlation_id`` and ``causation_id`` message options at first enqueue, and binds
-    both into structlog's context while the message runs (LogContext clears them afterwards).
+    """Stamps ``correlation_id`` and ``causation_id`` message options at first enqueue; while the
+    message runs both are in structlog's context (LogContext binds them with the rest of the
+    message's context, and clears them afterwards).
 
     correlation_id: kept if the producer set it (send_with_options), else the one bound in the
     sender's structlog context (a running message's, or a producer's correlation_scope), else new.
@@ -56,14 +57,11 @@ class Correlation(Middleware):
 
     def before_process_message(self, broker: Broker, message: Message) -> None:
         _running.set(message.message_id)
-        options = message.options
-        # Messages from before this middleware existed carry none: give them one for their logs.
-        correlation_id = options.get("correlation_id") or new_correlation_id()
-        causation_id = options.get("causation_id")
-        if causation_id:
-            structlog.contextvars.bind_contextvars(correlation_id=correlation_id, causation_id=causation_id)
-        else:
-            structlog.contextvars.bind_contextvars(correlation_id=correlation_id)
+        # LogContext (before this in the stack) binds the ids a message carries along with the rest
+        # of its context. A message sent before this middleware existed carries none: give it one
+        # for its log lines and for what it sends.
+        if not message.options.get("correlation_id"):
+            structlog.contextvars.bind_contextvars(correlation_id=new_correlation_id())
 
     def after_process_message(self, broker: Broker, message: Message, *, result=None, exception=None) -> None:
         _running.set(None)

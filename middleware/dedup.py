@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
-from dramatiq import Broker, Message
+from dramatiq import Broker, Message, Worker
 from dramatiq.logging import get_logger
 from dramatiq.middleware import Middleware, SkipMessage
 
@@ -38,21 +39,31 @@ class Dedup(Middleware):
     counted). A failure releases the key, so retries run; a redelivery of the same message
     (crash, shutdown) finds its own lease and runs.
 
+    Completions are written by a background thread, many per round trip (the worker thread does
+    not wait for them): until written, the key reads as held, so a duplicate arriving in those
+    few milliseconds is skipped just the same. Pending completions are written when the worker
+    shuts down; if the store is down they are kept and retried.
+
     Parameters:
       store: callable returning the DedupStore, resolved on first use.
       default_window: seconds, when neither message nor actor says.
       metrics: optional callable returning the MetricsStore that counts skips.
+      background_completion: False writes each completion before the message is acknowledged.
     """
 
     def __init__(self, store: Callable[[], DedupStore], *, default_window: float = 86_400,
-                 metrics: Callable[[], MetricsStore] | None = None) -> None:
+                 metrics: Callable[[], MetricsStore] | None = None, background_completion: bool = True) -> None:
         self.logger = get_logger(__name__, type(self))
         self._store_factory = store
         self._store: DedupStore | None = None
         self._metrics_factory = metrics
         self.default_window = default_window
         self._held: dict[str, tuple[str, float]] = {}  # message id -> (key, window seconds)
-        self._lock = threading.Lock()
+        self.background_completion = background_completion
+        self._completions: list[tuple[str, str, int]] = []
+        self._wake = threading.Condition()
+        self._completer: threading.Thread | None = None
+        self._last_warning = 0.0
 
     @property
     def actor_options(self) -> set[str]:
@@ -100,8 +111,7 @@ class Dedup(Middleware):
             self._defer(broker, message, key)
             return
         if outcome is DedupOutcome.ACQUIRED:
-            with self._lock:
-                self._held[message.message_id] = (key, window)
+            self._held[message.message_id] = (key, window)
             return
         self.logger.info("Skipping message %r: dedup key %r is %s.", message.message_id, key,
                          "done within its window" if outcome is DedupOutcome.DONE else "held by a running message")
@@ -109,22 +119,65 @@ class Dedup(Middleware):
         raise SkipMessage(f"duplicate of dedup key {key!r} ({outcome.value})")
 
     def after_process_message(self, broker: Broker, message: Message, *, result=None, exception=None) -> None:
-        with self._lock:
-            held = self._held.pop(message.message_id, None)
+        held = self._held.pop(message.message_id, None)  # dict operations are atomic: no lock
         if held is None:
             return
         key, window = held
         if exception is None:
-            self.store.complete(key, message.message_id, int(window * 1000))
+            if self.background_completion:
+                self._complete_later(key, message.message_id, int(window * 1000))
+            else:
+                self.store.complete(key, message.message_id, int(window * 1000))
         else:
             self.store.release(key, message.message_id)
 
     def after_skip_message(self, broker: Broker, message: Message) -> None:
         # Skipped after we acquired (a breaker parked it): it did not run, so the key is free.
-        with self._lock:
-            held = self._held.pop(message.message_id, None)
+        held = self._held.pop(message.message_id, None)  # dict operations are atomic: no lock
         if held is not None:
             self.store.release(held[0], message.message_id)
+
+    def _complete_later(self, key: str, token: str, window_ms: int) -> None:
+        with self._wake:
+            self._completions.append((key, token, window_ms))
+            if self._completer is None:
+                self._completer = threading.Thread(target=self._complete_forever, name="dedup-complete", daemon=True)
+                self._completer.start()
+            self._wake.notify()
+
+    def flush(self) -> None:
+        """Write the pending completions now (worker shutdown, tests); keep them if that fails."""
+        with self._wake:
+            batch, self._completions = self._completions, []
+        if not batch:
+            return
+        try:
+            self.store.complete_many(batch)
+        except Exception:
+            with self._wake:
+                self._completions[:0] = batch
+            now = time.monotonic()
+            if now - self._last_warning >= 60:
+                self._last_warning = now
+                self.logger.warning("Could not record %d dedup completion(s); will retry.", len(batch),
+                                    exc_info=True)
+            raise
+
+    def _complete_forever(self) -> None:
+        while True:
+            with self._wake:
+                while not self._completions:
+                    self._wake.wait()
+            try:
+                self.flush()  # what piled up during the last round trip goes in this one
+            except Exception:
+                time.sleep(1)
+
+    def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
+        try:
+            self.flush()
+        except Exception:  # logged by flush; the leases expire by themselves
+            pass
 
     def _defer(self, broker: Broker, message: Message, key: str) -> None:
         """The store cannot be reached: running could repeat a side effect, so the message goes

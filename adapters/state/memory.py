@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 
 from domain.resilience import BreakerDecision, BreakerPolicy, CircuitState, DedupOutcome
 
@@ -39,6 +40,10 @@ class InMemoryDedupStore:
     def complete(self, key: str, token: str, window_ms: int) -> None:
         with self._lock:
             self._keys[key] = ("done", _now_ms() + max(window_ms, 1))
+
+    def complete_many(self, items: Sequence[tuple[str, str, int]]) -> None:
+        for key, token, window_ms in items:
+            self.complete(key, token, window_ms)
 
     def release(self, key: str, token: str) -> None:
         with self._lock:

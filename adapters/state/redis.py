@@ -3,7 +3,10 @@ on any number of hosts see one consistent state. Keys live under ``atelier:<QUEU
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+import redis
 
 from domain.resilience import BreakerDecision, BreakerPolicy, CircuitState, DedupOutcome
 
@@ -26,6 +29,12 @@ end
 return 'busy'
 """
 
+# The rare path of SET NX GET: the key is already held by this very message (a redelivery).
+_EXTEND = """
+if redis.call('GET', KEYS[1]) == 'r:' .. ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+return 0
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == 'r:' .. ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -33,20 +42,47 @@ return 0
 
 
 class RedisDedupStore:
-    """One string per key: ``r:<message id>`` while it runs (PX lease), ``done`` for the window."""
+    """One string per key: ``r:<message id>`` while it runs (PX lease), ``done`` for the window.
+
+    acquire is one ``SET key r:<id> NX GET PX lease`` (Redis 7): it takes a free key and says who
+    holds a taken one in the same round trip, cheaper than a script; on older servers, the script.
+    """
 
     def __init__(self, client: Any, namespace: str) -> None:
         self.client = client
         self.namespace = namespace  # e.g. "atelier:<prefix>dedup:"
         self._acquire = client.register_script(_ACQUIRE)
+        self._extend = client.register_script(_EXTEND)
         self._release = client.register_script(_RELEASE)
+        self._set_nx_get = True
 
     def acquire(self, key: str, token: str, lease_ms: int) -> DedupOutcome:
-        return DedupOutcome(_text(self._acquire(keys=[self.namespace + key], args=[token, int(lease_ms)])))
+        name, value = self.namespace + key, f"r:{token}"
+        if self._set_nx_get:
+            try:
+                held = self.client.set(name, value, nx=True, get=True, px=int(lease_ms))
+            except redis.ResponseError:  # Redis < 7 refuses NX with GET
+                self._set_nx_get = False
+            else:
+                if held is None:
+                    return DedupOutcome.ACQUIRED
+                held = _text(held)
+                if held == "done":
+                    return DedupOutcome.DONE
+                if held == value and self._extend(keys=[name], args=[token, int(lease_ms)]):
+                    return DedupOutcome.ACQUIRED
+                return DedupOutcome.BUSY
+        return DedupOutcome(_text(self._acquire(keys=[name], args=[token, int(lease_ms)])))
 
     def complete(self, key: str, token: str, window_ms: int) -> None:
         # Unconditional: the work is done whoever holds the lease now.
         self.client.set(self.namespace + key, b"done", px=max(int(window_ms), 1))
+
+    def complete_many(self, items: Sequence[tuple[str, str, int]]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for key, _token, window_ms in items:
+            pipe.set(self.namespace + key, b"done", px=max(int(window_ms), 1))
+        pipe.execute()
 
     def release(self, key: str, token: str) -> None:
         self._release(keys=[self.namespace + key], args=[token])
