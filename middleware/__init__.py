@@ -8,10 +8,13 @@ before_process_message hook stops the hooks after it (but every after_skip_messa
    Dramatiq's own; CurrentMessage lets actors and middleware see the running message.
 2. Metrics: counts and times every message in the shared MetricsStore (when given one). Early,
    so its timer spans the other hooks and its after-hooks see every outcome, skips included.
-3. LogContext: clears structlog's context and binds actor/message_id/queue before anything logs;
+3. LogContext: clears structlog's context and binds actor/message_id/queue/retries and the
+   message's correlation_id/causation_id (one bind: binding is what costs) before anything logs;
    its after-hooks run late (reverse order), so what the middleware below log still carries them.
-4. Correlation: stamps correlation_id/causation_id at first enqueue and binds them for the run.
-   After LogContext, whose before-hook clears the context it binds into.
+4. Correlation: stamps correlation_id/causation_id at first enqueue (before_enqueue: the order of
+   enqueue hooks does not matter, no other middleware reads them there) and notes the running
+   message for the causation id of what it sends. After LogContext, whose before-hook clears the
+   context (Correlation binds a fresh id for a message that carries none).
 5. DeadLetters: before Retries in the list, so its after_process_message runs AFTER Retries':
    it sees message.failed as Retries decided it (permanent, retries exhausted, or a retry that
    could not be enqueued: issue 545) and stores the final failure, never an attempt that will be
