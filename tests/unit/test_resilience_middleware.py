@@ -489,3 +489,26 @@ def test_breaker_store_half_open_trials_and_reopening():
     assert store.record_failure("c", now + 2800, policy) == ("half_open", "open")
     d = store.allow("c", now + 3400, policy)
     assert store.record_success("c", d.trial) == ("half_open", "closed")
+
+
+# --- settings and wiring ---
+
+def test_breaker_settings_are_validated_and_become_the_default_policy():
+    from adapters.settings import ConfigError, load_settings
+
+    s = load_settings(circuit_failure_threshold="4", circuit_window_s="10", circuit_reset_timeout_s="2.5",
+                      circuit_half_open_trials="2", fallback_batch_size="7")
+    assert s.breaker_policy == BreakerPolicy(4, 10_000, 2_500, 2) and s.fallback_batch_size == 7
+    with pytest.raises(ConfigError, match="CIRCUIT_FAILURE_THRESHOLD"):
+        load_settings(circuit_failure_threshold="0")
+    with pytest.raises(ConfigError, match="FALLBACK_BATCH_SIZE"):
+        load_settings(fallback_batch_size="lots")
+
+
+def test_a_rabbitmq_broker_without_redis_stops_start_up(capsys):
+    from adapters.broker import build_broker
+    from adapters.settings import ConfigError, load_settings
+
+    with pytest.raises(ConfigError):
+        build_broker(load_settings(broker_url="amqp://guest:guest@127.0.0.1:1/", redis_url=""))
+    assert "REDIS_URL: must be set with a RabbitMQ broker" in capsys.readouterr().err
