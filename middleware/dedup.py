@@ -19,6 +19,7 @@ from middleware.park import park
 DEDUP_SKIPS = "atelier_dedup_skips_total"
 DEFAULT_TIME_LIMIT_MS = 600_000  # dramatiq's TimeLimit default
 STORE_DOWN_DELAY_MS = 5_000
+COMPLETION_BATCH_S = 0.005
 
 
 class Dedup(Middleware):
@@ -39,9 +40,9 @@ class Dedup(Middleware):
     counted). A failure releases the key, so retries run; a redelivery of the same message
     (crash, shutdown) finds its own lease and runs.
 
-    Completions are written by a background thread, many per round trip (the worker thread does
-    not wait for them): until written, the key reads as held, so a duplicate arriving in those
-    few milliseconds is skipped just the same. Pending completions are written when the worker
+    Completions are written by a background thread, those of ~5 ms per round trip (the worker
+    thread does not wait for them): until written, the key reads as held, so a duplicate arriving
+    in those milliseconds is skipped just the same. Pending completions are written when the worker
     shuts down; if the store is down they are kept and retried.
 
     Parameters:
@@ -140,10 +141,12 @@ class Dedup(Middleware):
     def _complete_later(self, key: str, token: str, window_ms: int) -> None:
         with self._wake:
             self._completions.append((key, token, window_ms))
-            if self._completer is None:
-                self._completer = threading.Thread(target=self._complete_forever, name="dedup-complete", daemon=True)
-                self._completer.start()
-            self._wake.notify()
+            if len(self._completions) == 1:  # the completer may be idle: wake it
+                if self._completer is None:
+                    self._completer = threading.Thread(target=self._complete_forever, name="dedup-complete",
+                                                       daemon=True)
+                    self._completer.start()
+                self._wake.notify()
 
     def flush(self) -> None:
         """Write the pending completions now (worker shutdown, tests); keep them if that fails."""
@@ -168,8 +171,10 @@ class Dedup(Middleware):
             with self._wake:
                 while not self._completions:
                     self._wake.wait()
+            # Gather what completes in the next few milliseconds: one round trip for all of it.
+            time.sleep(COMPLETION_BATCH_S)
             try:
-                self.flush()  # what piled up during the last round trip goes in this one
+                self.flush()
             except Exception:
                 time.sleep(1)
 
