@@ -9,6 +9,7 @@ Latency: enqueue-to-start at idle: one message at a time into an idle worker, th
 when it started; median and p99.
 
     .venv/bin/python bench/middleware_overhead.py [messages] [latency_samples]    (from the checkout root)
+    .venv/bin/python bench/middleware_overhead.py --attribution [messages]        (RabbitMQ, by part)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from dramatiq.brokers.redis import RedisBroker  # noqa: E402
 from dramatiq.middleware import (  # noqa: E402
     AgeLimit,
     Callbacks,
+    CurrentMessage,
     Pipelines,
     Retries,
     ShutdownNotifications,
@@ -42,6 +44,15 @@ from adapters.sql.deadletters import SqlDeadLetterStore  # noqa: E402
 from adapters.sql.engine import make_engine  # noqa: E402
 from adapters.sql.migrate import upgrade  # noqa: E402
 from adapters.state.redis import RedisBreakerStore, RedisDedupStore, RedisFallbackQueue  # noqa: E402
+from middleware import (  # noqa: E402
+    CircuitBreaker,
+    ClassifiedRetries,
+    Correlation,
+    DeadLetters,
+    Dedup,
+    LogContext,
+    Metrics,
+)
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -54,15 +65,21 @@ class Setup:
         self.kind, self.stack = kind, stack
         self.queue = f"{ns}{kind}_{stack}"
         self.client = redis.Redis.from_url(REDIS_URL)
+        base = [AgeLimit(), TimeLimit(), ShutdownNotifications(), Callbacks(), Pipelines()]
+        c, engine = self.client, make_engine(db_url)
+        metrics = RedisMetricsStore(c, f"atelier:{ns}metrics:")
+        dedup = RedisDedupStore(c, f"atelier:{ns}dedup:")
+        breakers = RedisBreakerStore(c, f"atelier:{ns}circuit:")
+        fallback = RedisFallbackQueue(c, f"atelier:{ns}fallback:")
+        letters = SqlDeadLetterStore(engine)
         if stack == "bare":
-            mw = [AgeLimit(), TimeLimit(), ShutdownNotifications(), Callbacks(), Pipelines(), Retries()]
+            mw = [*base, Retries()]
+        elif stack == "pre":  # what build_stack held before dedup, breaker, dead letters, correlation
+            mw = [*base, CurrentMessage(), Metrics(lambda: metrics), LogContext(), ClassifiedRetries()]
+        elif stack == "mine":  # bare plus only those four
+            mw = [*base, Correlation(), DeadLetters(lambda: letters), Retries(), Dedup(lambda: dedup),
+                  CircuitBreaker(lambda: breakers, lambda: fallback)]
         else:
-            c, engine = self.client, make_engine(db_url)
-            metrics = RedisMetricsStore(c, f"atelier:{ns}metrics:")
-            dedup = RedisDedupStore(c, f"atelier:{ns}dedup:")
-            breakers = RedisBreakerStore(c, f"atelier:{ns}circuit:")
-            fallback = RedisFallbackQueue(c, f"atelier:{ns}fallback:")
-            letters = SqlDeadLetterStore(engine)
             mw = middleware.build_stack(max_retries=0, metrics_store=lambda: metrics, dedup_store=lambda: dedup,
                                         breaker_store=lambda: breakers, fallback_queue=lambda: fallback,
                                         dead_letter_store=lambda: letters)
@@ -141,7 +158,36 @@ class Setup:
         self.broker.close()
 
 
+def attribution(n: int, rounds: int = 5) -> None:
+    """Which part of the stack costs what on RabbitMQ: bare, the middleware that existed before the
+    resilience middleware, only the resilience middleware (no keys, no circuit), the full stack."""
+    ns = f"bench{uuid.uuid4().hex[:8]}_"
+    tmp = tempfile.TemporaryDirectory()
+    db_url = f"sqlite:///{tmp.name}/bench.db"
+    upgrade(db_url)
+    names = {"bare": "bare Dramatiq", "pre": "bare + CurrentMessage, Metrics, LogContext",
+             "mine": "bare + Correlation, DeadLetters, Dedup, CircuitBreaker", "stack": "full atelier stack"}
+    setups = {stack: Setup("rabbitmq", stack, ns, db_url) for stack in names}
+    best = dict.fromkeys(names, 0.0)
+    try:
+        for s in setups.values():
+            s.throughput(min(500, n))
+        for _ in range(rounds):
+            for stack, s in setups.items():
+                best[stack] = max(best[stack], s.throughput(n))
+    finally:
+        for s in setups.values():
+            s.close()
+        tmp.cleanup()
+    print(f"RabbitMQ, no-op actor, {n} messages per run, best of {rounds}")
+    for stack, name in names.items():
+        print(f"{name:<58} {best[stack]:8.0f} msg/s  {best[stack] / best['bare']:.2f}")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--attribution"]:
+        attribution(int(sys.argv[2]) if len(sys.argv) > 2 else 4000)
+        return
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
     samples = int(sys.argv[2]) if len(sys.argv) > 2 else 200
     ns = f"bench{uuid.uuid4().hex[:8]}_"
