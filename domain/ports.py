@@ -156,7 +156,8 @@ class BreakerStore(Protocol):
         ...
 
     def peek(self, circuit: str, now_ms: int, policy: BreakerPolicy) -> tuple[CircuitState, bool]:
-        """(state, whether traffic may go through now), without changing anything."""
+        """(state, whether traffic may go through now), without changing anything. An open circuit
+        is judged by the reset timeout it was opened with (an actor's own), else ``policy``'s."""
         ...
 
     def states(self) -> dict[str, CircuitState]:

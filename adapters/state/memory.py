@@ -58,6 +58,7 @@ class _Circuit:
         self.opened_at = 0
         self.trials = 0
         self.trial_since = 0
+        self.reset_ms: int | None = None
 
 
 class InMemoryBreakerStore:
@@ -93,14 +94,14 @@ class InMemoryBreakerStore:
             if c.state is CircuitState.OPEN:
                 return None
             if c.state is CircuitState.HALF_OPEN:
-                c.state, c.opened_at, c.trials = CircuitState.OPEN, now_ms, 0
+                c.state, c.opened_at, c.trials, c.reset_ms = CircuitState.OPEN, now_ms, 0, policy.reset_timeout_ms
                 c.failures.clear()
                 return CircuitState.HALF_OPEN, CircuitState.OPEN
             c.failures.append(now_ms)
             while c.failures and c.failures[0] <= now_ms - policy.window_ms:
                 c.failures.popleft()
             if len(c.failures) >= policy.failure_threshold:
-                c.state, c.opened_at, c.trials = CircuitState.OPEN, now_ms, 0
+                c.state, c.opened_at, c.trials, c.reset_ms = CircuitState.OPEN, now_ms, 0, policy.reset_timeout_ms
                 c.failures.clear()
                 return CircuitState.CLOSED, CircuitState.OPEN
             return None
@@ -124,7 +125,8 @@ class InMemoryBreakerStore:
         with self._lock:
             c = self._get(circuit)
             if c.state is CircuitState.OPEN:
-                return c.state, now_ms >= c.opened_at + policy.reset_timeout_ms
+                reset = c.reset_ms if c.reset_ms is not None else policy.reset_timeout_ms
+                return c.state, now_ms >= c.opened_at + reset
             return c.state, True
 
     def states(self) -> dict[str, CircuitState]:

@@ -88,7 +88,8 @@ class RedisDedupStore:
         self._release(keys=[self.namespace + key], args=[token])
 
 
-# KEYS: state hash, failures zset, registry set. Hash fields: state, opened_at, trials, trial_since.
+# KEYS: state hash, failures zset, registry set. Hash fields: state, opened_at, trials, trial_since,
+# reset (the reset timeout it was opened with).
 _ALLOW = """
 local st = redis.call('HGET', KEYS[1], 'state')
 if not st or st == 'closed' then return {1, 'closed', 0, 0, ''} end
@@ -122,7 +123,7 @@ local now = tonumber(ARGV[1])
 if st == 'open' then return '' end
 redis.call('SADD', KEYS[3], ARGV[5])
 if st == 'half_open' then
-  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', now, 'trials', 0)
+  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', now, 'trials', 0, 'reset', ARGV[6])
   redis.call('DEL', KEYS[2])
   return 'half_open'
 end
@@ -131,7 +132,7 @@ redis.call('ZADD', KEYS[2], now, ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
 redis.call('PEXPIRE', KEYS[2], window)
 if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then
-  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', now, 'trials', 0)
+  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', now, 'trials', 0, 'reset', ARGV[6])
   redis.call('DEL', KEYS[2])
   return 'closed'
 end
@@ -186,7 +187,7 @@ class RedisBreakerStore:
         self._seq += 1
         member = f"{now_ms}:{id(self)}:{self._seq}"  # unique per failure
         came_from = _text(self._failure(keys=self._keys(circuit), args=[
-            now_ms, policy.window_ms, policy.failure_threshold, member, circuit]))
+            now_ms, policy.window_ms, policy.failure_threshold, member, circuit, policy.reset_timeout_ms]))
         return (CircuitState(came_from), CircuitState.OPEN) if came_from else None
 
     def record_success(self, circuit: str, trial: bool) -> tuple[CircuitState, CircuitState] | None:
@@ -200,10 +201,11 @@ class RedisBreakerStore:
         self._release(keys=self._keys(circuit))
 
     def peek(self, circuit: str, now_ms: int, policy: BreakerPolicy) -> tuple[CircuitState, bool]:
-        state, opened = self.client.hmget(self._keys(circuit)[0], "state", "opened_at")
+        state, opened, reset = self.client.hmget(self._keys(circuit)[0], "state", "opened_at", "reset")
         state = CircuitState(_text(state)) if state else CircuitState.CLOSED
         if state is CircuitState.OPEN:
-            return state, now_ms >= int(opened or 0) + policy.reset_timeout_ms
+            # The reset timeout of the actor that opened it, which may differ from the default.
+            return state, now_ms >= int(opened or 0) + (int(reset) if reset else policy.reset_timeout_ms)
         return state, True
 
     def states(self) -> dict[str, CircuitState]:

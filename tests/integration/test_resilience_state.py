@@ -91,6 +91,8 @@ def test_breaker_transitions(stores):
     assert (refused.allowed, refused.state, refused.retry_at_ms) == (False, CircuitState.OPEN, now + 2600)
     assert store.peek("c", now + 2200, policy) == (CircuitState.OPEN, False)
     assert store.peek("c", now + 2700, policy) == (CircuitState.OPEN, True)
+    # Judged by the reset timeout it was opened with, not the caller's default (30 s).
+    assert store.peek("c", now + 2700, BreakerPolicy()) == (CircuitState.OPEN, True)
     first = store.allow("c", now + 2700, policy)
     assert first.allowed and first.trial and first.transition == (CircuitState.OPEN, CircuitState.HALF_OPEN)
     assert store.allow("c", now + 2700, policy).trial
