@@ -18,7 +18,8 @@ from middleware.park import fresh_copy, park
 
 #: Counter of state changes, labels (circuit, state entered).
 CIRCUIT_TRANSITIONS = "atelier_circuit_transitions_total"
-#: Counter of messages parked while a circuit would not let them through, labels (circuit, how).
+#: Counter of messages parked while a circuit would not let them through, labels (circuit, how:
+#: delayed | fallback | actor:<name>).
 CIRCUIT_PARKED = "atelier_circuit_parked_total"
 
 
@@ -53,7 +54,8 @@ class CircuitBreaker(Middleware):
     seconds open the circuit. Open: messages are not run against the dependency but parked:
     put back on their queue delayed until the circuit may let traffic through (with jitter), or,
     with the actor option ``circuit_fallback=True``, pushed onto the circuit's fallback queue,
-    which the drain_fallback actor moves back to their queues once it does. After
+    which the drain_fallback actor moves back to their queues once it does; or, with
+    ``circuit_fallback="<actor name>"``, handed to that actor (same arguments) instead. After
     ``reset_timeout`` seconds the circuit is half-open: ``half_open_trials`` messages run; a
     success closes it, a dependency failure opens it again, other messages stay parked. A parked
     message keeps its retry count: it did not fail, it waited. Nothing is dropped.
@@ -144,8 +146,16 @@ class CircuitBreaker(Middleware):
     def _park(self, broker: Broker, message: Message, circuit: str, state: CircuitState, retry_at_ms: int,
               actor_options: dict[str, Any]) -> None:
         how = "delayed"
+        target = actor_options.get("circuit_fallback")
         try:
-            if actor_options.get("circuit_fallback"):
+            if isinstance(target, str):
+                # A fallback actor (another channel, say) takes the same arguments; it runs under
+                # the same correlation id, caused by this message.
+                broker.get_actor(target).send_with_options(
+                    args=message.args, kwargs=message.kwargs, correlation_id=message.options.get("correlation_id"),
+                    causation_id=message.message_id)
+                how = f"actor:{target}"
+            elif target:
                 self.fallback.push(circuit, fresh_copy(message).encode())
                 how = "fallback"
             else:

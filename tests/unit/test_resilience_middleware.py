@@ -362,7 +362,7 @@ def test_replay_of_a_letter_without_a_key_runs_once_however_often_it_is_sent(sta
 
 # --- circuit breaker ---
 
-def _guarded(stack, fallback: bool = False, reset: float = 1.0):
+def _guarded(stack, fallback: bool | str = False, reset: float = 1.0):
     calls = {"down": True, "runs": [], "attempts": 0}
 
     # The reset timeout outlasts the sends below even on a loaded machine (a message processed
@@ -446,6 +446,24 @@ def test_fallback_queue_holds_parked_messages_until_the_drain_sends_them_back(st
         drainer.drain()  # closed: batches of batch_size
         stack.join()
     assert sorted(calls["runs"]) == [10, 11, 12, 13]
+
+
+def test_an_open_circuit_can_hand_messages_to_a_fallback_actor(stack):
+    deliver, calls = _guarded(stack, fallback="sms")  # type: ignore[arg-type]
+    handed = []
+
+    @dramatiq.actor(broker=stack.broker, queue_name="q", actor_name="sms")
+    def sms(n, channel="wa"):
+        ctx = structlog.contextvars.get_contextvars()
+        handed.append((n, ctx["correlation_id"], ctx.get("causation_id")))
+
+    for n in range(3):
+        deliver.send(n)
+    stack.join()
+    parked = deliver.send_with_options(args=(42,), correlation_id="c-fb")
+    stack.join()
+    assert handed == [(42, "c-fb", parked.message_id)]
+    assert 42 not in calls["runs"]
 
 
 def test_drain_never_loses_a_message_when_the_enqueue_or_the_drainer_fails():
