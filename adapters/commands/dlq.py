@@ -149,8 +149,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
             raise SystemExit("dlq purge: give IDs, or a filter (--actor, --older-than, --newer-than, --replayed), "
                              "or --everything")
         f = _filters(args)
-        if args.everything and not args.replayed:
-            f["replayed"] = None
+        f["replayed"] = True if args.replayed else None  # a filter purges replayed letters too
         ids = [letter.id for letter in service.list(limit=args.limit, **f)]
     print(f"purged {service.purge(ids)} dead letter(s)")
     return 0
