@@ -13,6 +13,6 @@ configure_logging(settings)
 broker = setup_broker(settings)
 
 # The broker must exist before actors are declared.
-from actors import media, messaging, outbox, routing, uploads  # noqa: E402
+from actors import fallback, media, messaging, outbox, routing, uploads  # noqa: E402
 
-__all__ = ["broker", "media", "messaging", "outbox", "routing", "settings", "uploads"]
+__all__ = ["broker", "fallback", "media", "messaging", "outbox", "routing", "settings", "uploads"]

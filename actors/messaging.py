@@ -15,13 +15,13 @@ from adapters.broker import queue
 from domain.models import parse_id
 from domain.services.messaging import parse_channel
 
-# Options for the dedup / circuit-breaker middleware (the middleware branch); add to the decorators
-# below once it is merged (Dramatiq refuses actor options no middleware declares):
+# Middleware options: route_message runs once per message id within 24 h (Dedup); each channel's
+# deliveries go through its circuit breaker, parked on the channel's fallback queue while it is open.
 ROUTE_OPTIONS = {"dedup_key": lambda message_id: f"message:{message_id}", "dedup_window": 86400}
 DELIVER_OPTIONS = {"circuit": lambda message_id, channel: f"channel:{channel}", "circuit_fallback": True}
 
 
-@dramatiq.actor(queue_name=queue(settings, "messages"))
+@dramatiq.actor(queue_name=queue(settings, "messages"), **ROUTE_OPTIONS)
 def route_message(message_id: str) -> None:
     message_id = parse_id(message_id, "message_id")
     structlog.contextvars.bind_contextvars(outbound_message_id=message_id)
@@ -31,7 +31,7 @@ def route_message(message_id: str) -> None:
 
 # A channel call is bounded by CHANNEL_TIMEOUT_S; the time limit only catches a hung run.
 @dramatiq.actor(queue_name=queue(settings, "messages"),
-                time_limit=int(settings.message_send_lease_s * 1000))
+                time_limit=int(settings.message_send_lease_s * 1000), **DELIVER_OPTIONS)
 def deliver_message(message_id: str, channel: str) -> None:
     message_id = parse_id(message_id, "message_id")
     channel_ = parse_channel(channel, concrete=True)

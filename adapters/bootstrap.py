@@ -96,6 +96,8 @@ class Container:
             # --- messaging ---
             MetricSpec("atelier_message_deliveries_pending", "gauge", "Chat message deliveries not sent yet.",
                        lambda: pending_deliveries(self.engine), ("channel",)),
+            # --- middleware ---
+            *self.middleware_metrics(),
         ]
 
     @cached_property
@@ -164,6 +166,91 @@ class Container:
     @cached_property
     def messaging(self) -> MessagingService:
         return MessagingService(self.uow, self.channel_gateways, lease_seconds=self.settings.message_send_lease_s)
+    # --- middleware ---
+    @cached_property
+    def dedup_store(self):  # type: ignore[no-untyped-def]
+        """Dedup keys: Redis when there is one (shared by every worker), else this process's memory."""
+        if self.redis is not None:
+            from adapters.state.redis import RedisDedupStore
+
+            return RedisDedupStore(self.redis, f"atelier:{self.settings.queue_prefix}dedup:")
+        from adapters.state.memory import InMemoryDedupStore
+
+        return InMemoryDedupStore()
+
+    @cached_property
+    def breaker_store(self):  # type: ignore[no-untyped-def]
+        if self.redis is not None:
+            from adapters.state.redis import RedisBreakerStore
+
+            return RedisBreakerStore(self.redis, f"atelier:{self.settings.queue_prefix}circuit:")
+        from adapters.state.memory import InMemoryBreakerStore
+
+        return InMemoryBreakerStore()
+
+    @cached_property
+    def fallback_queue(self):  # type: ignore[no-untyped-def]
+        if self.redis is not None:
+            from adapters.state.redis import RedisFallbackQueue
+
+            return RedisFallbackQueue(self.redis, f"atelier:{self.settings.queue_prefix}fallback:")
+        from adapters.state.memory import InMemoryFallbackQueue
+
+        return InMemoryFallbackQueue()
+
+    @cached_property
+    def dead_letter_store(self):  # type: ignore[no-untyped-def]
+        from adapters.sql.deadletters import SqlDeadLetterStore
+
+        return SqlDeadLetterStore(self.engine)
+
+    @cached_property
+    def message_sender(self):  # type: ignore[no-untyped-def]
+        import actors
+        from adapters.sender import BrokerSender
+
+        return BrokerSender(actors.broker)
+
+    @cached_property
+    def dead_letters(self):  # type: ignore[no-untyped-def]
+        from domain.clock import SystemClock
+        from domain.services.deadletters import DeadLetterService
+
+        return DeadLetterService(self.dead_letter_store, self.message_sender, SystemClock(),
+                                 replay_dedup_window=self.settings.dlq_replay_dedup_window)
+
+    @cached_property
+    def fallback_drainer(self):  # type: ignore[no-untyped-def]
+        from domain.services.fallback import FallbackDrainer
+
+        s = self.settings
+        return FallbackDrainer(self.fallback_queue, self.breaker_store, self.message_sender,
+                               policy=s.breaker_policy, batch_size=s.fallback_batch_size)
+
+    def middleware_metrics(self) -> list[MetricSpec]:
+        """Dead letters, dedup skips, breaker states and fallback queue lengths for /metrics."""
+        from adapters.metrics import MetricSpec, store_counter
+        from middleware.circuit import CIRCUIT_PARKED, CIRCUIT_TRANSITIONS
+        from middleware.deadletters import DEAD_LETTERS
+        from middleware.dedup import DEDUP_SKIPS
+
+        store = self.metrics_store
+        return [
+            store_counter(store, DEAD_LETTERS, "Messages written to the dead-letter store.",
+                          ("queue_name", "actor_name", "reason")),
+            MetricSpec("atelier_dead_letters", "gauge", "Dead letters stored and not replayed.",
+                       lambda: self.dead_letter_store.count(replayed=False)),
+            store_counter(store, DEDUP_SKIPS, "Messages skipped as duplicates (done within the window, or busy).",
+                          ("queue_name", "actor_name", "reason")),
+            MetricSpec("atelier_circuit_state", "gauge", "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+                       lambda: {(name, ): state.gauge for name, state in self.breaker_store.states().items()},
+                       ("circuit",)),
+            store_counter(store, CIRCUIT_TRANSITIONS, "Circuit breaker state changes, by state entered.",
+                          ("circuit", "state")),
+            store_counter(store, CIRCUIT_PARKED, "Messages parked while their circuit was open.", ("circuit", "how")),
+            MetricSpec("atelier_fallback_queue_length", "gauge", "Messages parked in each circuit's fallback queue.",
+                       lambda: {(name, ): n for name, n in self.fallback_queue.lengths().items()}, ("circuit",)),
+        ]
 
     def close(self) -> None:
         if "engine" in self.__dict__:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import dramatiq
 from dramatiq import Broker
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
@@ -9,8 +11,8 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
 import middleware
-from adapters.settings import Settings
-from domain.ports import MetricsStore
+from adapters.settings import ConfigError, Settings
+from domain.ports import BreakerStore, DeadLetterStore, DedupStore, FallbackQueue, MetricsStore
 from middleware.shutdown import RequeueUnfinished
 
 
@@ -20,12 +22,50 @@ def _metrics_store() -> MetricsStore:
     return get_container().metrics_store
 
 
+# --- middleware ---
+def _dedup_store() -> DedupStore:
+    from adapters.bootstrap import get_container
+
+    return get_container().dedup_store
+
+
+def _breaker_store() -> BreakerStore:
+    from adapters.bootstrap import get_container
+
+    return get_container().breaker_store
+
+
+def _fallback_queue() -> FallbackQueue:
+    from adapters.bootstrap import get_container
+
+    return get_container().fallback_queue
+
+
+def _dead_letter_store() -> DeadLetterStore:
+    from adapters.bootstrap import get_container
+
+    return get_container().dead_letter_store
+
+
 def build_broker(settings: Settings) -> Broker:
+    if settings.broker_kind == "rabbitmq" and not settings.redis_url:
+        # Dedup keys and circuit breakers must be shared by every worker: per-process state would
+        # run duplicates and let each process hammer a dead dependency on its own.
+        error = ConfigError("configuration error: REDIS_URL: must be set with a RabbitMQ broker "
+                            "(dedup windows and circuit breakers keep their state in Redis)")
+        print(error.message, file=sys.stderr)
+        raise error
     stack = middleware.build_stack(
         max_retries=settings.retry_max_retries,
         min_backoff_ms=settings.retry_min_backoff_ms,
         max_backoff_ms=settings.retry_max_backoff_ms,
         metrics_store=_metrics_store,
+        dedup_store=_dedup_store,
+        dedup_default_window=settings.dedup_default_window,
+        breaker_store=_breaker_store,
+        fallback_queue=_fallback_queue,
+        breaker_policy=settings.breaker_policy,
+        dead_letter_store=_dead_letter_store,
     )
     kind = settings.broker_kind
     broker: Broker

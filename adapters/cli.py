@@ -12,7 +12,8 @@ from pathlib import Path
 #: Modules that add their own subcommands: each has register(subparsers).
 COMMAND_MODULES: list[str] = ["adapters.commands.ops", "adapters.commands.outbox",
                               "adapters.commands.uploads",  # --- uploads ---
-                              "adapters.commands.messages", "adapters.commands.mock_channels"]  # messaging
+                              "adapters.commands.messages", "adapters.commands.mock_channels",  # messaging
+                              "adapters.commands.dlq"]  # --- middleware ---
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 

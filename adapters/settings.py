@@ -101,6 +101,14 @@ class Settings(BaseSettings):
     # secret that signs each POST (X-Hub-Signature-256); unset secret = signatures not checked.
     channel_webhook_verify_token: str | None = None
     channel_webhook_secret: str | None = None
+    # --- middleware ---
+    dedup_default_window: int = Field(86_400, ge=1)  # seconds, for actors that give a key but no window
+    circuit_failure_threshold: int = Field(5, ge=1)  # dependency failures within the window that open it
+    circuit_window_s: float = Field(60.0, gt=0)  # seconds over which failures are counted
+    circuit_reset_timeout_s: float = Field(30.0, gt=0)  # open this long, then half-open
+    circuit_half_open_trials: int = Field(1, ge=1)  # messages let through while half-open
+    fallback_batch_size: int = Field(50, ge=1, le=10_000)  # parked messages one drain moves per circuit
+    dlq_replay_dedup_window: int = Field(86_400, ge=1)  # seconds a replayed letter's key is remembered
 
     @field_validator("gc_cron")
     @classmethod
@@ -211,6 +219,16 @@ class Settings(BaseSettings):
             raise ValueError(f"MESSAGE_SEND_LEASE_S ({self.message_send_lease_s:g}) must be longer than "
                              f"CHANNEL_TIMEOUT_S ({self.channel_timeout_s:g})")
         return self
+
+    @property
+    def breaker_policy(self):  # type: ignore[no-untyped-def]
+        """The circuit breakers' defaults (actors may override them)."""
+        from domain.resilience import BreakerPolicy
+
+        return BreakerPolicy(failure_threshold=self.circuit_failure_threshold,
+                             window_ms=int(self.circuit_window_s * 1000),
+                             reset_timeout_ms=int(self.circuit_reset_timeout_s * 1000),
+                             half_open_trials=self.circuit_half_open_trials)
 
     @property
     def broker_kind(self) -> str:

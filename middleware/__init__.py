@@ -1,12 +1,40 @@
 """atelier's Dramatiq middleware, one class per module.
 
-The stack, in order (Dramatiq calls before_* hooks in this order, after_* hooks too):
+The stack, in list order. Dramatiq calls before_* hooks in list order and after_* hooks
+(after_process_message, after_skip_message, ...) in REVERSE order, and a SkipMessage raised in a
+before_process_message hook stops the hooks after it (but every after_skip_message runs).
 
 1. AgeLimit, TimeLimit, ShutdownNotifications, Callbacks, Pipelines, CurrentMessage:
    Dramatiq's own; CurrentMessage lets actors and middleware see the running message.
-2. Metrics: counts and times every message in the shared MetricsStore (when given one).
-3. LogContext: binds actor/message_id/queue into structlog before anything logs.
-4. ClassifiedRetries: Dramatiq's Retries with PermanentError never retried.
+2. Metrics: counts and times every message in the shared MetricsStore (when given one). Early,
+   so its timer spans the other hooks and its after-hooks see every outcome, skips included.
+3. LogContext: clears structlog's context and binds actor/message_id/queue/retries and the
+   message's correlation_id/causation_id (one bind: binding is what costs) before anything logs;
+   its after-hooks run late (reverse order), so what the middleware below log still carries them.
+4. Correlation: stamps correlation_id/causation_id at first enqueue (before_enqueue: the order of
+   enqueue hooks does not matter, no other middleware reads them there) and notes the running
+   message for the causation id of what it sends. After LogContext, whose before-hook clears the
+   context (Correlation binds a fresh id for a message that carries none).
+5. DeadLetters: before Retries in the list, so its after_process_message runs AFTER Retries':
+   it sees message.failed as Retries decided it (permanent, retries exhausted, or a retry that
+   could not be enqueued: issue 545) and stores the final failure, never an attempt that will be
+   retried. Its before-hook comes before Dedup and CircuitBreaker: a message that only carries a
+   dead letter to write must not take a dedup key nor a half-open trial.
+6. ClassifiedRetries: Retries with PermanentError never retried; a failed re-enqueue fails the
+   message instead of losing it.
+7. Dedup: after Retries in the list, so its after-hook runs BEFORE Retries': a failure releases
+   the key before Retries re-enqueues the message, so the retry can take it. Before
+   CircuitBreaker in the list: a duplicate is skipped without consuming a half-open trial or
+   being parked, and when the breaker parks a message (SkipMessage), Dedup's after_skip_message
+   releases the key it took, since the message did not run.
+8. CircuitBreaker: last, so it decides just before the actor runs (nothing after it can skip the
+   message and strand a half-open trial), and its after-hook runs first: it counts the raw
+   exception against the circuit before anything else reacts. It counts only dependency failures
+   (TransientError, timeouts, connection errors), never PermanentError.
+9. RequeueUnfinished (Redis broker only, appended by adapters/broker.py): after_worker_shutdown.
+
+Dedup, CircuitBreaker and DeadLetters take their state ports as callables resolved on first use
+(build_stack connects to nothing); without them those middleware are left out of the stack.
 """
 
 from collections.abc import Callable
@@ -21,7 +49,12 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
-from domain.ports import MetricsStore
+from domain.ports import BreakerStore, DeadLetterStore, DedupStore, FallbackQueue, MetricsStore
+from domain.resilience import BreakerPolicy
+from middleware.circuit import CircuitBreaker
+from middleware.correlation import Correlation, correlation_scope
+from middleware.deadletters import DeadLetters
+from middleware.dedup import Dedup
 from middleware.logcontext import LogContext
 from middleware.metrics import Metrics
 from middleware.retries import ClassifiedRetries
@@ -29,9 +62,15 @@ from middleware.retries import ClassifiedRetries
 
 def build_stack(*, max_retries: int = 20, min_backoff_ms: int = 1000,
                 max_backoff_ms: int = 300_000,
-                metrics_store: Callable[[], MetricsStore] | None = None) -> list[Middleware]:
-    """The middleware list every broker in atelier is built with."""
-    return [
+                metrics_store: Callable[[], MetricsStore] | None = None,
+                dedup_store: Callable[[], DedupStore] | None = None,
+                dedup_default_window: float = 86_400,
+                breaker_store: Callable[[], BreakerStore] | None = None,
+                fallback_queue: Callable[[], FallbackQueue] | None = None,
+                breaker_policy: BreakerPolicy | None = None,
+                dead_letter_store: Callable[[], DeadLetterStore] | None = None) -> list[Middleware]:
+    """The middleware list every broker in atelier is built with (order: see the module docstring)."""
+    stack: list[Middleware] = [
         AgeLimit(),
         TimeLimit(),
         ShutdownNotifications(),
@@ -40,8 +79,17 @@ def build_stack(*, max_retries: int = 20, min_backoff_ms: int = 1000,
         CurrentMessage(),
         *([Metrics(metrics_store)] if metrics_store is not None else []),
         LogContext(),
-        ClassifiedRetries(max_retries=max_retries, min_backoff=min_backoff_ms, max_backoff=max_backoff_ms),
+        Correlation(),
     ]
+    if dead_letter_store is not None:
+        stack.append(DeadLetters(dead_letter_store, metrics=metrics_store))
+    stack.append(ClassifiedRetries(max_retries=max_retries, min_backoff=min_backoff_ms, max_backoff=max_backoff_ms))
+    if dedup_store is not None:
+        stack.append(Dedup(dedup_store, default_window=dedup_default_window, metrics=metrics_store))
+    if breaker_store is not None and fallback_queue is not None:
+        stack.append(CircuitBreaker(breaker_store, fallback_queue, policy=breaker_policy, metrics=metrics_store))
+    return stack
 
 
-__all__ = ["ClassifiedRetries", "LogContext", "Metrics", "build_stack"]
+__all__ = ["CircuitBreaker", "ClassifiedRetries", "Correlation", "DeadLetters", "Dedup", "LogContext", "Metrics",
+           "build_stack", "correlation_scope"]

@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     text,
 )
 
@@ -139,3 +140,28 @@ message_deliveries = Table(
 Index("ix_message_deliveries_provider", message_deliveries.c.channel, message_deliveries.c.provider_message_id)
 # The pending-deliveries gauge (atelier_message_deliveries_pending).
 Index("ix_message_deliveries_status", message_deliveries.c.status, message_deliveries.c.channel)
+# --- dead letters ---
+# Messages that failed for good (middleware/deadletters.py); `atelier dlq` lists and replays them.
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("message_id", String(64), nullable=False),
+    Column("actor", String(255), nullable=False, index=True),
+    Column("queue", String(255), nullable=False),
+    Column("args", JSON, nullable=False),
+    Column("kwargs", JSON, nullable=False),
+    Column("options", JSON, nullable=False),
+    Column("error_type", String(255), nullable=False),
+    Column("error", Text, nullable=False),
+    Column("traceback", Text, nullable=False),
+    Column("reason", String(32), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("correlation_id", String(64), index=True),
+    Column("enqueued_at", DateTime(timezone=True), nullable=False),
+    Column("failed_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("replayed_at", DateTime(timezone=True)),
+    Column("replay_message_id", String(64)),
+    # One letter per failure: a redelivered failure (crash after the write) is not stored twice.
+    UniqueConstraint("message_id", "attempts", name="uq_dead_letters_message_attempt"),
+)

@@ -22,6 +22,8 @@ def broker_env(request, base_env, pg_url, s3_server) -> Iterator[dict[str, str]]
         "MINIO_BUCKET": services.unique("e2e-"),
         "RETRY_MIN_BACKOFF_MS": "100",
         "RETRY_MAX_BACKOFF_MS": "1000",
+        # Dedup windows and circuit breakers keep their state in Redis whatever the broker.
+        "REDIS_URL": services.REDIS_URL,
     })
     yield env
-    services.purge_queues(env["BROKER_URL"], env["QUEUE_PREFIX"], ("media", "default"))
+    services.purge_queues(env["BROKER_URL"], env["QUEUE_PREFIX"], ("media", "default", "fallback"))

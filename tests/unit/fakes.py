@@ -393,3 +393,44 @@ class FakeChannelGateway:
             raise self.fail_with.pop(0)
         self.sent.append((message.id, idempotency_key))
         return SendReceipt(f"{self.name}-{len(self.sent)}")
+
+
+# --- middleware ---
+class FakeDeadLetterStore:
+    """DeadLetterStore in a dict; ``down`` makes every write fail like an unreachable database."""
+
+    def __init__(self) -> None:
+        from domain.resilience import DeadLetter
+
+        self.letters: dict[str, DeadLetter] = {}
+        self.down = False
+        self.failed_writes = 0
+
+    def add(self, letter) -> bool:  # type: ignore[no-untyped-def]
+        if self.down:
+            self.failed_writes += 1
+            raise ConnectionError("database unreachable")
+        if any(x.message_id == letter.message_id and x.attempts == letter.attempts for x in self.letters.values()):
+            return False
+        self.letters[letter.id] = copy.deepcopy(letter)
+        return True
+
+    def get(self, letter_id: str):  # type: ignore[no-untyped-def]
+        return copy.deepcopy(self.letters.get(letter_id))
+
+    def list(self, *, actor=None, older_than=None, newer_than=None, replayed=None, limit=100):  # type: ignore[no-untyped-def]
+        out = [x for x in self.letters.values()
+               if (actor is None or x.actor == actor) and (older_than is None or x.failed_at < older_than)
+               and (newer_than is None or x.failed_at >= newer_than)
+               and (replayed is None or (x.replayed_at is not None) == replayed)]
+        return sorted(out, key=lambda x: x.failed_at, reverse=True)[:limit]
+
+    def mark_replayed(self, letter_id: str, at: datetime, message_id: str) -> None:
+        self.letters[letter_id].replayed_at = at
+        self.letters[letter_id].replay_message_id = message_id
+
+    def delete(self, letter_ids: Sequence[str]) -> int:
+        return sum(self.letters.pop(i, None) is not None for i in letter_ids)
+
+    def count(self, *, replayed=None) -> int:  # type: ignore[no-untyped-def]
+        return len(self.list(replayed=replayed, limit=10**9))

@@ -1,0 +1,15 @@
+"""drain_fallback: the scheduler sends it every FALLBACK_POLL_INTERVAL seconds; it moves messages
+parked in the circuits' fallback queues back to their queues once the circuit lets traffic through."""
+
+import dramatiq
+
+from actors import settings
+from adapters.bootstrap import get_container
+from adapters.broker import queue
+
+
+# No retries: the next tick drains whatever this one left. Stale ticks are dropped (AgeLimit).
+@dramatiq.actor(queue_name=queue(settings, "fallback"), max_retries=0,
+                max_age=int(max(10_000, 10_000 * settings.fallback_poll_interval)), time_limit=120_000)
+def drain_fallback() -> None:
+    get_container().fallback_drainer.drain()

@@ -1,0 +1,101 @@
+"""Value objects of the worker middleware: dedup outcomes, circuit-breaker policy and decisions,
+and dead letters. Pure data; the state machines live in the stores (atomic on Redis)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class DedupOutcome(enum.StrEnum):
+    ACQUIRED = "acquired"  # this message may run; the key is held while it does
+    DONE = "done"  # a message with this key completed within the window: skip
+    BUSY = "busy"  # another message with this key is running right now: skip
+
+
+class CircuitState(enum.StrEnum):
+    CLOSED = "closed"
+    HALF_OPEN = "half_open"
+    OPEN = "open"
+
+    @property
+    def gauge(self) -> int:
+        """The value exported as atelier_circuit_state: 0 closed, 1 half-open, 2 open."""
+        return {"closed": 0, "half_open": 1, "open": 2}[self.value]
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    """failure_threshold dependency failures within window_ms open the circuit; after
+    reset_timeout_ms it lets half_open_trials messages through; a successful trial closes it,
+    a failed one opens it again."""
+
+    failure_threshold: int = 5
+    window_ms: int = 60_000
+    reset_timeout_ms: int = 30_000
+    half_open_trials: int = 1
+
+
+@dataclass(frozen=True)
+class BreakerDecision:
+    allowed: bool
+    state: CircuitState
+    #: When not allowed: epoch milliseconds at which the circuit may let traffic through.
+    retry_at_ms: int = 0
+    #: Allowed as one of the half-open trials (its outcome closes or reopens the circuit).
+    trial: bool = False
+    #: (from, to) when this call changed the state.
+    transition: tuple[CircuitState, CircuitState] | None = None
+
+
+@dataclass
+class DeadLetter:
+    """A message that failed for good, with everything needed to understand and replay it."""
+
+    id: str
+    message_id: str
+    actor: str
+    queue: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    options: dict[str, Any]
+    error_type: str
+    error: str
+    traceback: str
+    reason: str  # permanent | retries_exhausted | retry_enqueue_failed | throws
+    attempts: int
+    enqueued_at: datetime
+    failed_at: datetime
+    correlation_id: str | None = None
+    replayed_at: datetime | None = None
+    replay_message_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def asdict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "message_id": self.message_id, "actor": self.actor, "queue": self.queue,
+            "args": self.args, "kwargs": self.kwargs, "options": self.options,
+            "error_type": self.error_type, "error": self.error, "traceback": self.traceback,
+            "reason": self.reason, "attempts": self.attempts, "enqueued_at": self.enqueued_at.isoformat(),
+            "failed_at": self.failed_at.isoformat(), "correlation_id": self.correlation_id,
+            "replayed_at": self.replayed_at.isoformat() if self.replayed_at else None,
+            "replay_message_id": self.replay_message_id,
+        }
+
+    @classmethod
+    def fromdict(cls, data: dict[str, Any]) -> DeadLetter:
+        def when(value: str | None) -> datetime | None:
+            return datetime.fromisoformat(value) if value else None
+
+        return cls(
+            id=data["id"], message_id=data["message_id"], actor=data["actor"], queue=data["queue"],
+            args=list(data["args"]), kwargs=dict(data["kwargs"]), options=dict(data["options"]),
+            error_type=data["error_type"], error=data["error"], traceback=data["traceback"],
+            reason=data["reason"], attempts=int(data["attempts"]),
+            enqueued_at=when(data["enqueued_at"]),  # type: ignore[arg-type]
+            failed_at=when(data["failed_at"]),  # type: ignore[arg-type]
+            correlation_id=data.get("correlation_id"), replayed_at=when(data.get("replayed_at")),
+            replay_message_id=data.get("replay_message_id"),
+        )

@@ -1,0 +1,138 @@
+"""Dead-letter routing: messages that failed for good go to a durable, queryable store."""
+
+from __future__ import annotations
+
+import traceback
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from dramatiq import Broker, Message
+from dramatiq.common import q_name
+from dramatiq.logging import get_logger
+from dramatiq.middleware import Middleware, SkipMessage
+
+from domain.errors import PermanentError
+from domain.ports import DeadLetterStore, MetricsStore
+from domain.resilience import DeadLetter
+from middleware.park import fresh_copy, park
+
+#: Counter of dead letters written, labels (queue_name, actor_name, reason).
+DEAD_LETTERS = "atelier_dead_letters_total"
+#: Options that describe one delivery, not the message: not stored, never replayed.
+TRANSIENT_OPTIONS = frozenset({"traceback", "redis_message_id", "eta", "requeue_timestamp", "dead_letter",
+                               "dead_letter_attempts", "retry_enqueue_error", "failed_because"})
+#: The first retry of a failed dead-letter write waits this long; it doubles up to an hour.
+WRITE_RETRY_MS = 10_000
+WRITE_RETRY_MAX_MS = 3_600_000
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def letter_of(broker: Broker, message: Message, exception: BaseException) -> DeadLetter:
+    """What the store keeps of a message that failed for good (after Retries had its say)."""
+    options = message.options
+    # ClassifiedRetries says why it gave up; a message failed by anything else was not retried.
+    reason = options.get("failed_because") or ("permanent" if isinstance(exception, PermanentError)
+                                               else "not_retried")
+    # Retries counts the attempt it just saw when it retries or gives up, not for permanent errors.
+    attempts = int(options.get("retries", 0)) + (0 if reason in ("retries_exhausted", "retry_enqueue_failed")
+                                                 else 1)
+    error = str(exception)
+    if reason == "retry_enqueue_failed":
+        error = f"{error} (then the retry could not be enqueued: {options['retry_enqueue_error']})"
+    return DeadLetter(
+        id=str(uuid.uuid4()),
+        message_id=message.message_id,
+        actor=message.actor_name,
+        queue=q_name(message.queue_name),
+        args=list(message.args),
+        kwargs=dict(message.kwargs),
+        options={k: v for k, v in options.items() if k not in TRANSIENT_OPTIONS},
+        error_type=f"{type(exception).__module__}.{type(exception).__qualname__}",
+        error=error,
+        traceback="".join(traceback.format_exception(type(exception), exception, exception.__traceback__,
+                                                     limit=30)),
+        reason=reason,
+        attempts=attempts,
+        enqueued_at=datetime.fromtimestamp(message.message_timestamp / 1000, UTC),
+        failed_at=_now(),
+        correlation_id=options.get("correlation_id"),
+    )
+
+
+class DeadLetters(Middleware):
+    """Writes every message that failed for good (a permanent error, retries exhausted, a retry
+    that could not be enqueued) to the DeadLetterStore: actor, queue, arguments, options, error
+    type and text, traceback, correlation id, attempts and times. The same on every broker;
+    Dramatiq's own dead-letter queue (XQ) still gets the message as well, as before.
+
+    It must see Retries' decision, so its after_process_message runs after Retries' (it comes
+    before Retries in the middleware list; Dramatiq calls after-hooks in reverse order).
+
+    If the write fails (database down), the message is not lost: the same message is put back
+    on its queue, delayed, carrying its dead letter in the ``dead_letter`` option; when it comes
+    round this middleware writes the letter instead of running the actor (and tries again later,
+    waiting twice as long, while the store stays down). Only if the broker refuses that too does
+    the message rest in Dramatiq's XQ alone (logged as critical).
+
+    Parameters:
+      store: callable returning the DeadLetterStore, resolved on first use.
+      metrics: optional callable returning the MetricsStore that counts dead letters.
+    """
+
+    def __init__(self, store: Callable[[], DeadLetterStore], *,
+                 metrics: Callable[[], MetricsStore] | None = None) -> None:
+        self.logger = get_logger(__name__, type(self))
+        self._store_factory = store
+        self._store: DeadLetterStore | None = None
+        self._metrics_factory = metrics
+
+    @property
+    def store(self) -> DeadLetterStore:
+        if self._store is None:
+            self._store = self._store_factory()
+        return self._store
+
+    def before_process_message(self, broker: Broker, message: Message) -> None:
+        pending: dict[str, Any] | None = message.options.get("dead_letter")
+        if pending is None:
+            return
+        # A dead letter whose first write failed: write it now; the actor does not run again.
+        attempts = int(message.options.get("dead_letter_attempts", 1))
+        self._write(broker, message, DeadLetter.fromdict(pending), attempts)
+        raise SkipMessage("dead letter written")
+
+    def after_process_message(self, broker: Broker, message: Message, *, result=None, exception=None) -> None:
+        if exception is None or not message.failed:
+            return
+        self._write(broker, message, letter_of(broker, message, exception), 0)
+
+    def _write(self, broker: Broker, message: Message, letter: DeadLetter, attempts: int) -> None:
+        try:
+            stored = self.store.add(letter)
+        except Exception:
+            delay = min(WRITE_RETRY_MS * 2 ** attempts, WRITE_RETRY_MAX_MS)
+            try:
+                parked = fresh_copy(message, dead_letter=letter.asdict(), dead_letter_attempts=attempts + 1)
+                park(broker, parked, delay)
+            except Exception:
+                message.fail()  # at least it rests in the broker's own dead-letter queue
+                self.logger.critical("Could not store dead letter of message %r nor put it back; it is only "
+                                     "in the broker's dead-letter queue.", message.message_id, exc_info=True)
+                return
+            self.logger.error("Could not store dead letter of message %r; trying again in %d ms.",
+                              message.message_id, delay, exc_info=True)
+            return
+        if not stored:
+            return  # written before (a redelivery of the same failure)
+        self.logger.warning("Dead-lettered message %r (%s, %s after %d attempt(s)): letter %s.",
+                            message.message_id, letter.actor, letter.reason, letter.attempts, letter.id)
+        if self._metrics_factory is not None:
+            try:
+                self._metrics_factory().add([(DEAD_LETTERS, (letter.queue, letter.actor, letter.reason), 1)])
+            except Exception:
+                self.logger.debug("Could not count a dead letter.", exc_info=True)

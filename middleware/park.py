@@ -1,0 +1,29 @@
+"""Put a message back on its queue for later, from inside a middleware hook."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from dramatiq import Broker, Message
+from dramatiq.common import q_name
+
+#: Dramatiq refuses delays of 7 days or more.
+MAX_DELAY_MS = 7 * 86_400_000 - 60_000
+#: Options of one delivery that must not travel with the message to its next one.
+DELIVERY_OPTIONS = ("eta", "redis_message_id")
+
+
+def fresh_copy(message: Any, **options: Any) -> Message:
+    """The message (a Message or a worker's MessageProxy) as a new delivery on its own queue:
+    same id, arguments and options, without the last delivery's eta and broker id, plus ``options``."""
+    base: Message = getattr(message, "_message", message)
+    kept = {k: v for k, v in base.options.items() if k not in DELIVERY_OPTIONS}
+    return dataclasses.replace(base, queue_name=q_name(base.queue_name), options={**kept, **options})
+
+
+def park(broker: Broker, message: Any, delay_ms: int) -> None:
+    """Enqueue the same message (same id, same retry count) on its queue after ``delay_ms``.
+    Raises what the broker raises; the caller decides what a failed park means."""
+    delay = max(1, min(int(delay_ms), MAX_DELAY_MS))
+    broker.enqueue(fresh_copy(message), delay=delay)

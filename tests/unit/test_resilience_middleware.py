@@ -1,0 +1,532 @@
+"""Correlation, Dedup, DeadLetters, ClassifiedRetries (issue 545) and CircuitBreaker on the
+StubBroker, with the in-memory state adapters, wired the way adapters/broker.py wires them."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import dramatiq
+import pytest
+import structlog
+from dramatiq.brokers.stub import StubBroker
+
+import middleware
+from adapters.metrics import InMemoryMetricsStore
+from adapters.sender import BrokerSender
+from adapters.state.memory import InMemoryBreakerStore, InMemoryDedupStore, InMemoryFallbackQueue
+from domain.clock import SystemClock
+from domain.errors import InvalidPayload, TransientError
+from domain.resilience import BreakerPolicy, CircuitState
+from domain.services.deadletters import AlreadyReplayed, DeadLetterService
+from domain.services.fallback import FallbackDrainer
+from middleware.correlation import correlation_scope
+from middleware.metrics import Metrics
+from tests.services import wait_for
+from tests.unit.fakes import FakeDeadLetterStore
+
+
+@dataclass
+class Stack:
+    broker: StubBroker
+    worker: dramatiq.Worker
+    metrics: InMemoryMetricsStore
+    dedup: InMemoryDedupStore
+    breakers: InMemoryBreakerStore
+    fallback: InMemoryFallbackQueue
+    letters: FakeDeadLetterStore
+
+    def join(self, queue: str = "q") -> None:
+        self.broker.join(queue, fail_fast=False)
+        self.worker.join()
+
+    def count(self, name: str) -> dict:
+        next(m for m in self.broker.middleware if isinstance(m, Metrics)).flush()
+        return self.metrics.read(name)
+
+
+POLICY = BreakerPolicy(failure_threshold=3, window_ms=60_000, reset_timeout_ms=300, half_open_trials=1)
+
+
+@pytest.fixture
+def stack():
+    s = Stack(None, None, InMemoryMetricsStore(), InMemoryDedupStore(), InMemoryBreakerStore(),  # type: ignore[arg-type]
+              InMemoryFallbackQueue(), FakeDeadLetterStore())
+    s.broker = StubBroker(middleware=middleware.build_stack(
+        max_retries=2, min_backoff_ms=1, max_backoff_ms=20, metrics_store=lambda: s.metrics,
+        dedup_store=lambda: s.dedup, breaker_store=lambda: s.breakers, fallback_queue=lambda: s.fallback,
+        breaker_policy=POLICY, dead_letter_store=lambda: s.letters))
+    s.broker.emit_after("process_boot")
+    s.worker = dramatiq.Worker(s.broker, worker_threads=2, worker_timeout=20)
+    s.worker.start()
+    yield s
+    s.worker.stop()
+    s.broker.close()
+
+
+# --- correlation ids ---
+
+def test_correlation_id_is_new_from_the_producer_scope_or_explicit(stack):
+    seen = []
+
+    @dramatiq.actor(broker=stack.broker, queue_name="q")
+    def record():
+        seen.append(structlog.contextvars.get_contextvars().get("correlation_id"))
+
+    plain = record.send()
+    with correlation_scope("req-42"):
+        scoped = record.send()
+    explicit = record.send_with_options(correlation_id="given-1")
+    stack.join()
+    assert plain.options["correlation_id"] and plain.options["correlation_id"] not in ("req-42", "given-1")
+    assert scoped.options["correlation_id"] == "req-42"
+    assert explicit.options["correlation_id"] == "given-1"
+    assert sorted(seen) == sorted([plain.options["correlation_id"], "req-42", "given-1"])
+    assert "causation_id" not in plain.options  # sent from outside any actor
+
+
+def test_a_message_sent_from_an_actor_inherits_the_correlation_id_and_names_its_cause(stack):
+    contexts = {}
+
+    @dramatiq.actor(broker=stack.broker, queue_name="q")
+    def second():
+        contexts["second"] = structlog.contextvars.get_contextvars()
+
+    @dramatiq.actor(broker=stack.broker, queue_name="q")
+    def first():
+        contexts["first"] = structlog.contextvars.get_contextvars()
+        second.send()
+
+    sent = first.send_with_options(correlation_id="chain-1")
+    stack.join()
+    assert contexts["first"]["correlation_id"] == contexts["second"]["correlation_id"] == "chain-1"
+    assert contexts["second"]["causation_id"] == sent.message_id
+    assert "causation_id" not in contexts["first"]
+    # Cleared after the message: nothing leaks into the next one on the thread.
+    assert structlog.contextvars.get_contextvars().get("correlation_id") is None
+
+
+def test_a_retry_keeps_its_correlation_and_gets_no_causation_from_itself(stack):
+    runs = []
+
+    @dramatiq.actor(broker=stack.broker, queue_name="q")
+    def flaky():
+        ctx = structlog.contextvars.get_contextvars()
+        runs.append((ctx["correlation_id"], ctx.get("causation_id")))
+        if len(runs) == 1:
+            raise TransientError("once")
+
+    flaky.send_with_options(correlation_id="c-9")
+    stack.join()
+    assert runs == [("c-9", None), ("c-9", None)]
+
+
+# --- dedup windows ---
+
+def test_duplicates_within_the_window_run_once_and_are_counted(stack):
+    runs = []
+
+    @dramatiq.actor(broker=stack.broker, queue_name="q")
+    def effect(n):
+        runs.append(n)
+
+    for n in range(3):
+        effect.send_with_options(args=(n,), dedup_key="k1", dedup_window=60)
+    stack.join()
+    assert len(runs) == 1
+    assert sum(stack.count("atelier_dedup_skips_total").values()) == 2
+
+
+def test_actor_option_derives_the_key_from_the_arguments(stack):
+    runs = []
+
+    @dramatiq.actor(broker=stack.broker, queue_name="q", dedup_key=lambda order, note=None: f"order:{order}",
+                    dedup_window=60)
+    def ship(order, note=None):
+        runs.append((order, note))
+
+    ship.send(1, note="a")
+    stack.join()
+    ship.send(1, note="b")
+    ship.send(2)
+    stack.join()
+    assert runs == [(1, "a"), (2, None)]
+
+
+def test_same_key_on_two_actors_is_two_things(stack):
+    runs = []
+
+    @dramatiq.actor(broker=stack.broker, queue_name="q")
+    def a():
+        runs.append("a")
+
+    @dramatiq.actor(broker=stack.broker, queue_name="q")
+    def b():
+        runs.append("b")
+
+    a.send_with_options(dedup_key="same")
+    b.send_with_options(dedup_key="same")
+    stack.join()
+    assert sorted(runs) == ["a", "b"]
+
+
+def test_a_failed_attempt_releases_the_key_so_the_retry_runs(stack):
+    runs = []
+
+    @dramatiq.actor(broker=stack.broker, queue_name="q")
+    def flaky():
+        runs.append(1)
+        if len(runs) == 1:
+            raise TransientError("down")
+
+    flaky.send_with_options(dedup_key="k2")
+    stack.join()
+    flaky.send_with_options(dedup_key="k2")  # completed now: skipped
+    stack.join()
+    assert len(runs) == 2
+    assert stack.letters.letters == {}
+
+
+def test_of_two_concurrent_duplicates_only_one_runs(stack):
+    started, release, runs = threading.Event(), threading.Event(), []
+
+    @dramatiq.actor(broker=stack.broker, queue_name="q")
+    def slow():
+        runs.append(1)
+        started.set()
+        release.wait(10)
+
+    slow.send_with_options(dedup_key="k3")
+    assert started.wait(10)
+    slow.send_with_options(dedup_key="k3")  # the other worker thread takes it while the first runs
+    wait_for(lambda: stack.count("atelier_dedup_skips_total"), timeout=10, message="busy skip")
+    release.set()
+    stack.join()
+    assert len(runs) == 1
+    assert list(stack.count("atelier_dedup_skips_total")) == [("q", "slow", "busy")]
+
+
+def test_dedup_store_state_machine():
+    store = InMemoryDedupStore()
+    assert store.acquire("k", "m1", 60_000) == "acquired"
+    assert store.acquire("k", "m2", 60_000) == "busy"
+    assert store.acquire("k", "m1", 60_000) == "acquired"  # a redelivery of the same message
+    store.release("k", "m2")  # not its holder: nothing happens
+    assert store.acquire("k", "m2", 60_000) == "busy"
+    store.release("k", "m1")
+    assert store.acquire("k", "m2", 60_000) == "acquired"
+    store.complete("k", "m2", 60_000)
+    assert store.acquire("k", "m3", 60_000) == "done"
+    store.complete("short", "m", 1)
+    wait_for(lambda: store.acquire("short", "m4", 60_000) == "acquired", timeout=5, message="window end")
+
+
+# --- classified retries and dead letters ---
+
+def test_permanent_error_is_dead_lettered_at_once_with_everything(stack):
+    runs = []
+
+    @dramatiq.actor(broker=stack.broker, queue_name="q")
+    def bad(x, flag=False):
+        runs.append(x)
+        raise InvalidPayload(f"bad x {x}")
+
+    sent = bad.send_with_options(args=(7,), kwargs={"flag": True}, correlation_id="c-p")
+    stack.join()
+    assert runs == [7]
+    [letter] = stack.letters.letters.values()
+    assert (letter.actor, letter.queue, letter.args, letter.kwargs) == ("bad", "q", [7], {"flag": True})
+    assert letter.reason == "permanent" and letter.attempts == 1
+    assert letter.error_type == "domain.errors.InvalidPayload" and letter.error == "bad x 7"
+    assert "raise InvalidPayload" in letter.traceback
+    assert letter.correlation_id == "c-p" and letter.message_id == sent.message_id
+    assert letter.enqueued_at <= letter.failed_at
+    assert len(stack.broker.dead_letters) == 1  # and nacked, as Dramatiq does
+    assert sum(stack.count("atelier_dead_letters_total").values()) == 1
+
+
+def test_transient_error_is_retried_then_dead_lettered(stack):
+    runs = []
+
+    @dramatiq.actor(broker=stack.broker, queue_name="q")
+    def poison():
+        runs.append(1)
+        raise TransientError("still down")
+
+    poison.send()
+    stack.join()
+    assert len(runs) == 3  # first try + max_retries=2
+    [letter] = stack.letters.letters.values()
+    assert letter.reason == "retries_exhausted" and letter.attempts == 3
+    assert "traceback" not in letter.options  # stored in its own field
+
+
+def test_a_retry_that_cannot_be_enqueued_is_dead_lettered_not_acked(stack, monkeypatch):
+    runs = []
+
+    @dramatiq.actor(broker=stack.broker, queue_name="q")
+    def flaky():
+        runs.append(1)
+        raise ConnectionError("dependency down")
+
+    real_enqueue = stack.broker.enqueue
+
+    def enqueue(message, *, delay=None):
+        if delay is not None:  # the retry: the broker is down now
+            raise ConnectionError("broker down")
+        return real_enqueue(message, delay=delay)
+
+    monkeypatch.setattr(stack.broker, "enqueue", enqueue)
+    flaky.send()
+    stack.join()
+    assert len(runs) == 1
+    [letter] = stack.letters.letters.values()
+    assert letter.reason == "retry_enqueue_failed"
+    assert "broker down" in letter.error
+    assert len(stack.broker.dead_letters) == 1  # rejected (nacked), not acknowledged
+
+
+def test_a_dead_letter_whose_write_fails_comes_back_and_is_written(stack, monkeypatch):
+    import middleware.deadletters as dl
+
+    monkeypatch.setattr(dl, "WRITE_RETRY_MS", 5)
+    runs = []
+
+    @dramatiq.actor(broker=stack.broker, queue_name="q")
+    def bad():
+        runs.append(1)
+        if stack.letters.failed_writes >= 2:
+            stack.letters.down = False
+        raise InvalidPayload("no")
+
+    stack.letters.down = True
+    original = bad.send()
+
+    def written():
+        if stack.letters.failed_writes >= 2:
+            stack.letters.down = False  # the database is back
+        return stack.letters.letters
+
+    wait_for(written, timeout=20, message="dead letter written after the store came back")
+    stack.join()
+    assert runs == [1]  # the actor ran once: later rounds only wrote the letter
+    [letter] = stack.letters.letters.values()
+    assert letter.message_id == original.message_id and letter.reason == "permanent"
+
+
+def test_replay_reenqueues_with_the_same_correlation_id_and_runs_once(stack):
+    runs = []
+    fail = [True]
+
+    @dramatiq.actor(broker=stack.broker, queue_name="q")
+    def charge(amount):
+        ctx = structlog.contextvars.get_contextvars()
+        runs.append((amount, ctx["correlation_id"], ctx["retries"]))
+        if fail[0]:
+            raise InvalidPayload("card refused")
+
+    charge.send_with_options(args=(5,), correlation_id="c-r", dedup_key="charge:1")
+    stack.join()
+    [letter] = stack.letters.letters.values()
+    fail[0] = False
+    service = DeadLetterService(stack.letters, BrokerSender(stack.broker), SystemClock())
+    service.replay(letter.id)
+    stack.join()
+    assert runs == [(5, "c-r", 0), (5, "c-r", 0)]
+    assert stack.letters.letters[letter.id].replayed_at is not None
+    with pytest.raises(AlreadyReplayed):
+        service.replay(letter.id)
+    service.replay(letter.id, force=True)  # the side effect happened: the dedup key absorbs it
+    stack.join()
+    assert len(runs) == 2
+
+
+def test_replay_of_a_letter_without_a_key_runs_once_however_often_it_is_sent(stack):
+    runs = []
+
+    @dramatiq.actor(broker=stack.broker, queue_name="q")
+    def once(n):
+        runs.append(n)
+        if len(runs) == 1:
+            raise InvalidPayload("first time")
+
+    once.send(1)
+    stack.join()
+    [letter] = stack.letters.letters.values()
+    service = DeadLetterService(stack.letters, BrokerSender(stack.broker), SystemClock())
+    service.replay(letter.id)
+    service.replay(letter.id, force=True)  # e.g. two operators at once
+    stack.join()
+    assert runs == [1, 1]
+
+
+# --- circuit breaker ---
+
+def _guarded(stack, fallback: bool | str = False, reset: float = 1.0):
+    calls = {"down": True, "runs": [], "attempts": 0}
+
+    # The reset timeout outlasts the sends below even on a loaded machine (a message processed
+    # after it would be a half-open trial, not parked).
+    @dramatiq.actor(broker=stack.broker, queue_name="q", circuit=lambda n, channel="wa": f"channel:{channel}",
+                    circuit_fallback=fallback, max_retries=0, circuit_reset_timeout=reset)
+    def deliver(n, channel="wa"):
+        calls["attempts"] += 1
+        if n == "bad":
+            raise InvalidPayload("bad input never counts")
+        if calls["down"]:
+            raise TransientError("channel down")
+        calls["runs"].append(n)
+
+    return deliver, calls
+
+
+def test_only_dependency_failures_open_the_circuit(stack):
+    deliver, calls = _guarded(stack)
+    for _ in range(5):
+        deliver.send("bad")
+    stack.join()
+    assert stack.breakers.states().get("channel:wa", CircuitState.CLOSED) is CircuitState.CLOSED
+    for n in range(3):
+        deliver.send(n)
+    stack.join()
+    assert stack.breakers.states()["channel:wa"] is CircuitState.OPEN
+    assert list(stack.count("atelier_circuit_transitions_total")) == [("channel:wa", "open")]
+
+
+def test_open_circuit_parks_messages_and_runs_each_once_after_recovery(stack):
+    deliver, calls = _guarded(stack)
+    for n in range(3):
+        deliver.send(n)  # fail (max_retries=0): dead-lettered, and they open the circuit
+    stack.join()
+    assert stack.breakers.states()["channel:wa"] is CircuitState.OPEN
+    attempts = calls["attempts"]
+    calls["down"] = False
+    for n in range(10, 16):
+        deliver.send(n)
+    stack.join()  # waits for the delayed (parked) messages too
+    assert calls["attempts"] - attempts == 6  # not run while open: parked, then each run once
+    assert sorted(calls["runs"]) == list(range(10, 16))
+    assert stack.breakers.states()["channel:wa"] is CircuitState.CLOSED
+    assert sum(stack.count("atelier_circuit_parked_total").values()) >= 5
+    assert {letter.args[0] for letter in stack.letters.letters.values()} == {0, 1, 2}
+
+
+def test_other_circuits_are_not_affected(stack):
+    deliver, calls = _guarded(stack)
+    for n in range(3):
+        deliver.send(n, channel="wa")
+    stack.join()
+    calls["down"] = False
+    attempts = calls["attempts"]
+    deliver.send(99, channel="ig")
+    stack.join("q")
+    assert calls["runs"] == [99] and calls["attempts"] == attempts + 1
+
+
+def test_fallback_queue_holds_parked_messages_until_the_drain_sends_them_back(stack):
+    deliver, calls = _guarded(stack, fallback=True, reset=3600)
+    for n in range(3):
+        deliver.send(n)
+    stack.join()
+    for n in range(10, 14):
+        deliver.send(n)
+    stack.join()
+    assert stack.fallback.lengths() == {"channel:wa": 4}
+    assert calls["runs"] == []
+    calls["down"] = False
+    sender = BrokerSender(stack.broker)
+    policy = BreakerPolicy(failure_threshold=3, reset_timeout_ms=3_600_000)
+    drainer = FallbackDrainer(stack.fallback, stack.breakers, sender, policy=policy, batch_size=2)
+    assert drainer.drain() == {}  # open, reset timeout not over: nothing goes
+    stack.breakers._circuits["channel:wa"].opened_at -= 3_600_000  # an hour later
+    assert drainer.drain() == {"channel:wa": 1}  # past the reset: one probe (half_open_trials)
+    stack.join()
+    assert stack.breakers.states()["channel:wa"] is CircuitState.CLOSED
+    while stack.fallback.lengths()["channel:wa"]:
+        drainer.drain()  # closed: batches of batch_size
+        stack.join()
+    assert sorted(calls["runs"]) == [10, 11, 12, 13]
+
+
+def test_an_open_circuit_can_hand_messages_to_a_fallback_actor(stack):
+    deliver, calls = _guarded(stack, fallback="sms")  # type: ignore[arg-type]
+    handed = []
+
+    @dramatiq.actor(broker=stack.broker, queue_name="q", actor_name="sms")
+    def sms(n, channel="wa"):
+        ctx = structlog.contextvars.get_contextvars()
+        handed.append((n, ctx["correlation_id"], ctx.get("causation_id")))
+
+    for n in range(3):
+        deliver.send(n)
+    stack.join()
+    parked = deliver.send_with_options(args=(42,), correlation_id="c-fb")
+    stack.join()
+    assert handed == [(42, "c-fb", parked.message_id)]
+    assert 42 not in calls["runs"]
+
+
+def test_drain_never_loses_a_message_when_the_enqueue_or_the_drainer_fails():
+    class FlakySender:
+        def __init__(self):
+            self.sent, self.fail_after = [], 1
+
+        def requeue(self, item):
+            if len(self.sent) >= self.fail_after:
+                raise ConnectionError("broker down")
+            self.sent.append(item)
+
+    queue, breakers = InMemoryFallbackQueue(), InMemoryBreakerStore()
+    for i in range(5):
+        queue.push("c", f"m{i}".encode())
+    sender = FlakySender()
+    drainer = FallbackDrainer(queue, breakers, sender, policy=POLICY, batch_size=10)
+    assert drainer.drain() == {"c": 1}
+    assert queue.lengths() == {"c": 4} and sender.sent == [b"m0"]
+    # A drainer that dies between claim and enqueue leaves items in processing: the next one
+    # puts them back first, in order.
+    queue.claim("c", 2)
+    sender.fail_after = 100
+    assert drainer.drain() == {"c": 4}
+    assert sender.sent == [b"m0", b"m1", b"m2", b"m3", b"m4"]
+    assert queue.lengths() == {"c": 0}
+
+
+def test_breaker_store_half_open_trials_and_reopening():
+    store, now = InMemoryBreakerStore(), 1_000_000
+    policy = BreakerPolicy(failure_threshold=2, window_ms=1000, reset_timeout_ms=500, half_open_trials=2)
+    assert store.record_failure("c", now, policy) is None
+    assert store.record_failure("c", now + 2000, policy) is None  # the first left the window
+    assert store.record_failure("c", now + 2100, policy) == ("closed", "open")
+    assert not store.allow("c", now + 2200, policy).allowed
+    d = store.allow("c", now + 2700, policy)
+    assert d.allowed and d.trial and d.transition == ("open", "half_open")
+    assert store.allow("c", now + 2700, policy).trial
+    refused = store.allow("c", now + 2700, policy)
+    assert not refused.allowed and refused.retry_at_ms == now + 3200
+    assert store.record_failure("c", now + 2800, policy) == ("half_open", "open")
+    d = store.allow("c", now + 3400, policy)
+    assert store.record_success("c", d.trial) == ("half_open", "closed")
+
+
+# --- settings and wiring ---
+
+def test_breaker_settings_are_validated_and_become_the_default_policy():
+    from adapters.settings import ConfigError, load_settings
+
+    s = load_settings(circuit_failure_threshold="4", circuit_window_s="10", circuit_reset_timeout_s="2.5",
+                      circuit_half_open_trials="2", fallback_batch_size="7")
+    assert s.breaker_policy == BreakerPolicy(4, 10_000, 2_500, 2) and s.fallback_batch_size == 7
+    with pytest.raises(ConfigError, match="CIRCUIT_FAILURE_THRESHOLD"):
+        load_settings(circuit_failure_threshold="0")
+    with pytest.raises(ConfigError, match="FALLBACK_BATCH_SIZE"):
+        load_settings(fallback_batch_size="lots")
+
+
+def test_a_rabbitmq_broker_without_redis_stops_start_up(capsys):
+    from adapters.broker import build_broker
+    from adapters.settings import ConfigError, load_settings
+
+    with pytest.raises(ConfigError):
+        build_broker(load_settings(broker_url="amqp://guest:guest@127.0.0.1:1/", redis_url=""))
+    assert "REDIS_URL: must be set with a RabbitMQ broker" in capsys.readouterr().err
