@@ -8,7 +8,8 @@ from adapters.bootstrap import Container, get_container, set_container
 from adapters.settings import load_settings
 from domain.models import MessageChannel, MessageStatus, new_id
 from domain.services.messaging import MessagingService
-from tests.unit.fakes import FakeChannelGateway, FakeMessagingUnitOfWork
+from middleware.deadletters import DeadLetters
+from tests.unit.fakes import FakeChannelGateway, FakeDeadLetterStore, FakeMessagingUnitOfWork
 
 
 @pytest.fixture
@@ -26,10 +27,14 @@ def world():
     broker = actors.broker
     broker.flush_all()
     broker.dead_letters_by_queue.clear()
+    # The process-wide broker's dead-letter middleware writes to the fake store for this test.
+    dead_letters = next(m for m in broker.middleware if isinstance(m, DeadLetters))
+    previous_store, dead_letters._store = dead_letters._store, FakeDeadLetterStore()
     worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=50)
     worker.start()
     yield actors, service, rows, gateways
     worker.stop()
+    dead_letters._store = previous_store
     set_container(previous)
 
 
@@ -50,6 +55,9 @@ def test_bad_payloads_fail_at_once(world):
     actors.messaging.route_message.send(new_id())  # no such message: NotFound, permanent
     actors.broker.join(actors.messaging.route_message.queue_name, fail_fast=False)
     assert len(actors.broker.dead_letters) == 3
+    letters = next(m for m in actors.broker.middleware if isinstance(m, DeadLetters)).store.list()
+    assert sorted(x.actor for x in letters) == ["deliver_message", "deliver_message", "route_message"]
+    assert {x.reason for x in letters} == {"permanent"}
     assert gateways[MessageChannel.WHATSAPP].sent == []
 
 
