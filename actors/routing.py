@@ -14,4 +14,6 @@ which is retried and then marked dead. Adding a subscriber is one line, e.g.
 from domain.services.outbox import Route
 
 ROUTES: list[Route] = [
+    # --- media: embeddings ---
+    Route("image.processed", "embed_image", args=lambda e: (e["aggregate_id"],)),
 ]

@@ -39,3 +39,13 @@ class InvalidImage(PermanentError):
 
 class InvalidKey(PermanentError):
     """An object-store key that is empty, absolute or escapes its prefix."""
+
+
+# --- media: embeddings ---
+class ModelUnavailable(TransientError):
+    """The embedding model cannot be loaded (weights missing, unknown model, no GPU). Messages
+    that need it are retried with backoff, then dead-lettered with this reason: never lost."""
+
+
+class IndexUnavailable(TransientError):
+    """The vector index cannot be reached or opened (server down, local path held by another process)."""

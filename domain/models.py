@@ -156,3 +156,13 @@ class Delivery:
     @property
     def dedup_key(self) -> str:
         return f"{self.event.id}:{self.actor}"
+
+
+# --- media: embeddings and search ---
+@dataclass(frozen=True)
+class SearchHit:
+    """One search result: an image id and its cosine similarity to the query (higher is closer)."""
+
+    image_id: str
+    score: float
+    payload: dict[str, Any] = field(default_factory=dict)
