@@ -154,8 +154,9 @@ class Container:
                              torch_threads=s.clip_torch_threads)
 
         imaging = self.imaging
+        weights = s.clip_pretrained_tag or s.clip_pretrained.replace("\\", "/").rsplit("/", 1)[-1]
         return ClipEmbedder(loader, lambda data, side: imaging.decode(data, longest_side=side)[0],
-                            model_id=f"{s.clip_model}/{s.clip_pretrained_tag or s.clip_pretrained}",
+                            model_id=f"{s.clip_model}/{weights}",
                             max_batch_size=s.embed_batch_max_size, max_wait=s.embed_batch_max_wait_ms / 1000)
 
     @cached_property
