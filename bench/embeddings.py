@@ -99,20 +99,27 @@ def main() -> int:
 
     best = {"one": 0.0, "batched": 0.0}
     batch_sizes: list[int] = []
+    ratios: list[float] = []
     for r in range(args.rounds):
+        rates = {}
         for name, size in (("one", 1), ("batched", args.batch)):
             rate, sizes = run(size)
+            rates[name] = rate
             best[name] = max(best[name], rate)
             if name == "batched":
-                batch_sizes = sizes
+                batch_sizes += sizes
             print(f"  round {r + 1} {name:<8} {rate:6.2f} images/s")
+        ratios.append(rates["batched"] / rates["one"])
     mean_batch = sum(batch_sizes) / max(len(batch_sizes), 1)
+    ratios.sort()
+    median = ratios[len(ratios) // 2] if len(ratios) % 2 else sum(ratios[len(ratios) // 2 - 1:][:2]) / 2
     print()
     print("| figure | one at a time | batched | ratio |")
     print("|---|---|---|---|")
     print(f"| images/s (best round) | {best['one']:.2f} | {best['batched']:.2f} | "
           f"{best['batched'] / best['one']:.2f}x |")
-    print(f"| mean batch size (last batched round) | 1 | {mean_batch:.1f} | |")
+    print(f"| median of the rounds' ratios | | | {median:.2f}x |")
+    print(f"| mean batch size (all batched rounds) | 1 | {mean_batch:.1f} | |")
     return 0
 
 
