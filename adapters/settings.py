@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     clip_device: Literal["cpu", "cuda"] = "cpu"
     clip_torch_threads: int = Field(0, ge=0, le=512)  # torch intra-op threads; 0 = torch's default
     embed_batch_max_size: int = Field(16, ge=1, le=1024)  # 1 = no batching, one model call per message
-    embed_batch_max_wait_ms: float = Field(25.0, ge=0, le=10_000)  # how long a batch waits to fill
+    embed_batch_max_wait_ms: float = Field(50.0, ge=0, le=10_000)  # how long a batch waits to fill
     qdrant_url: str | None = None  # a Qdrant server; unset = embedded local mode at QDRANT_PATH
     qdrant_api_key: str | None = None
     qdrant_path: Path = Path("var/qdrant")

@@ -33,7 +33,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8, help="Dramatiq worker threads")
     parser.add_argument("--batch", type=int, default=16, help="EMBED_BATCH_MAX_SIZE of the batched side")
-    parser.add_argument("--wait-ms", type=float, default=10.0, help="EMBED_BATCH_MAX_WAIT_MS of the batched side")
+    parser.add_argument("--wait-ms", type=float, default=50.0, help="EMBED_BATCH_MAX_WAIT_MS of the batched side")
     parser.add_argument("--torch-threads", type=int, default=0, help="0 = torch's default")
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--database-url", help="default: a SQLite file in a temp dir")
@@ -54,15 +54,16 @@ def main() -> int:
     import torch
 
     import actors
+    import adapters.clip as clip_module
     from adapters.bootstrap import Container, get_container, set_container
-    from adapters.clip import ClipEmbedder, load_clip
+    from adapters.clip import ClipEmbedder
     from adapters.samples import make_photo
     from adapters.settings import load_settings
     from adapters.sql.migrate import upgrade
 
     settings = load_settings()
     upgrade(settings.database_url)
-    loaded = load_clip(args.model, "random", torch_threads=args.torch_threads)
+    loaded = clip_module.load_clip(args.model, "random", torch_threads=args.torch_threads)
     media = get_container().media
     photos = [make_photo(4000, 3000, seed=s) for s in range(min(args.images, 8))]
     ids = []

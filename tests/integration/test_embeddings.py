@@ -201,3 +201,28 @@ def test_service_embeds_ready_images_and_finds_each_by_itself(tiny, tmp_path, da
     assert hits[0].payload["owner"] == "ann" and hits[0].payload["model"] == "tiny"
     index.close()
     engine.dispose()
+
+
+def test_ready_ids_filtered_in_sql(database_url):
+    from datetime import timedelta
+
+    from domain.models import Image, utcnow
+
+    engine = make_engine(database_url)
+    uow = uow_factory(engine)
+    owner = f"o{point_id(database_url)[:8]}"  # the PostgreSQL database is shared by the session
+    t0 = utcnow()
+    made = []
+    for n, status in enumerate([ImageStatus.READY, ImageStatus.READY, ImageStatus.FAILED, ImageStatus.READY]):
+        image = Image(id=point_id(f"{owner}{n}"), original_key=f"originals/{n}", owner=owner, status=status,
+                      created_at=t0 + timedelta(minutes=n), updated_at=t0)
+        with uow() as u:
+            u.images.add(image)
+            u.commit()
+        made.append(image.id)
+    with uow() as u:
+        assert u.images.list_ids(ImageStatus.READY, owner=owner) == [made[0], made[1], made[3]]
+        assert u.images.list_ids(ImageStatus.READY, owner=owner, created_from=t0 + timedelta(minutes=1),
+                                 created_to=t0 + timedelta(minutes=3)) == [made[1]]
+        assert u.images.list_ids(ImageStatus.READY, 1, owner=owner) == [made[0]]
+    engine.dispose()

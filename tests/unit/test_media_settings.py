@@ -20,7 +20,7 @@ def test_defaults():
     s = load_settings()
     assert (s.clip_model, s.clip_pretrained, s.clip_device) == ("ViT-B-32", "laion2b_s34b_b79k", "cpu")
     assert s.qdrant_url is None and str(s.qdrant_path) == "var/qdrant"
-    assert (s.embed_batch_max_size, s.embed_batch_max_wait_ms) == (16, 25.0)
+    assert (s.embed_batch_max_size, s.embed_batch_max_wait_ms) == (16, 50.0)
     assert s.metadata_include_gps is False
 
 
