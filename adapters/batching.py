@@ -1,10 +1,17 @@
 """Dynamic batching: calls made at the same time from several threads become one call.
 
-Dramatiq runs a worker process's messages on threads. A model call on a batch of 16 costs
-far less than 16 calls on one item each, so each thread submits its item and blocks; one
-background thread gathers what has been submitted (up to ``max_batch_size``, waiting at most
-``max_wait`` after the first item) and makes one call. Every submitter gets its own result, or
-the batch's exception: a failed call fails every item of that batch, none is dropped.
+Dramatiq runs a worker process's messages on threads. A model call on a batch of 8 costs
+far less than 8 calls on one item each, so each thread submits its item and blocks; one
+background thread gathers what has been submitted (up to ``max_batch_size``) and makes one call.
+Every submitter gets its own result, or the batch's exception: a failed call fails every item of
+that batch, none is dropped.
+
+How long to wait for a batch to fill: the threads of the last batch come back one by one (each
+acks, fetches its next message, reads its image), so the batcher expects as many items as the
+last batch had and closes the batch as soon as they are in, waiting at most ``max_wait`` after
+the first. A lone message (last batch: 1) goes at once; a steady stream from 8 threads settles
+on batches of 8 without idling the model for the full ``max_wait`` each time. Items already
+queued always join, so under a growing load the expectation grows with it.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ class DynamicBatcher(Generic[T, R]):
         self._name = name
         self._queue: queue.Queue[tuple[T, Future[R]]] = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._expected = 1  # the last batch's size: how many items the next one waits for
         self._start_lock = threading.Lock()
         #: Sizes of the batches run so far (the last 1000), for tests and benchmarks.
         self.batch_sizes: list[int] = []
@@ -59,12 +67,14 @@ class DynamicBatcher(Generic[T, R]):
         batch = [self._queue.get()]
         deadline = time.monotonic() + self.max_wait
         while len(batch) < self.max_batch_size:
-            # What is already queued joins at once; then wait for more until the deadline.
+            # What is already queued joins at once; then wait for the expected rest until the deadline.
             try:
                 batch.append(self._queue.get_nowait())
                 continue
             except queue.Empty:
                 pass
+            if len(batch) >= self._expected:
+                break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -72,6 +82,7 @@ class DynamicBatcher(Generic[T, R]):
                 batch.append(self._queue.get(timeout=remaining))
             except queue.Empty:
                 break
+        self._expected = len(batch)
         return batch
 
     def _run(self) -> None:
