@@ -6,12 +6,12 @@ background thread gathers what has been submitted (up to ``max_batch_size``) and
 Every submitter gets its own result, or the batch's exception: a failed call fails every item of
 that batch, none is dropped.
 
-How long to wait for a batch to fill: the threads of the last batch come back one by one (each
-acks, fetches its next message, reads its image), so the batcher expects as many items as the
-last batch had and closes the batch as soon as they are in, waiting at most ``max_wait`` after
-the first. A lone message (last batch: 1) goes at once; a steady stream from 8 threads settles
-on batches of 8 without idling the model for the full ``max_wait`` each time. Items already
-queued always join, so under a growing load the expectation grows with it.
+How long to wait for a batch to fill: the threads that submitted recently come back one by one
+(each acks, fetches its next message, reads its image), so the batcher expects one item from
+each thread seen in the last few cycles and closes the batch as soon as they are in, waiting at
+most ``max_wait`` after the first. A lone message goes at once; 8 busy threads form batches of 8
+without idling the model for the full ``max_wait`` each time; a thread that stops submitting
+drops out of the expectation after a few cycles. Items already queued always join.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ class DynamicBatcher(Generic[T, R]):
         self._name = name
         self._queue: queue.Queue[tuple[T, Future[R]]] = queue.Queue()
         self._thread: threading.Thread | None = None
-        self._expected = 1  # the last batch's size: how many items the next one waits for
+        self._seen: dict[int, float] = {}  # submitting thread -> when it last submitted
+        self._last_call = 0.0  # seconds the last call took
         self._start_lock = threading.Lock()
         #: Sizes of the batches run so far (the last 1000), for tests and benchmarks.
         self.batch_sizes: list[int] = []
@@ -50,6 +51,7 @@ class DynamicBatcher(Generic[T, R]):
     def submit(self, item: T, timeout: float | None = None) -> R:
         """Run ``item`` in the next batch and return its result (or raise the batch's exception)."""
         self._ensure_thread()
+        self._seen[threading.get_ident()] = time.monotonic()
         future: Future[R] = Future()
         self._queue.put((item, future))
         return future.result(timeout)
@@ -63,9 +65,18 @@ class DynamicBatcher(Generic[T, R]):
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
 
+    def expected(self, now: float) -> int:
+        """Threads that submitted within the last couple of cycles (a call and a wait): the next
+        batch waits for each of them."""
+        window = max(2 * (self._last_call + self.max_wait), 0.25)
+        self._seen = {ident: t for ident, t in list(self._seen.items()) if now - t <= window}
+        return max(1, min(len(self._seen), self.max_batch_size))
+
     def _gather(self) -> list[tuple[T, Future[R]]]:
         batch = [self._queue.get()]
-        deadline = time.monotonic() + self.max_wait
+        now = time.monotonic()
+        expected = self.expected(now)
+        deadline = now + self.max_wait
         while len(batch) < self.max_batch_size:
             # What is already queued joins at once; then wait for the expected rest until the deadline.
             try:
@@ -73,7 +84,7 @@ class DynamicBatcher(Generic[T, R]):
                 continue
             except queue.Empty:
                 pass
-            if len(batch) >= self._expected:
+            if len(batch) >= expected:
                 break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -82,7 +93,6 @@ class DynamicBatcher(Generic[T, R]):
                 batch.append(self._queue.get(timeout=remaining))
             except queue.Empty:
                 break
-        self._expected = len(batch)
         return batch
 
     def _run(self) -> None:
@@ -93,6 +103,7 @@ class DynamicBatcher(Generic[T, R]):
             if not live:
                 continue
             self.batch_sizes = [*self.batch_sizes[-999:], len(live)]
+            started = time.monotonic()
             try:
                 results = list(self._fn([item for item, _ in live]))
                 if len(results) != len(live):
@@ -101,5 +112,7 @@ class DynamicBatcher(Generic[T, R]):
                 for _, fut in live:
                     fut.set_exception(exc)
                 continue
+            finally:
+                self._last_call = time.monotonic() - started
             for (_, fut), result in zip(live, results, strict=True):
                 fut.set_result(result)

@@ -2,6 +2,7 @@
 result, a failing call fails every item of its batch."""
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -37,15 +38,25 @@ def test_concurrent_submissions_share_one_call_and_keep_their_results():
     assert len(calls) == 2 and sorted(calls[0] + calls[1]) == list(range(8))
 
 
-def test_a_batch_waits_for_as_many_as_the_last_one_had():
+def test_a_batch_waits_for_each_thread_that_submitted_recently():
     batcher = DynamicBatcher(lambda items: list(items), max_batch_size=16, max_wait=60)
-    batcher._expected = 6  # as if the last batch had six: their threads are coming back
     with ThreadPoolExecutor(6) as pool:
+        # Six threads were busy a moment ago (as in the last batch): the next batch expects six.
+        barrier = threading.Barrier(6)
+
+        def busy(_):  # type: ignore[no-untyped-def]
+            barrier.wait(30)  # six distinct threads
+            batcher._seen[threading.get_ident()] = time.monotonic()
+
+        list(pool.map(busy, range(6)))
+        assert batcher.expected(time.monotonic()) == 6
         first = pool.submit(batcher.submit, 0, 60)
         wait_for(lambda: batcher._queue.qsize() == 0, timeout=30, message="the first item taken")
         rest = [pool.submit(batcher.submit, i, 60) for i in range(1, 6)]
         assert [f.result(60) for f in [first, *rest]] == list(range(6))
     assert batcher.batch_sizes == [6]  # not [1, 5]: the first waited for the others
+    # Threads that stop submitting drop out of the expectation.
+    assert batcher.expected(time.monotonic() + 3600) == 1
 
 
 def test_a_lone_item_does_not_wait_for_company():
