@@ -160,8 +160,10 @@ class QdrantIndex:
             self._call(self.client().get_collections)
             return
         assert self.path is not None
-        target = self.path if self.path.exists() else self.path.parent
-        if not target.exists() or not os.access(target, os.W_OK):
+        target = self.path.resolve()
+        while not target.exists() and target != target.parent:
+            target = target.parent  # created on first use: the nearest existing folder must allow it
+        if not target.is_dir() or not os.access(target, os.W_OK):
             raise IndexUnavailable(f"QDRANT_PATH {self.path} is not a writable directory")
 
     def close(self) -> None:

@@ -226,3 +226,11 @@ def test_ready_ids_filtered_in_sql(database_url):
                                  created_to=t0 + timedelta(minutes=3)) == [made[1]]
         assert u.images.list_ids(ImageStatus.READY, 1, owner=owner) == [made[0]]
     engine.dispose()
+
+
+def test_local_readiness_needs_a_usable_directory(tmp_path):
+    QdrantIndex("images", path=tmp_path / "not" / "yet" / "there").ping()  # created on first use
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(IndexUnavailable, match="not a writable directory"):
+        QdrantIndex("images", path=blocker / "qdrant").ping()
