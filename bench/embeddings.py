@@ -37,6 +37,9 @@ def main() -> int:
     parser.add_argument("--torch-threads", type=int, default=0, help="0 = torch's default")
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--database-url", help="default: a SQLite file in a temp dir")
+    parser.add_argument("--direct", action="store_true",
+                        help="the model part alone: --threads threads call the embedder on the thumbnails' bytes "
+                             "(no Dramatiq, database, object store or Qdrant)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="atelier-bench-emb-"))
@@ -71,7 +74,10 @@ def main() -> int:
         image = media.register_image(photos[n % len(photos)], "image/jpeg", owner="bench")
         media.process_image(image.id)
         ids.append(image.id)
-    print(f"{args.images} READY images (12 MP originals, embedded from the 512 thumbnail); {args.model} random "
+    store = get_container().store
+    thumbs = [store.get(max(media.get_image(i).thumbnails, key=lambda t: t.size).key) for i in ids]
+    mode = "DIRECT (model part only): " if args.direct else ""
+    print(mode + f"{args.images} READY images (12 MP originals, embedded from the 512 thumbnail); {args.model} random "
           f"weights on CPU; {args.threads} worker threads; torch threads {torch.get_num_threads()}; "
           f"batched: max {args.batch}, wait {args.wait_ms:g} ms")
 
@@ -84,6 +90,16 @@ def main() -> int:
         container.__dict__["embedder"] = embedder
         set_container(container)
         container.embeddings.embed_image(ids[0])  # warm-up: first calls allocate
+        if args.direct:
+            from concurrent.futures import ThreadPoolExecutor
+
+            started = time.perf_counter()
+            with ThreadPoolExecutor(args.threads) as pool:
+                list(pool.map(embedder.embed_image, thumbs))
+            elapsed = time.perf_counter() - started
+            sizes = list(embedder.batcher.batch_sizes) if embedder.batcher else [1] * len(ids)
+            container.close()
+            return len(ids) / elapsed, sizes
         worker = dramatiq.Worker(actors.broker, worker_threads=args.threads)
         worker.start()
         started = time.perf_counter()
