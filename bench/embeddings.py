@@ -7,7 +7,10 @@ in this process), with SQLite, the local object store and Qdrant local mode in a
 ViT-B-32 with random weights on the CPU (no download; the cost is the same as real weights).
 Images are 12-megapixel JPEGs processed to thumbnails first; embedding reads the 512 thumbnail.
 
-- one at a time: EMBED_BATCH_MAX_SIZE=1, every message calls the model on its own image.
+- one at a time: EMBED_BATCH_MAX_SIZE=1, every message calls the model on its own image (the
+  threads' calls run concurrently).
+- serialised (also printed): the same, with the model behind a lock, as a naive thread-safe
+  wrapper would do: one single-image call at a time.
 - batched: EMBED_BATCH_MAX_SIZE=--batch, EMBED_BATCH_MAX_WAIT_MS=--wait-ms: messages running at
   the same time share one model call.
 
@@ -81,10 +84,23 @@ def main() -> int:
           f"weights on CPU; {args.threads} worker threads; torch threads {torch.get_num_threads()}; "
           f"batched: max {args.batch}, wait {args.wait_ms:g} ms")
 
-    def run(max_batch: int) -> tuple[float, list[int]]:
+    import dataclasses
+    import threading
+
+    serial = dataclasses.replace(loaded)
+    model_lock = threading.Lock()
+
+    def locked_encode(tensors):  # type: ignore[no-untyped-def]
+        with model_lock:
+            return loaded.encode_images(tensors)
+
+    serial.encode_images = locked_encode  # type: ignore[method-assign]
+
+    def run(max_batch: int, serialised: bool = False) -> tuple[float, list[int]]:
         container = Container(settings)
         imaging = container.imaging
-        embedder = ClipEmbedder(lambda: loaded, lambda data, side: imaging.decode(data, longest_side=side)[0],
+        model = serial if serialised else loaded
+        embedder = ClipEmbedder(lambda: model, lambda data, side: imaging.decode(data, longest_side=side)[0],
                                 model_id=f"{args.model}/random", max_batch_size=max_batch,
                                 max_wait=args.wait_ms / 1000)
         container.__dict__["embedder"] = embedder
@@ -114,13 +130,13 @@ def main() -> int:
         container.close()
         return len(ids) / elapsed, sizes
 
-    best = {"one": 0.0, "batched": 0.0}
+    best = {"one": 0.0, "serial": 0.0, "batched": 0.0}
     batch_sizes: list[int] = []
     ratios: list[float] = []
     for r in range(args.rounds):
         rates = {}
-        for name, size in (("one", 1), ("batched", args.batch)):
-            rate, sizes = run(size)
+        for name, size in (("one", 1), ("serial", 1), ("batched", args.batch)):
+            rate, sizes = run(size, serialised=name == "serial")
             rates[name] = rate
             best[name] = max(best[name], rate)
             if name == "batched":
@@ -136,6 +152,8 @@ def main() -> int:
     print(f"| images/s (best round) | {best['one']:.2f} | {best['batched']:.2f} | "
           f"{best['batched'] / best['one']:.2f}x |")
     print(f"| median of the rounds' ratios | | | {median:.2f}x |")
+    print(f"| serialised model calls, best round | {best['serial']:.2f} | {best['batched']:.2f} | "
+          f"{best['batched'] / best['serial']:.2f}x |")
     print(f"| mean batch size (all batched rounds) | 1 | {mean_batch:.1f} | |")
     return 0
 
