@@ -18,4 +18,6 @@ ROUTES: list[Route] = [
     Route("upload.completed", "process_uploaded_image"),
     # --- messaging ---
     Route("message.created", "route_message", args=lambda e: (e["aggregate_id"],)),
+    # --- media: embeddings ---
+    Route("image.processed", "embed_image", args=lambda e: (e["aggregate_id"],)),
 ]

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from adapters.health import Check
 from adapters.settings import Settings, get_settings
 from domain.ports import MetricsStore, ObjectStore
+from domain.services.embeddings import EmbeddingService
 from domain.services.media import MediaService, ThumbnailSpec
 from domain.services.messaging import MessagingService
 from domain.services.outbox import OutboxRelay
@@ -58,7 +59,7 @@ class Container:
     def imaging(self):  # type: ignore[no-untyped-def]
         from adapters.imaging import PillowImageProcessor
 
-        return PillowImageProcessor(self.settings.max_image_pixels)
+        return PillowImageProcessor(self.settings.max_image_pixels, include_gps=self.settings.metadata_include_gps)
 
     @cached_property
     def media(self) -> MediaService:
@@ -111,6 +112,7 @@ class Container:
         if s.redis_url:
             checks.append(redis_check("redis", s.redis_url, timeout))
         checks.append(Check("object_store", self.store.ping))
+        checks.append(Check("vector_index", self.vector_index.ping))
         return checks
 
     @cached_property
@@ -251,8 +253,42 @@ class Container:
             MetricSpec("atelier_fallback_queue_length", "gauge", "Messages parked in each circuit's fallback queue.",
                        lambda: {(name, ): n for name, n in self.fallback_queue.lengths().items()}, ("circuit",)),
         ]
+    # --- media: embeddings and search ---
+    @cached_property
+    def vector_index(self):  # type: ignore[no-untyped-def]
+        from adapters.vector_index import QdrantIndex
+
+        s = self.settings
+        if s.qdrant_url:
+            return QdrantIndex(s.qdrant_collection, url=s.qdrant_url, api_key=s.qdrant_api_key,
+                               timeout=s.qdrant_timeout_s)
+        return QdrantIndex(s.qdrant_collection, path=s.qdrant_path, timeout=s.qdrant_timeout_s)
+
+    @cached_property
+    def embedder(self):  # type: ignore[no-untyped-def]
+        """The CLIP embedder; building it loads nothing (the model loads on the first embedding)."""
+        from adapters.clip import ClipEmbedder, load_clip
+
+        s = self.settings
+
+        def loader():  # type: ignore[no-untyped-def]
+            return load_clip(s.clip_model, s.clip_pretrained, pretrained_tag=s.clip_pretrained_tag,
+                             device=s.clip_device, model_config=s.clip_model_config,
+                             torch_threads=s.clip_torch_threads)
+
+        imaging = self.imaging
+        weights = s.clip_pretrained_tag or s.clip_pretrained.replace("\\", "/").rsplit("/", 1)[-1]
+        return ClipEmbedder(loader, lambda data, side: imaging.decode(data, longest_side=side)[0],
+                            model_id=f"{s.clip_model}/{weights}",
+                            max_batch_size=s.embed_batch_max_size, max_wait=s.embed_batch_max_wait_ms / 1000)
+
+    @cached_property
+    def embeddings(self) -> EmbeddingService:
+        return EmbeddingService(self.uow, self.store, self.embedder, self.vector_index)
 
     def close(self) -> None:
+        if "vector_index" in self.__dict__:
+            self.vector_index.close()
         if "engine" in self.__dict__:
             self.engine.dispose()
         if self.__dict__.get("redis") is not None:

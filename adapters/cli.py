@@ -13,7 +13,8 @@ from pathlib import Path
 COMMAND_MODULES: list[str] = ["adapters.commands.ops", "adapters.commands.outbox",
                               "adapters.commands.uploads",  # --- uploads ---
                               "adapters.commands.messages", "adapters.commands.mock_channels",  # messaging
-                              "adapters.commands.dlq"]  # --- middleware ---
+                              "adapters.commands.dlq",  # --- middleware ---
+                              "adapters.commands.search"]  # --- media: embeddings and search ---
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
@@ -56,6 +57,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("DATABASE_URL", f"sqlite:///{workdir / 'atelier.db'}")
     os.environ.setdefault("LOCAL_STORE_DIR", str(workdir / "objects"))
     os.environ.setdefault("LOG_LEVEL", "CRITICAL")  # the demo prints its own report
+    # --- media: embeddings and search ---
+    os.environ.setdefault("QDRANT_PATH", str(workdir / "qdrant"))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never a 600 MB download behind a demo's back
 
     from adapters.settings import get_settings
     from adapters.sql.migrate import upgrade
@@ -82,6 +86,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
             sent.append((path, image.id))
         actors.broker.join(actors.media.process_image.queue_name, fail_fast=False)
         worker.join()
+        # --- media: embeddings and search ---
+        from adapters.commands.search import demo_embeddings
+
+        embedding_report = demo_embeddings(actors.broker, get_container(), [i for _, i in sent])
+        worker.join()
     finally:
         worker.stop()
     elapsed = time.perf_counter() - started
@@ -100,6 +109,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         for t in image.thumbnails:
             print(f"  {t.size:>4}px  {t.width}x{t.height} {t.format:<4} {t.byte_size:>7} B  "
                   f"{store_root / t.key}")
+    # --- media: embeddings and search ---
+    print("\n" + "\n".join(embedding_report))
     return 0
 
 

@@ -42,3 +42,16 @@ def make_image(width: int = 640, height: int = 480, *, seed: int = 0, fmt: str =
         kwargs["quality"] = quality
     im.save(buf, fmt, **kwargs)
     return buf.getvalue()
+
+
+# --- media: thumbnails benchmark and quality test ---
+def make_photo(width: int = 4000, height: int = 3000, *, seed: int = 0, quality: int = 90) -> bytes:
+    """A photo-sized JPEG with fine detail everywhere (noise and a fractal over the gradient), so
+    downscaling shortcuts show up in a pixel comparison; 4000x3000 is a 12-megapixel camera."""
+    base = Image.open(io.BytesIO(make_image(width, height, seed=seed, quality=100))).convert("RGB")
+    noise = Image.effect_noise((width, height), 40 + seed % 20).convert("RGB")
+    fractal = Image.effect_mandelbrot((width, height), (-2.0 + 0.01 * seed, -1.2, 1.0, 1.2), 64).convert("RGB")
+    im = Image.blend(Image.blend(base, noise, 0.25), fractal, 0.25)
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()

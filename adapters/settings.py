@@ -109,6 +109,24 @@ class Settings(BaseSettings):
     circuit_half_open_trials: int = Field(1, ge=1)  # messages let through while half-open
     fallback_batch_size: int = Field(50, ge=1, le=10_000)  # parked messages one drain moves per circuit
     dlq_replay_dedup_window: int = Field(86_400, ge=1)  # seconds a replayed letter's key is remembered
+    # --- media: metadata, embeddings, search ---
+    metadata_include_gps: bool = False  # privacy: GPS EXIF is left out unless asked for
+    clip_model: str = Field("ViT-B-32", min_length=1)  # an open_clip model name
+    # A pretrained tag (downloaded to the Hugging Face cache on first load), a checkpoint file,
+    # or "random" (random weights: tests and benchmarks only, the embeddings mean nothing).
+    clip_pretrained: str = Field("laion2b_s34b_b79k", min_length=1)
+    # The tag a CLIP_PRETRAINED file was published under: its normalisation and quick_gelu apply.
+    clip_pretrained_tag: str | None = None
+    clip_model_config: Path | None = None  # extra open_clip model config (a JSON file or a folder of them)
+    clip_device: Literal["cpu", "cuda"] = "cpu"
+    clip_torch_threads: int = Field(0, ge=0, le=512)  # torch intra-op threads; 0 = torch's default
+    embed_batch_max_size: int = Field(16, ge=1, le=1024)  # 1 = no batching, one model call per message
+    embed_batch_max_wait_ms: float = Field(50.0, ge=0, le=10_000)  # how long a batch waits to fill
+    qdrant_url: str | None = None  # a Qdrant server; unset = embedded local mode at QDRANT_PATH
+    qdrant_api_key: str | None = None
+    qdrant_path: Path = Path("var/qdrant")
+    qdrant_collection: str = Field("atelier_images", pattern=r"^[A-Za-z0-9_.-]{1,128}$")
+    qdrant_timeout_s: float = Field(10.0, gt=0, le=600)
 
     @field_validator("gc_cron")
     @classmethod
@@ -184,6 +202,18 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         # compose passes unset variables as empty strings.
         return None if value == "" else value
+
+    @field_validator("clip_pretrained_tag", "clip_model_config", "qdrant_url", "qdrant_api_key", mode="before")
+    @classmethod
+    def _media_empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("qdrant_url")
+    @classmethod
+    def _check_qdrant_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
 
     @model_validator(mode="after")
     def _ops_auth_pair(self) -> Settings:

@@ -48,3 +48,11 @@ class DeliveryInFlight(DomainError):
     Neither permanent nor a dependency failure: retried later, and a circuit breaker does not
     count it, since the channel did nothing wrong.
     """
+# --- media: embeddings ---
+class ModelUnavailable(TransientError):
+    """The embedding model cannot be loaded (weights missing, unknown model, no GPU). Messages
+    that need it are retried with backoff, then dead-lettered with this reason: never lost."""
+
+
+class IndexUnavailable(TransientError):
+    """The vector index cannot be reached or opened (server down, local path held by another process)."""

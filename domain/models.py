@@ -380,3 +380,11 @@ class SendReceipt:
     """What a channel answered to an accepted message."""
 
     provider_message_id: str | None
+# --- media: embeddings and search ---
+@dataclass(frozen=True)
+class SearchHit:
+    """One search result: an image id and its cosine similarity to the query (higher is closer)."""
+
+    image_id: str
+    score: float
+    payload: dict[str, Any] = field(default_factory=dict)

@@ -11,9 +11,11 @@ from domain.models import (
     Delivery,
     DomainEvent,
     Image,
+    ImageStatus,
     OutboundMessage,
     OutboxEvent,
     RenderedImage,
+    SearchHit,
     SendReceipt,
     Upload,
 )
@@ -76,6 +78,12 @@ class ImageRepository(Protocol):
     def get_for_update(self, image_id: str) -> Image | None: ...
 
     def save(self, image: Image) -> None: ...
+
+    def list_ids(self, status: ImageStatus | None = None, limit: int | None = None, *,
+                 owner: str | None = None, created_from: datetime | None = None,
+                 created_to: datetime | None = None) -> list[str]:
+        """Ids in creation order, filtered (created_from inclusive, created_to exclusive)."""
+        ...
 
 
 class OutboxRepository(Protocol):
@@ -313,3 +321,31 @@ class MessageSender(Protocol):
              options: dict[str, Any]) -> str:
         """Enqueue a new message; returns its message id."""
         ...
+# --- media: embeddings and search ---
+class ImageEmbedder(Protocol):
+    """A CLIP-style model mapping images and texts into one space; vectors are L2-normalised.
+
+    Raises ModelUnavailable (transient) when the model cannot be loaded and InvalidImage when
+    the bytes are not an image it can decode. Safe to call from several threads at once.
+    """
+
+    @property
+    def model_id(self) -> str: ...
+
+    def embed_image(self, data: bytes) -> list[float]: ...
+
+    def embed_text(self, text: str) -> list[float]: ...
+
+
+class VectorIndex(Protocol):
+    """Points (id, vector, payload) searched by cosine similarity. Outages raise TransientError."""
+
+    def upsert(self, point_id: str, vector: Sequence[float], payload: dict[str, Any]) -> None:
+        """Insert or replace: the same id twice leaves one point (idempotent)."""
+        ...
+
+    def search(self, vector: Sequence[float], limit: int, *, owner: str | None = None) -> list[SearchHit]: ...
+
+    def get_vector(self, point_id: str) -> list[float] | None: ...
+
+    def ping(self) -> None: ...

@@ -42,10 +42,18 @@ class SqlImageRepository:
         self._s.execute(delete(t.thumbnails).where(t.thumbnails.c.image_id == image.id))
         self._write_thumbnails(image)
 
-    def list_ids(self, status: ImageStatus | None = None, limit: int | None = None) -> list[str]:
+    def list_ids(self, status: ImageStatus | None = None, limit: int | None = None, *,
+                 owner: str | None = None, created_from: datetime | None = None,
+                 created_to: datetime | None = None) -> list[str]:
         q = select(t.images.c.id).order_by(t.images.c.created_at, t.images.c.id)
         if status is not None:
             q = q.where(t.images.c.status == status.value)
+        if owner is not None:
+            q = q.where(t.images.c.owner == owner)
+        if created_from is not None:
+            q = q.where(t.images.c.created_at >= created_from)
+        if created_to is not None:
+            q = q.where(t.images.c.created_at < created_to)
         if limit is not None:
             q = q.limit(limit)
         return list(self._s.scalars(q))

@@ -123,15 +123,16 @@ def test_readyz_names_what_is_down(ops_env, tmp_path):
     body = ready.json()
     assert body["status"] == "ready"
     assert {name: c["status"] for name, c in body["checks"].items()} == {
-        "broker": "up", "database": "up", "redis": "up", "object_store": "up"}
+        "broker": "up", "database": "up", "redis": "up", "object_store": "up", "vector_index": "up"}
 
-    # The state Redis on a closed port, the object store on another: 503 naming both.
+    # The state Redis on a closed port, the object store and the Qdrant server on others: 503 naming them.
     down = {**ops_env, "REDIS_URL": f"redis://127.0.0.1:{services.free_port()}/0",
-            "MINIO_ENDPOINT": f"127.0.0.1:{services.free_port()}"}
+            "MINIO_ENDPOINT": f"127.0.0.1:{services.free_port()}",
+            "QDRANT_URL": f"http://127.0.0.1:{services.free_port()}"}
     with OpsServer(down, tmp_path / "ops-down.log") as ops:
         unready = httpx.get(ops.url + "/readyz", auth=auth, timeout=30)
     assert unready.status_code == 503, unready.text
     body = unready.json()
-    assert sorted(body["failed"]) == ["object_store", "redis"]
+    assert sorted(body["failed"]) == ["object_store", "redis", "vector_index"]
     assert body["checks"]["broker"]["status"] == "up" and body["checks"]["database"]["status"] == "up"
     assert "Error" in body["checks"]["redis"]["error"]

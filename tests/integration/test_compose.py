@@ -18,7 +18,7 @@ from tests.services import ROOT
 #: list when they are merged, and the test then checks them like the others.
 PENDING_ENTRY_POINTS: set[tuple[str, ...]] = set()
 #: Settings fields that other branches add (media: the Qdrant server); emptied by the integrator.
-PENDING_SETTINGS = {"QDRANT_URL"}
+PENDING_SETTINGS: set[str] = set()
 #: Variables of the third-party images (documented by each image), not atelier settings.
 IMAGE_VARIABLES = {
     "postgres": {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"},

@@ -75,6 +75,13 @@ class FakeImageRepository:
     def save(self, image: Image) -> None:
         self.rows[image.id] = copy.deepcopy(image)
 
+    def list_ids(self, status=None, limit=None, *, owner=None, created_from=None, created_to=None) -> list[str]:
+        rows = sorted(self.rows.values(), key=lambda i: (i.created_at, i.id))
+        ids = [i.id for i in rows if (status is None or i.status is status) and (owner is None or i.owner == owner)
+               and (created_from is None or i.created_at >= created_from)
+               and (created_to is None or i.created_at < created_to)]
+        return ids[:limit] if limit is not None else ids
+
 
 class FakeUnitOfWork:
     """Writes land in `committed` only on commit(), like a real transaction."""
@@ -434,3 +441,62 @@ class FakeDeadLetterStore:
 
     def count(self, *, replayed=None) -> int:  # type: ignore[no-untyped-def]
         return len(self.list(replayed=replayed, limit=10**9))
+# --- media: embeddings and search ---
+class FakeEmbedder:
+    """Deterministic unit vectors from the bytes' hash; b'bad' is refused like an undecodable file.
+    Texts embed like the bytes of the same string, so search_text('x') finds an image made of b'x'."""
+
+    model_id = "fake-clip"
+
+    def __init__(self, dim: int = 8) -> None:
+        self.dim = dim
+        self.images: list[bytes] = []
+        self.down = False
+
+    def _vector(self, data: bytes) -> list[float]:
+        import hashlib
+        import math
+
+        digest = hashlib.sha256(data).digest()
+        raw = [b - 127.5 for b in digest[: self.dim]]
+        norm = math.sqrt(sum(v * v for v in raw))
+        return [v / norm for v in raw]
+
+    def embed_image(self, data: bytes) -> list[float]:
+        from domain.errors import ModelUnavailable
+
+        if self.down:
+            raise ModelUnavailable("no weights")
+        if data == b"bad":
+            raise InvalidImage("not an image")
+        self.images.append(data)
+        return self._vector(data)
+
+    def embed_text(self, text: str) -> list[float]:
+        return self._vector(text.encode())
+
+
+class InMemoryVectorIndex:
+    """Cosine search over a dict of points (vectors are unit length, so a dot product)."""
+
+    def __init__(self) -> None:
+        self.points: dict[str, tuple[list[float], dict]] = {}
+        self.upserts = 0
+
+    def upsert(self, point_id: str, vector, payload: dict) -> None:
+        self.points[point_id] = (list(vector), dict(payload))
+        self.upserts += 1
+
+    def search(self, vector, limit: int, *, owner=None):
+        from domain.models import SearchHit
+
+        hits = [SearchHit(p["image_id"], sum(a * b for a, b in zip(v, vector, strict=True)), p)
+                for v, p in self.points.values() if owner is None or p.get("owner") == owner]
+        return sorted(hits, key=lambda h: h.score, reverse=True)[:limit]
+
+    def get_vector(self, point_id: str):
+        point = self.points.get(point_id)
+        return list(point[0]) if point else None
+
+    def ping(self) -> None:
+        pass

@@ -1,0 +1,162 @@
+"""Embeddings per second: one model call per message against dynamic batching, same run.
+
+    .venv/bin/python bench/embeddings.py [--images 48] [--rounds 2] [--threads 8] [--batch 16]
+
+The real ``embed_image`` actor runs on a Dramatiq worker with ``--threads`` threads (StubBroker,
+in this process), with SQLite, the local object store and Qdrant local mode in a temp dir.
+ViT-B-32 with random weights on the CPU (no download; the cost is the same as real weights).
+Images are 12-megapixel JPEGs processed to thumbnails first; embedding reads the 512 thumbnail.
+
+- one at a time: EMBED_BATCH_MAX_SIZE=1, every message calls the model on its own image (the
+  threads' calls run concurrently).
+- serialised (also printed): the same, with the model behind a lock, as a naive thread-safe
+  wrapper would do: one single-image call at a time.
+- batched: EMBED_BATCH_MAX_SIZE=--batch, EMBED_BATCH_MAX_WAIT_MS=--wait-ms: messages running at
+  the same time share one model call.
+
+Both sides use the same loaded model and torch's thread count (printed; --torch-threads sets it).
+Rounds alternate the sides; the best round of each counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=48)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=8, help="Dramatiq worker threads")
+    parser.add_argument("--batch", type=int, default=16, help="EMBED_BATCH_MAX_SIZE of the batched side")
+    parser.add_argument("--wait-ms", type=float, default=50.0, help="EMBED_BATCH_MAX_WAIT_MS of the batched side")
+    parser.add_argument("--torch-threads", type=int, default=0, help="0 = torch's default")
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--database-url", help="default: a SQLite file in a temp dir")
+    parser.add_argument("--direct", action="store_true",
+                        help="the model part alone: --threads threads call the embedder on the thumbnails' bytes "
+                             "(no Dramatiq, database, object store or Qdrant)")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="atelier-bench-emb-"))
+    os.environ.update({
+        "BROKER_URL": "stub://", "DATABASE_URL": args.database_url or f"sqlite:///{work / 'atelier.db'}",
+        "LOCAL_STORE_DIR": str(work / "objects"), "QDRANT_PATH": str(work / "qdrant"),
+        "CLIP_MODEL": args.model, "CLIP_PRETRAINED": "random", "LOG_LEVEL": "ERROR",
+        "CLIP_TORCH_THREADS": str(args.torch_threads),
+    })
+    os.environ.pop("REDIS_URL", None)
+    os.environ.pop("MINIO_ENDPOINT", None)
+    os.environ.pop("QDRANT_URL", None)
+
+    import dramatiq
+    import torch
+
+    import actors
+    import adapters.clip as clip_module
+    from adapters.bootstrap import Container, get_container, set_container
+    from adapters.clip import ClipEmbedder
+    from adapters.samples import make_photo
+    from adapters.settings import load_settings
+    from adapters.sql.migrate import upgrade
+
+    settings = load_settings()
+    upgrade(settings.database_url)
+    loaded = clip_module.load_clip(args.model, "random", torch_threads=args.torch_threads)
+    media = get_container().media
+    photos = [make_photo(4000, 3000, seed=s) for s in range(min(args.images, 8))]
+    ids = []
+    for n in range(args.images):
+        image = media.register_image(photos[n % len(photos)], "image/jpeg", owner="bench")
+        media.process_image(image.id)
+        ids.append(image.id)
+    store = get_container().store
+    thumbs = [store.get(max(media.get_image(i).thumbnails, key=lambda t: t.size).key) for i in ids]
+    mode = "DIRECT (model part only): " if args.direct else ""
+    print(mode + f"{args.images} READY images (12 MP originals, embedded from the 512 thumbnail); {args.model} random "
+          f"weights on CPU; {args.threads} worker threads; torch threads {torch.get_num_threads()}; "
+          f"batched: max {args.batch}, wait {args.wait_ms:g} ms")
+
+    import dataclasses
+    import threading
+
+    serial = dataclasses.replace(loaded)
+    model_lock = threading.Lock()
+
+    def locked_encode(tensors):  # type: ignore[no-untyped-def]
+        with model_lock:
+            return loaded.encode_images(tensors)
+
+    serial.encode_images = locked_encode  # type: ignore[method-assign]
+
+    def run(max_batch: int, serialised: bool = False) -> tuple[float, list[int]]:
+        container = Container(settings)
+        imaging = container.imaging
+        model = serial if serialised else loaded
+        embedder = ClipEmbedder(lambda: model, lambda data, side: imaging.decode(data, longest_side=side)[0],
+                                model_id=f"{args.model}/random", max_batch_size=max_batch,
+                                max_wait=args.wait_ms / 1000)
+        container.__dict__["embedder"] = embedder
+        set_container(container)
+        container.embeddings.embed_image(ids[0])  # warm-up: first calls allocate
+        if args.direct:
+            from concurrent.futures import ThreadPoolExecutor
+
+            started = time.perf_counter()
+            with ThreadPoolExecutor(args.threads) as pool:
+                list(pool.map(embedder.embed_image, thumbs))
+            elapsed = time.perf_counter() - started
+            sizes = list(embedder.batcher.batch_sizes) if embedder.batcher else [1] * len(ids)
+            container.close()
+            return len(ids) / elapsed, sizes
+        worker = dramatiq.Worker(actors.broker, worker_threads=args.threads)
+        worker.start()
+        started = time.perf_counter()
+        for image_id in ids:
+            actors.media.embed_image.send(image_id)
+        actors.broker.join(actors.media.embed_image.queue_name, fail_fast=True)
+        worker.join()
+        elapsed = time.perf_counter() - started
+        worker.stop()
+        assert container.vector_index.count() == len(ids)
+        sizes = list(embedder.batcher.batch_sizes) if embedder.batcher else [1] * len(ids)
+        container.close()
+        return len(ids) / elapsed, sizes
+
+    best = {"one": 0.0, "serial": 0.0, "batched": 0.0}
+    batch_sizes: list[int] = []
+    ratios: list[float] = []
+    for r in range(args.rounds):
+        rates = {}
+        for name, size in (("one", 1), ("serial", 1), ("batched", args.batch)):
+            rate, sizes = run(size, serialised=name == "serial")
+            rates[name] = rate
+            best[name] = max(best[name], rate)
+            if name == "batched":
+                batch_sizes += sizes
+            print(f"  round {r + 1} {name:<8} {rate:6.2f} images/s")
+        ratios.append(rates["batched"] / rates["one"])
+    mean_batch = sum(batch_sizes) / max(len(batch_sizes), 1)
+    ratios.sort()
+    median = ratios[len(ratios) // 2] if len(ratios) % 2 else sum(ratios[len(ratios) // 2 - 1:][:2]) / 2
+    print()
+    print("| figure | one at a time | batched | ratio |")
+    print("|---|---|---|---|")
+    print(f"| images/s (best round) | {best['one']:.2f} | {best['batched']:.2f} | "
+          f"{best['batched'] / best['one']:.2f}x |")
+    print(f"| median of the rounds' ratios | | | {median:.2f}x |")
+    print(f"| serialised model calls, best round | {best['serial']:.2f} | {best['batched']:.2f} | "
+          f"{best['batched'] / best['serial']:.2f}x |")
+    print(f"| mean batch size (all batched rounds) | 1 | {mean_batch:.1f} | |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
