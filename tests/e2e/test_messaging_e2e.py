@@ -1,7 +1,9 @@
 """Messaging end to end on Redis and RabbitMQ: 1,000 messages from a producer process through the
-outbox relay and a real `dramatiq actors` worker to the real mock-channels server, which goes down
-part way through and comes back. Every message reaches its channel(s) exactly once, counted by id;
-producer duplicates (created again; route_message and deliver_message sent again) deliver nothing more."""
+outbox relay (the scheduler process) and a real `dramatiq actors` worker to the real mock-channels
+server, which goes down part way through and comes back. The channel's circuit breaker opens, parks
+deliveries on its fallback queue, and drain_fallback sends them back once the channel recovers.
+Every message reaches its channel(s) exactly once, counted by id; producer duplicates (created
+again; route_message and deliver_message sent again) deliver nothing more."""
 
 from __future__ import annotations
 
@@ -13,12 +15,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from sqlalchemy import func, select
 
 from adapters.sql import tables as t
 from adapters.sql.engine import make_engine
+from adapters.state.redis import RedisBreakerStore, RedisFallbackQueue
 from domain.models import new_id
+from domain.resilience import CircuitState
 from tests import services
+from tests.e2e.test_scheduler import SchedulerProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -104,9 +110,14 @@ def test_thousand_messages_through_an_outage_arrive_exactly_once(env, tmp_path):
         "WHATSAPP_BASE_URL": f"{mock.url}/whatsapp", "WHATSAPP_TOKEN": "e2e-token",
         "WHATSAPP_PHONE_NUMBER_ID": "100200300", "INSTAGRAM_BASE_URL": f"{mock.url}/instagram",
         "INSTAGRAM_TOKEN": "e2e-token", "CHANNEL_TIMEOUT_S": "10", "MESSAGE_SEND_LEASE_S": "30",
-        # Without the circuit breaker an outage is ridden out by retries: enough of them, quick ones.
         "RETRY_MAX_RETRIES": "100", "RETRY_MIN_BACKOFF_MS": "100", "RETRY_MAX_BACKOFF_MS": "1000",
+        # The breaker opens after 5 failures and tries again every 2 s; parked deliveries are
+        # drained every second once it lets traffic through.
+        "CIRCUIT_FAILURE_THRESHOLD": "5", "CIRCUIT_RESET_TIMEOUT_S": "2", "FALLBACK_POLL_INTERVAL": "1",
     })
+    client = redis.Redis.from_url(services.REDIS_URL)
+    breakers = RedisBreakerStore(client, f"atelier:{env['QUEUE_PREFIX']}circuit:")
+    fallback = RedisFallbackQueue(client, f"atelier:{env['QUEUE_PREFIX']}fallback:")
     # 80 % WhatsApp, 10 % Instagram, 10 % both ("all").
     messages = [{"id": new_id(), "channel": "all" if i % 10 == 0 else "instagram" if i % 10 == 1 else "whatsapp",
                  "to": f"+1555{i:07d}", "text": f"message {i}"} for i in range(TOTAL)]
@@ -124,7 +135,7 @@ def test_thousand_messages_through_an_outage_arrive_exactly_once(env, tmp_path):
     engine = make_engine(env["DATABASE_URL"])
 
     with mock, services.WorkerProcess(env, tmp_path / "worker.log", threads=8) as worker, \
-            Process(["outbox", "relay"], env, tmp_path / "relay.log") as relay:
+            SchedulerProcess(env, tmp_path / "scheduler.log") as relay:
         # One message through the CLI, then the same id again: recorded once.
         cli_id = new_id()
         cli = ["messages", "send", "--channel", "whatsapp", "--to", "+15559999999", "--text", "from the CLI",
@@ -141,9 +152,12 @@ def test_thousand_messages_through_an_outage_arrive_exactly_once(env, tmp_path):
         services.wait_for(lambda: mock.stats()["whatsapp"]["accepted"] >= 200, timeout=180,
                           message="first deliveries")
         mock.control(channel="all", mode="fail", status=503)
-        services.wait_for(lambda: sum(s["failed"] for s in mock.stats().values()) >= 100, timeout=120,
-                          message="requests failing during the outage")
+        services.wait_for(lambda: breakers.states().get("channel:whatsapp") is CircuitState.OPEN, timeout=120,
+                          message="the whatsapp circuit open")
+        services.wait_for(lambda: fallback.lengths().get("channel:whatsapp", 0) >= 50, timeout=120,
+                          message="deliveries parked on the whatsapp fallback queue")
         during_outage = mock.stats()
+        parked_during_outage = fallback.lengths()["channel:whatsapp"]
         # ... and comes back.
         mock.control(channel="all", mode="ok")
 
@@ -193,6 +207,7 @@ def test_thousand_messages_through_an_outage_arrive_exactly_once(env, tmp_path):
                 select(mt.c.status, func.count()).where(mt.c.id.in_(ours)).group_by(mt.c.status)).all()))
             attempts = conn.execute(select(func.sum(dt.c.attempts)).where(dt.c.message_id.in_(ours))).scalar()
         relay_output = relay.output()
+        worker_output = worker.output()
     engine.dispose()
 
     # Every message reached its channel(s), each exactly once, and nothing else arrived.
@@ -203,10 +218,17 @@ def test_thousand_messages_through_an_outage_arrive_exactly_once(env, tmp_path):
         assert stats[channel]["accepted"] == stats[channel]["delivered"] == len(ids)
     assert delivery_statuses == {"SENT": deliveries}
     assert message_statuses == {"SENT": TOTAL + 1}
-    # The outage was real: requests failed, were retried, and the attempts are counted.
-    assert during_outage["whatsapp"]["failed"] + during_outage["instagram"]["failed"] >= 100
-    assert attempts >= deliveries + 100
+    # The outage was real, and the breaker spared the channel: a handful of failed requests (the
+    # threshold and the half-open trials), not one per parked delivery and retry.
+    failed = during_outage["whatsapp"]["failed"] + during_outage["instagram"]["failed"]
+    assert 5 <= failed < parked_during_outage
+    assert attempts > deliveries
+    # After recovery the circuit closed and its fallback queue drained to empty.
+    assert breakers.states()["channel:whatsapp"] is CircuitState.CLOSED
+    assert fallback.lengths().get("channel:whatsapp", 0) == 0
+    assert client.llen(f"atelier:{env['QUEUE_PREFIX']}fallback:channel:whatsapp:processing") == 0
+    worker_log = [r.get("event", "") for r in _records(worker_output)]
+    assert "Circuit 'channel:whatsapp': closed -> open." in worker_log
+    assert "Circuit 'channel:whatsapp': half_open -> closed." in worker_log
     assert "Traceback" not in relay_output, relay_output[-3000:]
-    # TODO(lead, once the circuit breaker middleware and DELIVER_OPTIONS are wired): assert that the
-    # breaker of channel:whatsapp opened during the outage and closed after it, and that its fallback
-    # queue filled and drained to empty.
+    client.close()
