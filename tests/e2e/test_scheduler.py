@@ -107,8 +107,9 @@ def test_scheduler_ticks_reach_a_worker_that_relays_the_outbox(env, tmp_path):
         records = scheduler.records()
         worker_log = worker.output()
     sent = [r for r in records if r["event"] == "schedule sent"]
-    assert sent and all(r["job"] == "relay_outbox" and r["dedup_key"].startswith("schedule:relay_outbox:")
-                        for r in sent)
+    # drain_fallback (every 10 s) may tick too when the run is slow; each send names its slot.
+    assert any(r["job"] == "relay_outbox" for r in sent)
+    assert all(r["dedup_key"] == f"schedule:{r['job']}:{r['slot']}" for r in sent)
     # Jobs whose actors live in other capabilities are skipped until those actors exist.
     skipped = {r["job"] for r in records if r["event"] == "schedule job skipped: actor not declared"}
     assert skipped == set()  # every periodic job's actor is declared now
@@ -122,7 +123,7 @@ def test_two_replicas_never_send_the_same_tick_and_stop_on_sigterm(env, tmp_path
         services.wait_for(lambda: len(_queued(env, "outbox")) >= 30, timeout=60, message="30 ticks")
         codes = (a.terminate(), b.terminate())
     assert codes == (0, 0)
-    sends = [r for p in (a, b) for r in p.records() if r["event"] == "schedule sent"]
+    sends = [r for p in (a, b) for r in p.records() if r["event"] == "schedule sent" and r["job"] == "relay_outbox"]
     messages = _queued(env, "outbox")
     keys = [m.options["dedup_key"] for m in messages]
     assert len(keys) == len(set(keys)) == len(sends), "a tick was sent twice"
