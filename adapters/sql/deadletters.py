@@ -30,6 +30,13 @@ def _letter(row) -> DeadLetter:  # type: ignore[no-untyped-def]
     )
 
 
+def _text(value: str, limit: int) -> str:
+    # PostgreSQL text cannot hold NUL, nor UTF-8 a lone surrogate (a file name decoded with
+    # surrogateescape): an error quoting such text would fail every write, and the letter would
+    # never be stored. Written as the escapes Python would show.
+    return value.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")[:limit]
+
+
 class SqlDeadLetterStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -38,8 +45,8 @@ class SqlDeadLetterStore:
         values = {
             "id": letter.id, "message_id": letter.message_id, "actor": letter.actor, "queue": letter.queue,
             "args": letter.args, "kwargs": letter.kwargs, "options": letter.options,
-            "error_type": letter.error_type[:255], "error": letter.error[:10_000],
-            "traceback": letter.traceback[:50_000], "reason": letter.reason, "attempts": letter.attempts,
+            "error_type": _text(letter.error_type, 255), "error": _text(letter.error, 10_000),
+            "traceback": _text(letter.traceback, 50_000), "reason": letter.reason, "attempts": letter.attempts,
             "correlation_id": letter.correlation_id, "enqueued_at": letter.enqueued_at,
             "failed_at": letter.failed_at, "replayed_at": letter.replayed_at,
             "replay_message_id": letter.replay_message_id,

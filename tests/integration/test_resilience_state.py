@@ -172,6 +172,21 @@ def test_sql_dead_letter_store(database_url):
     engine.dispose()
 
 
+def test_sql_dead_letter_store_takes_a_failure_whose_text_has_nul_bytes(database_url):
+    # PostgreSQL text refuses NUL (and UTF-8 a lone surrogate): such a letter failed every write,
+    # and the message carrying it came back hourly for ever without the letter reaching the store.
+    engine = make_engine(database_url)
+    store = SqlDeadLetterStore(engine)
+    letter = _letter()
+    letter.error, letter.traceback = "bad \x00 byte", "Traceback ...\nValueError: bad \x00 byte in \udcff.jpg"
+    assert store.add(letter)
+    got = store.get(letter.id)
+    assert "\x00" not in got.error and got.error.startswith("bad ") and got.error.endswith(" byte")
+    assert "\x00" not in got.traceback and got.traceback.endswith("\\udcff.jpg")
+    store.delete([letter.id])
+    engine.dispose()
+
+
 def test_dlq_cli_lists_shows_replays_and_purges(base_env):
     env = dict(base_env, BROKER_URL=services.REDIS_URL)
     assert services.run_cli(["migrate"], env).returncode == 0
