@@ -47,7 +47,9 @@ class SqlDeadLetterStore:
             "args": letter.args, "kwargs": letter.kwargs, "options": letter.options,
             "error_type": _text(letter.error_type, 255), "error": _text(letter.error, 10_000),
             "traceback": _text(letter.traceback, 50_000), "reason": letter.reason, "attempts": letter.attempts,
-            "correlation_id": letter.correlation_id, "enqueued_at": letter.enqueued_at,
+            # The column is for lookups; the options keep a longer id whole (replay sends that one).
+            "correlation_id": letter.correlation_id[:64] if letter.correlation_id else None,
+            "enqueued_at": letter.enqueued_at,
             "failed_at": letter.failed_at, "replayed_at": letter.replayed_at,
             "replay_message_id": letter.replay_message_id,
         }

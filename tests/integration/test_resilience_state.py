@@ -187,6 +187,21 @@ def test_sql_dead_letter_store_takes_a_failure_whose_text_has_nul_bytes(database
     engine.dispose()
 
 
+def test_sql_dead_letter_store_takes_a_correlation_id_longer_than_its_column(database_url):
+    # Producers choose correlation ids (a request id, a trace header): one longer than the
+    # 64-character column failed every write on PostgreSQL, for ever, like the NUL above.
+    engine = make_engine(database_url)
+    store = SqlDeadLetterStore(engine)
+    cid = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
+    letter = _letter()
+    letter.correlation_id, letter.options = cid, {**letter.options, "correlation_id": cid}
+    assert store.add(letter)
+    got = store.get(letter.id)
+    assert got.correlation_id == cid[:64] and got.options["correlation_id"] == cid
+    store.delete([letter.id])
+    engine.dispose()
+
+
 def test_dlq_cli_lists_shows_replays_and_purges(base_env):
     env = dict(base_env, BROKER_URL=services.REDIS_URL)
     assert services.run_cli(["migrate"], env).returncode == 0

@@ -360,6 +360,25 @@ def test_replay_of_a_letter_without_a_key_runs_once_however_often_it_is_sent(sta
     assert runs == [1, 1]
 
 
+
+def test_replay_sends_the_whole_correlation_id_when_the_store_shortened_it(stack):
+    cid = "trace-" + "x" * 90  # longer than the store's 64-character column
+    seen = []
+
+    @dramatiq.actor(broker=stack.broker, queue_name="q")
+    def traced():
+        seen.append(structlog.contextvars.get_contextvars()["correlation_id"])
+        if len(seen) == 1:
+            raise InvalidPayload("first time")
+
+    traced.send_with_options(correlation_id=cid)
+    stack.join()
+    [letter] = stack.letters.letters.values()
+    letter.correlation_id = cid[:64]  # what SqlDeadLetterStore keeps in the column
+    DeadLetterService(stack.letters, BrokerSender(stack.broker), SystemClock()).replay(letter.id)
+    stack.join()
+    assert seen == [cid, cid]
+
 # --- circuit breaker ---
 
 def _guarded(stack, fallback: bool | str = False, reset: float = 1.0):
