@@ -202,6 +202,20 @@ def test_sql_dead_letter_store_takes_a_correlation_id_longer_than_its_column(dat
     engine.dispose()
 
 
+def test_sql_dead_letter_store_takes_a_payload_with_nan_or_infinity(database_url):
+    # Dramatiq's JSON carries NaN and Infinity, PostgreSQL's json refuses them: such a payload's
+    # letter failed every write, for ever, like the NUL above.
+    engine = make_engine(database_url)
+    store = SqlDeadLetterStore(engine)
+    letter = _letter()
+    letter.args, letter.kwargs = [float("nan"), [float("inf")]], {"lat": float("-inf"), "ok": 1.5}
+    assert store.add(letter)
+    got = store.get(letter.id)
+    assert got.args == ["NaN", ["Infinity"]] and got.kwargs == {"lat": "-Infinity", "ok": 1.5}
+    store.delete([letter.id])
+    engine.dispose()
+
+
 def test_dlq_cli_lists_shows_replays_and_purges(base_env):
     env = dict(base_env, BROKER_URL=services.REDIS_URL)
     assert services.run_cli(["migrate"], env).returncode == 0
