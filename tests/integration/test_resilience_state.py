@@ -79,6 +79,31 @@ def test_dedup_one_winner_among_concurrent_acquirers(stores):
     assert results.count(DedupOutcome.ACQUIRED) == 1 and results.count(DedupOutcome.BUSY) == 15
 
 
+def test_dedup_redelivery_whose_lease_ends_mid_acquire_takes_the_key(redis_ns):
+    # SET NX GET saw the message's own lease; it ended before the extend that followed (the
+    # expiry is simulated by deleting it in between). The key is free: the message must run,
+    # not be skipped as "busy" (acknowledged, and never run by anyone).
+    client, ns = redis_ns
+
+    class ExpiresAfterGet:
+        def __init__(self, real):  # type: ignore[no-untyped-def]
+            self.real = real
+
+        def __getattr__(self, name):  # type: ignore[no-untyped-def]
+            return getattr(self.real, name)
+
+        def set(self, name, *args, **kwargs):  # type: ignore[no-untyped-def]
+            held = self.real.set(name, *args, **kwargs)
+            if kwargs.get("get") and held is not None:
+                self.real.delete(name)
+            return held
+
+    dedup = RedisDedupStore(ExpiresAfterGet(client), f"{ns}dedup:")
+    assert dedup.acquire("k", "m1", 60_000) is DedupOutcome.ACQUIRED
+    assert dedup.acquire("k", "m1", 60_000) is DedupOutcome.ACQUIRED  # its own lease, gone meanwhile
+    assert client.get(f"{ns}dedup:k") == b"r:m1"
+
+
 def test_breaker_transitions(stores):
     store, now = stores[1], 1_000_000
     policy = BreakerPolicy(failure_threshold=2, window_ms=1000, reset_timeout_ms=500, half_open_trials=2)
