@@ -23,9 +23,10 @@ DEAD_LETTERS = "atelier_dead_letters_total"
 #: Options that describe one delivery, not the message: not stored, never replayed.
 TRANSIENT_OPTIONS = frozenset({"traceback", "redis_message_id", "eta", "requeue_timestamp", "dead_letter",
                                "dead_letter_attempts", "retry_enqueue_error", "failed_because"})
-#: The first retry of a failed dead-letter write waits this long; it doubles up to an hour.
+#: The first retry of a failed dead-letter write waits this long; it doubles up to 15 minutes
+#: (park.MAX_DELAY_MS: longer delays are not safe on RabbitMQ).
 WRITE_RETRY_MS = 10_000
-WRITE_RETRY_MAX_MS = 3_600_000
+WRITE_RETRY_MAX_MS = 900_000
 
 
 def _now() -> datetime:

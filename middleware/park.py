@@ -8,8 +8,11 @@ from typing import Any
 from dramatiq import Broker, Message
 from dramatiq.common import q_name
 
-#: Dramatiq refuses delays of 7 days or more.
-MAX_DELAY_MS = 7 * 86_400_000 - 60_000
+#: Dramatiq holds a delayed message unacked until its eta, and RabbitMQ takes back a delivery left
+#: unacked past its consumer_timeout (30 min by default), closing the delay-queue consumer and
+#: redelivering everything it held: those would run twice (dramatiq issue 827). A message that
+#: must wait longer comes back after this and is parked again.
+MAX_DELAY_MS = 15 * 60_000
 #: Options of one delivery that must not travel with the message to its next one.
 DELIVERY_OPTIONS = ("eta", "redis_message_id")
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -30,6 +32,26 @@ def _letter(row) -> DeadLetter:  # type: ignore[no-untyped-def]
     )
 
 
+def _text(value: str, limit: int) -> str:
+    # PostgreSQL text cannot hold NUL, nor UTF-8 a lone surrogate (a file name decoded with
+    # surrogateescape): an error quoting such text would fail every write, and the letter would
+    # never be stored. Written as the escapes Python would show.
+    return value.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")[:limit]
+
+
+def _json(value: Any) -> Any:
+    # Dramatiq's JSON carries NaN and Infinity; PostgreSQL's json refuses them, and a payload
+    # holding one (bad input: what dead letters are for) could never be stored. Kept as the
+    # strings Python's json writes ("NaN", "Infinity", "-Infinity").
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json(v) for v in value]
+    return value
+
+
 class SqlDeadLetterStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -37,10 +59,12 @@ class SqlDeadLetterStore:
     def add(self, letter: DeadLetter) -> bool:
         values = {
             "id": letter.id, "message_id": letter.message_id, "actor": letter.actor, "queue": letter.queue,
-            "args": letter.args, "kwargs": letter.kwargs, "options": letter.options,
-            "error_type": letter.error_type[:255], "error": letter.error[:10_000],
-            "traceback": letter.traceback[:50_000], "reason": letter.reason, "attempts": letter.attempts,
-            "correlation_id": letter.correlation_id, "enqueued_at": letter.enqueued_at,
+            "args": _json(letter.args), "kwargs": _json(letter.kwargs), "options": _json(letter.options),
+            "error_type": _text(letter.error_type, 255), "error": _text(letter.error, 10_000),
+            "traceback": _text(letter.traceback, 50_000), "reason": letter.reason, "attempts": letter.attempts,
+            # The column is for lookups; the options keep a longer id whole (replay sends that one).
+            "correlation_id": letter.correlation_id[:64] if letter.correlation_id else None,
+            "enqueued_at": letter.enqueued_at,
             "failed_at": letter.failed_at, "replayed_at": letter.replayed_at,
             "replay_message_id": letter.replay_message_id,
         }

@@ -128,10 +128,14 @@ class SqlUnitOfWork:
 
     def add_event(self, event: DomainEvent) -> None:
         assert self.session is not None
+        # The producer chose the id: a longer one than the column must not fail the transaction.
+        correlation_id = self._correlation_id()
+        if correlation_id:
+            correlation_id = correlation_id[:64]
         self.session.execute(insert(t.outbox_events).values(
             id=event.id, type=event.type, aggregate_type=event.aggregate_type,
             aggregate_id=event.aggregate_id, payload=event.payload,
-            correlation_id=self._correlation_id(), created_at=event.occurred_at,
+            correlation_id=correlation_id, created_at=event.occurred_at,
             next_attempt_at=event.occurred_at, attempts=0, dead=False,
         ))
 

@@ -29,12 +29,6 @@ end
 return 'busy'
 """
 
-# The rare path of SET NX GET: the key is already held by this very message (a redelivery).
-_EXTEND = """
-if redis.call('GET', KEYS[1]) == 'r:' .. ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-return 0
-"""
-
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == 'r:' .. ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -52,7 +46,6 @@ class RedisDedupStore:
         self.client = client
         self.namespace = namespace  # e.g. "atelier:<prefix>dedup:"
         self._acquire = client.register_script(_ACQUIRE)
-        self._extend = client.register_script(_EXTEND)
         self._release = client.register_script(_RELEASE)
         self._set_nx_get = True
 
@@ -69,9 +62,10 @@ class RedisDedupStore:
                 held = _text(held)
                 if held == "done":
                     return DedupOutcome.DONE
-                if held == value and self._extend(keys=[name], args=[token, int(lease_ms)]):
-                    return DedupOutcome.ACQUIRED
-                return DedupOutcome.BUSY
+                if held != value:
+                    return DedupOutcome.BUSY
+                # Its own lease (a redelivery): the script extends it, or takes the key if the
+                # lease ended since the SET (an extend alone would call that "busy" and skip it).
         return DedupOutcome(_text(self._acquire(keys=[name], args=[token, int(lease_ms)])))
 
     def complete(self, key: str, token: str, window_ms: int) -> None:

@@ -46,7 +46,8 @@ class DeadLetterService:
 
     def replay_options(self, letter: DeadLetter) -> dict[str, Any]:
         options = {k: v for k, v in letter.options.items() if k not in NOT_REPLAYED}
-        if letter.correlation_id:
+        if letter.correlation_id and not options.get("correlation_id"):
+            # The options hold the id whole; the store may keep a shortened one in its column.
             options["correlation_id"] = letter.correlation_id
         if "dedup_key" not in options:
             # An actor-derived key is derived again from the same arguments; without one, the

@@ -79,6 +79,31 @@ def test_dedup_one_winner_among_concurrent_acquirers(stores):
     assert results.count(DedupOutcome.ACQUIRED) == 1 and results.count(DedupOutcome.BUSY) == 15
 
 
+def test_dedup_redelivery_whose_lease_ends_mid_acquire_takes_the_key(redis_ns):
+    # SET NX GET saw the message's own lease; it ended before the extend that followed (the
+    # expiry is simulated by deleting it in between). The key is free: the message must run,
+    # not be skipped as "busy" (acknowledged, and never run by anyone).
+    client, ns = redis_ns
+
+    class ExpiresAfterGet:
+        def __init__(self, real):  # type: ignore[no-untyped-def]
+            self.real = real
+
+        def __getattr__(self, name):  # type: ignore[no-untyped-def]
+            return getattr(self.real, name)
+
+        def set(self, name, *args, **kwargs):  # type: ignore[no-untyped-def]
+            held = self.real.set(name, *args, **kwargs)
+            if kwargs.get("get") and held is not None:
+                self.real.delete(name)
+            return held
+
+    dedup = RedisDedupStore(ExpiresAfterGet(client), f"{ns}dedup:")
+    assert dedup.acquire("k", "m1", 60_000) is DedupOutcome.ACQUIRED
+    assert dedup.acquire("k", "m1", 60_000) is DedupOutcome.ACQUIRED  # its own lease, gone meanwhile
+    assert client.get(f"{ns}dedup:k") == b"r:m1"
+
+
 def test_breaker_transitions(stores):
     store, now = stores[1], 1_000_000
     policy = BreakerPolicy(failure_threshold=2, window_ms=1000, reset_timeout_ms=500, half_open_trials=2)
@@ -169,6 +194,50 @@ def test_sql_dead_letter_store(database_url):
     assert old.id in {x.id for x in store.list(replayed=True)}
     assert store.delete([old.id, new.id, new_id()]) == 2
     assert store.get(old.id) is None
+    engine.dispose()
+
+
+def test_sql_dead_letter_store_takes_a_failure_whose_text_has_nul_bytes(database_url):
+    # PostgreSQL text refuses NUL (and UTF-8 a lone surrogate): such a letter failed every write,
+    # and the message carrying it came back hourly for ever without the letter reaching the store.
+    engine = make_engine(database_url)
+    store = SqlDeadLetterStore(engine)
+    letter = _letter()
+    letter.error, letter.traceback = "bad \x00 byte", "Traceback ...\nValueError: bad \x00 byte in \udcff.jpg"
+    assert store.add(letter)
+    got = store.get(letter.id)
+    assert "\x00" not in got.error and got.error.startswith("bad ") and got.error.endswith(" byte")
+    assert "\x00" not in got.traceback and got.traceback.endswith("\\udcff.jpg")
+    store.delete([letter.id])
+    engine.dispose()
+
+
+def test_sql_dead_letter_store_takes_a_correlation_id_longer_than_its_column(database_url):
+    # Producers choose correlation ids (a request id, a trace header): one longer than the
+    # 64-character column failed every write on PostgreSQL, for ever, like the NUL above.
+    engine = make_engine(database_url)
+    store = SqlDeadLetterStore(engine)
+    cid = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
+    letter = _letter()
+    letter.correlation_id, letter.options = cid, {**letter.options, "correlation_id": cid}
+    assert store.add(letter)
+    got = store.get(letter.id)
+    assert got.correlation_id == cid[:64] and got.options["correlation_id"] == cid
+    store.delete([letter.id])
+    engine.dispose()
+
+
+def test_sql_dead_letter_store_takes_a_payload_with_nan_or_infinity(database_url):
+    # Dramatiq's JSON carries NaN and Infinity, PostgreSQL's json refuses them: such a payload's
+    # letter failed every write, for ever, like the NUL above.
+    engine = make_engine(database_url)
+    store = SqlDeadLetterStore(engine)
+    letter = _letter()
+    letter.args, letter.kwargs = [float("nan"), [float("inf")]], {"lat": float("-inf"), "ok": 1.5}
+    assert store.add(letter)
+    got = store.get(letter.id)
+    assert got.args == ["NaN", ["Infinity"]] and got.kwargs == {"lat": "-Infinity", "ok": 1.5}
+    store.delete([letter.id])
     engine.dispose()
 
 

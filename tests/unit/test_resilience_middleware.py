@@ -360,6 +360,25 @@ def test_replay_of_a_letter_without_a_key_runs_once_however_often_it_is_sent(sta
     assert runs == [1, 1]
 
 
+
+def test_replay_sends_the_whole_correlation_id_when_the_store_shortened_it(stack):
+    cid = "trace-" + "x" * 90  # longer than the store's 64-character column
+    seen = []
+
+    @dramatiq.actor(broker=stack.broker, queue_name="q")
+    def traced():
+        seen.append(structlog.contextvars.get_contextvars()["correlation_id"])
+        if len(seen) == 1:
+            raise InvalidPayload("first time")
+
+    traced.send_with_options(correlation_id=cid)
+    stack.join()
+    [letter] = stack.letters.letters.values()
+    letter.correlation_id = cid[:64]  # what SqlDeadLetterStore keeps in the column
+    DeadLetterService(stack.letters, BrokerSender(stack.broker), SystemClock()).replay(letter.id)
+    stack.join()
+    assert seen == [cid, cid]
+
 # --- circuit breaker ---
 
 def _guarded(stack, fallback: bool | str = False, reset: float = 1.0):
@@ -530,3 +549,39 @@ def test_a_rabbitmq_broker_without_redis_stops_start_up(capsys):
     with pytest.raises(ConfigError):
         build_broker(load_settings(broker_url="amqp://guest:guest@127.0.0.1:1/", redis_url=""))
     assert "REDIS_URL: must be set with a RabbitMQ broker" in capsys.readouterr().err
+
+
+
+def test_parked_and_put_back_messages_are_never_delayed_past_rabbitmqs_consumer_timeout(stack, monkeypatch):
+    # RabbitMQ takes back a delivery left unacked past its consumer_timeout (30 min by default),
+    # and Dramatiq holds a delayed message unacked until its eta: a longer delay makes the server
+    # close the delay-queue consumer and redeliver everything it holds (run twice; dramatiq #827).
+    # A circuit open for two hours, or a dead-letter store down for hours, must not ask for that.
+    from datetime import UTC, datetime
+
+    from domain.resilience import DeadLetter
+
+    delays = []
+    enqueue = stack.broker.enqueue
+
+    def recording(message, *, delay=None):  # type: ignore[no-untyped-def]
+        if delay is not None:
+            delays.append(("dead_letter" in message.options, delay))
+        return enqueue(message, delay=delay)
+
+    monkeypatch.setattr(stack.broker, "enqueue", recording)
+    deliver, calls = _guarded(stack, reset=7200)
+    for n in range(3):
+        deliver.send(n)  # opens the circuit for two hours
+    stack.join()
+    deliver.send(10)  # parked
+    stack.letters.down = True
+    now = datetime.now(UTC)
+    letter = DeadLetter(id="l1", message_id="m1", actor="deliver", queue="q", args=[11], kwargs={}, options={},
+                        error_type="E", error="e", traceback="", reason="permanent", attempts=1, enqueued_at=now,
+                        failed_at=now)
+    # Its tenth write attempt: the store has been down for hours.
+    deliver.send_with_options(args=(11,), dead_letter=letter.asdict(), dead_letter_attempts=10)
+    wait_for(lambda: {carries for carries, _ in delays} == {False, True}, timeout=10,
+             message="a parked message and a letter put back")
+    assert max(d for _, d in delays) <= 15 * 60_000
