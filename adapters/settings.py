@@ -35,7 +35,9 @@ class Settings(BaseSettings):
     # Retries (Dramatiq's exponential backoff with jitter); actors may override.
     retry_max_retries: int = Field(10, ge=0)
     retry_min_backoff_ms: int = Field(1000, ge=1)
-    retry_max_backoff_ms: int = Field(300_000, ge=1)
+    # At most 15 minutes: RabbitMQ redelivers a delayed message its consumer holds past the server's
+    # consumer_timeout (30 minutes by default), which would run it twice (middleware/park.py caps too).
+    retry_max_backoff_ms: int = Field(300_000, ge=1, le=900_000)
 
     # Storage of record
     database_url: str = "sqlite:///var/atelier.db"

@@ -53,3 +53,12 @@ def test_cli_start_up_stops_with_one_line(tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("configuration error: THUMBNAIL_QUALITY:"), result.stderr
+
+
+def test_retry_backoff_stays_below_rabbitmqs_consumer_timeout(monkeypatch):
+    monkeypatch.setenv("RETRY_MAX_BACKOFF_MS", "3600000")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert err.value.message.startswith("configuration error: RETRY_MAX_BACKOFF_MS:")
+    monkeypatch.setenv("RETRY_MAX_BACKOFF_MS", "900000")
+    assert load_settings().retry_max_backoff_ms == 900_000
