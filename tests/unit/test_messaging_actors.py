@@ -61,8 +61,11 @@ def test_bad_payloads_fail_at_once(world):
     assert gateways[MessageChannel.WHATSAPP].sent == []
 
 
-def test_the_middleware_options_to_wire_are_exactly_the_contract(world):
+def test_the_actors_carry_the_middleware_options_of_the_contract(world):
     actors = world[0]
+    m = actors.messaging
+    assert {k: m.route_message.options[k] for k in m.ROUTE_OPTIONS} == m.ROUTE_OPTIONS
+    assert {k: m.deliver_message.options[k] for k in m.DELIVER_OPTIONS} == m.DELIVER_OPTIONS
     assert actors.messaging.ROUTE_OPTIONS["dedup_key"]("m-1") == "message:m-1"
     assert actors.messaging.ROUTE_OPTIONS["dedup_window"] == 86400
     assert actors.messaging.DELIVER_OPTIONS["circuit"]("m-1", "whatsapp") == "channel:whatsapp"
