@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from adapters.sql import tables as t
+from adapters.sql.outbox import _aware
 from domain.resilience import DeadLetter
 
 _d = t.dead_letters
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; everything we store is UTC.
-    return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _letter(row) -> DeadLetter:  # type: ignore[no-untyped-def]

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from sqlalchemy import insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from adapters.sql import tables as t
+from adapters.sql.outbox import _aware
 from domain.models import ChannelDelivery, MessageChannel, MessageStatus, OutboundMessage
 
 _m = t.outbound_messages
 _d = t.message_deliveries
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; everything we store is UTC.
-    return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _delivery_row(d: ChannelDelivery) -> dict:

@@ -9,15 +9,11 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from adapters.sql import tables as t
+from adapters.sql.outbox import _aware
 from domain.models import Chunk, Upload, UploadStatus
 
 _u = t.uploads
 _c = t.upload_chunks
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; everything we store is UTC.
-    return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _upload(row: Any) -> Upload:
