@@ -199,15 +199,13 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
-    @field_validator("ops_username", "ops_password", "ops_token", "rabbitmq_management_url", mode="before")
+    @field_validator("ops_username", "ops_password", "ops_token", "rabbitmq_management_url",
+                     "clip_pretrained_tag", "clip_model_config", "qdrant_url", "qdrant_api_key",
+                     "whatsapp_token", "whatsapp_phone_number_id", "instagram_token",
+                     "channel_webhook_verify_token", "channel_webhook_secret", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # compose passes unset variables as empty strings.
-        return None if value == "" else value
-
-    @field_validator("clip_pretrained_tag", "clip_model_config", "qdrant_url", "qdrant_api_key", mode="before")
-    @classmethod
-    def _media_empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
     @field_validator("qdrant_url")
@@ -238,12 +236,6 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
-
-    @field_validator("whatsapp_token", "whatsapp_phone_number_id", "instagram_token",
-                     "channel_webhook_verify_token", "channel_webhook_secret", mode="before")
-    @classmethod
-    def _empty_channel_value_is_unset(cls, value: object) -> object:
-        return None if value == "" else value
 
     @model_validator(mode="after")
     def _lease_outlasts_a_call(self) -> Settings:
