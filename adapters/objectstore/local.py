@@ -30,17 +30,7 @@ class LocalObjectStore:
         return path
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write then rename, so readers never see a half-written object.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        self._write_atomically(key, lambda fh: fh.write(data))
 
     def get(self, key: str) -> bytes:
         try:
@@ -84,6 +74,8 @@ class LocalObjectStore:
 
     # --- uploads ---
     def _write_atomically(self, key: str, write) -> int:  # type: ignore[no-untyped-def]
+        """Write to a temporary file then rename, so readers never see a half-written object;
+        returns the size written."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
