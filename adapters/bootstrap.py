@@ -71,13 +71,9 @@ class Container:
     @cached_property
     def metrics_store(self) -> MetricsStore:
         """Shared counters: Redis when there is one (figures add up across processes), else memory."""
-        if self.redis is not None:
-            from adapters.metrics import RedisMetricsStore
+        from adapters.metrics import InMemoryMetricsStore, RedisMetricsStore
 
-            return RedisMetricsStore(self.redis, f"atelier:{self.settings.queue_prefix}metrics:")
-        from adapters.metrics import InMemoryMetricsStore
-
-        return InMemoryMetricsStore()
+        return self._shared_state(RedisMetricsStore, InMemoryMetricsStore, "metrics")
 
     @cached_property
     def metrics(self) -> list[MetricSpec]:
@@ -168,37 +164,35 @@ class Container:
     @cached_property
     def messaging(self) -> MessagingService:
         return MessagingService(self.uow, self.channel_gateways, lease_seconds=self.settings.message_send_lease_s)
+
     # --- middleware ---
+    def _shared_state(self, redis_cls, memory_cls, name: str):  # type: ignore[no-untyped-def]
+        """Redis when there is one (shared by every worker, keys under atelier:<QUEUE_PREFIX><name>:),
+        else this process's memory."""
+        if self.redis is not None:
+            return redis_cls(self.redis, f"atelier:{self.settings.queue_prefix}{name}:")
+        return memory_cls()
+
     @cached_property
     def dedup_store(self):  # type: ignore[no-untyped-def]
-        """Dedup keys: Redis when there is one (shared by every worker), else this process's memory."""
-        if self.redis is not None:
-            from adapters.state.redis import RedisDedupStore
-
-            return RedisDedupStore(self.redis, f"atelier:{self.settings.queue_prefix}dedup:")
         from adapters.state.memory import InMemoryDedupStore
+        from adapters.state.redis import RedisDedupStore
 
-        return InMemoryDedupStore()
+        return self._shared_state(RedisDedupStore, InMemoryDedupStore, "dedup")
 
     @cached_property
     def breaker_store(self):  # type: ignore[no-untyped-def]
-        if self.redis is not None:
-            from adapters.state.redis import RedisBreakerStore
-
-            return RedisBreakerStore(self.redis, f"atelier:{self.settings.queue_prefix}circuit:")
         from adapters.state.memory import InMemoryBreakerStore
+        from adapters.state.redis import RedisBreakerStore
 
-        return InMemoryBreakerStore()
+        return self._shared_state(RedisBreakerStore, InMemoryBreakerStore, "circuit")
 
     @cached_property
     def fallback_queue(self):  # type: ignore[no-untyped-def]
-        if self.redis is not None:
-            from adapters.state.redis import RedisFallbackQueue
-
-            return RedisFallbackQueue(self.redis, f"atelier:{self.settings.queue_prefix}fallback:")
         from adapters.state.memory import InMemoryFallbackQueue
+        from adapters.state.redis import RedisFallbackQueue
 
-        return InMemoryFallbackQueue()
+        return self._shared_state(RedisFallbackQueue, InMemoryFallbackQueue, "fallback")
 
     @cached_property
     def dead_letter_store(self):  # type: ignore[no-untyped-def]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import dramatiq
 from dramatiq import Broker
@@ -12,39 +14,19 @@ from dramatiq.brokers.stub import StubBroker
 
 import middleware
 from adapters.settings import ConfigError, Settings
-from domain.ports import BreakerStore, DeadLetterStore, DedupStore, FallbackQueue, MetricsStore
 from middleware.shutdown import RequeueUnfinished
 
 
-def _metrics_store() -> MetricsStore:
-    from adapters.bootstrap import get_container
+def _from_container(name: str) -> Callable[[], Any]:
+    """The container's port ``name``, looked up when the middleware first needs it (building the
+    broker connects to nothing)."""
 
-    return get_container().metrics_store
+    def get() -> Any:
+        from adapters.bootstrap import get_container
 
+        return getattr(get_container(), name)
 
-# --- middleware ---
-def _dedup_store() -> DedupStore:
-    from adapters.bootstrap import get_container
-
-    return get_container().dedup_store
-
-
-def _breaker_store() -> BreakerStore:
-    from adapters.bootstrap import get_container
-
-    return get_container().breaker_store
-
-
-def _fallback_queue() -> FallbackQueue:
-    from adapters.bootstrap import get_container
-
-    return get_container().fallback_queue
-
-
-def _dead_letter_store() -> DeadLetterStore:
-    from adapters.bootstrap import get_container
-
-    return get_container().dead_letter_store
+    return get
 
 
 def build_broker(settings: Settings) -> Broker:
@@ -59,13 +41,13 @@ def build_broker(settings: Settings) -> Broker:
         max_retries=settings.retry_max_retries,
         min_backoff_ms=settings.retry_min_backoff_ms,
         max_backoff_ms=settings.retry_max_backoff_ms,
-        metrics_store=_metrics_store,
-        dedup_store=_dedup_store,
+        metrics_store=_from_container("metrics_store"),
+        dedup_store=_from_container("dedup_store"),
         dedup_default_window=settings.dedup_default_window,
-        breaker_store=_breaker_store,
-        fallback_queue=_fallback_queue,
+        breaker_store=_from_container("breaker_store"),
+        fallback_queue=_from_container("fallback_queue"),
         breaker_policy=settings.breaker_policy,
-        dead_letter_store=_dead_letter_store,
+        dead_letter_store=_from_container("dead_letter_store"),
     )
     kind = settings.broker_kind
     broker: Broker
