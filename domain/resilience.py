@@ -8,6 +8,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+#: Options that describe one delivery, not the message: dead letters do not store them and a
+#: replay never sends them.
+TRANSIENT_OPTIONS = frozenset({"traceback", "redis_message_id", "eta", "requeue_timestamp", "dead_letter",
+                               "dead_letter_attempts", "retry_enqueue_error", "failed_because"})
+
 
 class DedupOutcome(enum.StrEnum):
     ACQUIRED = "acquired"  # this message may run; the key is held while it does

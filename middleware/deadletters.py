@@ -15,14 +15,11 @@ from dramatiq.middleware import Middleware, SkipMessage
 
 from domain.errors import PermanentError
 from domain.ports import DeadLetterStore, MetricsStore
-from domain.resilience import DeadLetter
+from domain.resilience import TRANSIENT_OPTIONS, DeadLetter
 from middleware.park import fresh_copy, park
 
 #: Counter of dead letters written, labels (queue_name, actor_name, reason).
 DEAD_LETTERS = "atelier_dead_letters_total"
-#: Options that describe one delivery, not the message: not stored, never replayed.
-TRANSIENT_OPTIONS = frozenset({"traceback", "redis_message_id", "eta", "requeue_timestamp", "dead_letter",
-                               "dead_letter_attempts", "retry_enqueue_error", "failed_because"})
 #: The first retry of a failed dead-letter write waits this long; it doubles up to 15 minutes
 #: (park.MAX_DELAY_MS: longer delays are not safe on RabbitMQ).
 WRITE_RETRY_MS = 10_000

@@ -10,11 +10,10 @@ from typing import Any
 
 from domain.errors import DomainError, NotFound
 from domain.ports import Clock, DeadLetterStore, MessageSender
-from domain.resilience import DeadLetter
+from domain.resilience import TRANSIENT_OPTIONS, DeadLetter
 
 #: Options that belong to one delivery or one run of retries: a replay starts afresh without them.
-NOT_REPLAYED = frozenset({"retries", "traceback", "requeue_timestamp", "eta", "redis_message_id", "dead_letter",
-                          "dead_letter_attempts", "retry_enqueue_error", "failed_because", "replay_of"})
+NOT_REPLAYED = TRANSIENT_OPTIONS | {"retries", "replay_of"}
 
 
 class AlreadyReplayed(DomainError):
