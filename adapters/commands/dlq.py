@@ -105,6 +105,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from adapters.bootstrap import get_container
+    from domain.errors import NotFound
     from domain.models import parse_id
     from domain.services.deadletters import AlreadyReplayed
 
@@ -120,13 +121,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
         ids = [letter.id for letter in service.list(limit=args.limit, **f)]
     failed = 0
     for letter_id in ids:
-        if service.store.get(letter_id) is None:
+        try:
+            message_id = service.replay(letter_id, force=args.force)
+        except NotFound:
             # Not a message: maybe a dead outbox event, which the relay sends again.
             event = container.outbox_relay.retry(letter_id)
             print(f"{event.id} outbox event due again")
             continue
-        try:
-            message_id = service.replay(letter_id, force=args.force)
         except AlreadyReplayed as exc:
             print(f"{letter_id} skipped: {exc}")
             failed += 1
