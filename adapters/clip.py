@@ -214,11 +214,13 @@ class ClipEmbedder:
 
     def embed_image(self, data: bytes) -> list[float]:
         clip = self.load()
-        # Decoding and preprocessing run on the calling thread, in parallel; only the model batches.
-        tensor = clip.preprocess(self._decode(data, clip.image_size))
         if self.batcher is None:
-            return clip.encode_images([tensor])[0]
-        return self.batcher.submit(tensor)
+            return clip.encode_images([clip.preprocess(self._decode(data, clip.image_size))])[0]
+        # Decoding and preprocessing run on the calling thread, in parallel; only the model batches.
+        # The place is reserved first: a batch forming meanwhile waits for this image (max_wait).
+        with self.batcher.reserve() as submit:
+            tensor = clip.preprocess(self._decode(data, clip.image_size))
+            return submit(tensor)
 
     def embed_text(self, text: str) -> list[float]:
         return self.load().encode_texts([text])[0]

@@ -66,6 +66,63 @@ def test_a_lone_item_does_not_wait_for_company():
     assert batcher.submit(2, timeout=30) == 3
 
 
+def test_a_batch_waits_for_a_place_reserved_while_its_item_is_prepared():
+    # No thread has been seen yet (a worker starting): the reservation is what makes the first
+    # item wait. Without it the batches would be [1, 1].
+    batcher = DynamicBatcher(lambda items: list(items), max_batch_size=16, max_wait=3600)
+    reserved, ready = threading.Event(), threading.Event()
+
+    def prepared_late():  # type: ignore[no-untyped-def]
+        with batcher.reserve() as submit:
+            reserved.set()
+            ready.wait(30)  # decoding, preprocessing...
+            return submit("late", 60)
+
+    with ThreadPoolExecutor(2) as pool:
+        late = pool.submit(prepared_late)
+        assert reserved.wait(30)
+        first = pool.submit(batcher.submit, "first", 60)
+        wait_for(lambda: len(batcher._seen) == 1 and batcher._queue.qsize() == 0, timeout=30,
+                 message="the first item taken, its batch forming")
+        ready.set()
+        assert first.result(60) == "first" and late.result(60) == "late"
+    assert batcher.batch_sizes == [2]
+
+
+def test_a_place_freed_without_an_item_stops_the_wait():
+    batcher = DynamicBatcher(lambda items: [i * 2 for i in items], max_batch_size=16, max_wait=3600)
+    reserved, fail = threading.Event(), threading.Event()
+
+    def undecodable():  # type: ignore[no-untyped-def]
+        with batcher.reserve():
+            reserved.set()
+            fail.wait(30)
+            raise ValueError("not an image")
+
+    with ThreadPoolExecutor(2) as pool:
+        broken = pool.submit(undecodable)
+        assert reserved.wait(30)
+        first = pool.submit(batcher.submit, 21, 60)
+        wait_for(lambda: len(batcher._seen) == 1 and batcher._queue.qsize() == 0, timeout=30,
+                 message="the first item taken, its batch waiting for the reserved place")
+        fail.set()
+        # Would wait max_wait (an hour) if the freed place were still awaited; the timeout fails it first.
+        assert first.result(60) == 42
+        with pytest.raises(ValueError):
+            broken.result(60)
+    assert batcher.batch_sizes == [1]
+    assert batcher._reserved == 0
+
+
+def test_a_reserved_place_takes_one_item():
+    batcher = DynamicBatcher(lambda items: list(items), max_batch_size=4, max_wait=0)
+    with batcher.reserve() as submit:
+        assert submit("a", 30) == "a"
+        with pytest.raises(RuntimeError, match="one item"):
+            submit("b", 30)
+    assert batcher._reserved == 0
+
+
 def test_batches_never_exceed_the_maximum():
     fn, gate, calls = _gated(lambda items: [str(i) for i in items])
     batcher = DynamicBatcher(fn, max_batch_size=2, max_wait=0)
