@@ -15,7 +15,12 @@ Images are 12-megapixel JPEGs processed to thumbnails first; embedding reads the
   the same time share one model call.
 
 Both sides use the same loaded model and torch's thread count (printed; --torch-threads sets it).
-Rounds alternate the sides; the best round of each counts.
+Rounds alternate the sides; the best round of each counts. The mean batch size counts the timed
+rounds only (not the warm-up call).
+
+--ceiling also measures the model alone on preprocessed tensors (no decode, no batcher, no
+Dramatiq): one call on a batch of --threads images against --threads threads each calling it on
+one image. Batching cannot beat that ratio: it is what the batched side can win at most.
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ def main() -> int:
     parser.add_argument("--direct", action="store_true",
                         help="the model part alone: --threads threads call the embedder on the thumbnails' bytes "
                              "(no Dramatiq, database, object store or Qdrant)")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="also time the model alone: a batch of --threads images against --threads concurrent "
+                             "single-image calls (the most batching can win)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="atelier-bench-emb-"))
@@ -106,6 +114,8 @@ def main() -> int:
         container.__dict__["embedder"] = embedder
         set_container(container)
         container.embeddings.embed_image(ids[0])  # warm-up: first calls allocate
+        if embedder.batcher:
+            embedder.batcher.batch_sizes = []  # count the timed batches only
         if args.direct:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -155,7 +165,33 @@ def main() -> int:
     print(f"| serialised model calls, best round | {best['serial']:.2f} | {best['batched']:.2f} | "
           f"{best['batched'] / best['serial']:.2f}x |")
     print(f"| mean batch size (all batched rounds) | 1 | {mean_batch:.1f} | |")
+    if args.ceiling:
+        ceiling(loaded, thumbs, args.threads, Container(settings).imaging)
     return 0
+
+
+def ceiling(loaded, thumbs, threads: int, imaging) -> None:  # type: ignore[no-untyped-def]
+    """The model alone on preprocessed tensors: one batch of ``threads`` against ``threads``
+    concurrent single-image calls, alternating, 4 repetitions of 4 batches' worth of images."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tensors = [loaded.preprocess(imaging.decode(data, longest_side=loaded.image_size)[0])
+               for data in thumbs[:threads]]
+    per_rep = 4 * threads
+    best = {"batch": 0.0, "concurrent": 0.0}
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda t: loaded.encode_images([t]), tensors))  # warm-up
+        loaded.encode_images(tensors)
+        for _ in range(4):
+            started = time.perf_counter()
+            for _ in range(4):
+                loaded.encode_images(tensors)
+            best["batch"] = max(best["batch"], per_rep / (time.perf_counter() - started))
+            started = time.perf_counter()
+            list(pool.map(lambda n: loaded.encode_images([tensors[n % threads]]), range(per_rep)))
+            best["concurrent"] = max(best["concurrent"], per_rep / (time.perf_counter() - started))
+    print(f"| model alone, best of 4: {threads} concurrent single-image calls | {best['concurrent']:.2f} | "
+          f"batch of {threads}: {best['batch']:.2f} | {best['batch'] / best['concurrent']:.2f}x |")
 
 
 if __name__ == "__main__":
