@@ -8,12 +8,10 @@ from typing import Any
 
 import dramatiq
 from dramatiq import Broker
-from dramatiq.brokers.rabbitmq import RabbitmqBroker
-from dramatiq.brokers.redis import RedisBroker
-from dramatiq.brokers.stub import StubBroker
 
 import middleware
 from adapters.settings import ConfigError, Settings
+from middleware.dispatch import AtelierRabbitmqBroker, AtelierRedisBroker, AtelierStubBroker
 from middleware.shutdown import RequeueUnfinished
 
 
@@ -53,12 +51,12 @@ def build_broker(settings: Settings) -> Broker:
     broker: Broker
     if kind == "redis":
         stack.append(RequeueUnfinished())
-        broker = RedisBroker(url=settings.broker_url, middleware=stack)
+        broker = AtelierRedisBroker(url=settings.broker_url, middleware=stack)
     elif kind == "rabbitmq":
         # Publisher confirms: send() returns only once RabbitMQ has the message.
-        broker = RabbitmqBroker(url=settings.broker_url, confirm_delivery=True, middleware=stack)
+        broker = AtelierRabbitmqBroker(url=settings.broker_url, confirm_delivery=True, middleware=stack)
     else:
-        broker = StubBroker(middleware=stack)
+        broker = AtelierStubBroker(middleware=stack)
         broker.emit_after("process_boot")
     return broker
 

@@ -3,6 +3,7 @@ out one deliver_message per channel; bad payloads fail at once; redelivery sends
 
 import dramatiq
 import pytest
+from dramatiq.brokers.stub import StubBroker
 
 from adapters.bootstrap import Container, get_container, set_container
 from adapters.settings import load_settings
@@ -16,7 +17,7 @@ from tests.unit.fakes import FakeChannelGateway, FakeDeadLetterStore, FakeMessag
 def world():
     import actors
 
-    assert actors.broker.__class__.__name__ == "StubBroker", "unit tests run with BROKER_URL unset (stub://)"
+    assert isinstance(actors.broker, StubBroker), "unit tests run with BROKER_URL unset (stub://)"
     rows, events = {}, []
     gateways = {MessageChannel.WHATSAPP: FakeChannelGateway("wa"), MessageChannel.INSTAGRAM: FakeChannelGateway("ig")}
     service = MessagingService(lambda: FakeMessagingUnitOfWork(rows, events), gateways)
