@@ -12,6 +12,7 @@ import sys
 import structlog
 
 from adapters.settings import Settings
+from middleware.logcontext import merge_message_context
 
 _configured = False
 
@@ -32,6 +33,7 @@ def configure_logging(settings: Settings, *, force: bool = False) -> None:
 
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
+        merge_message_context,  # after merge_contextvars: what code binds itself wins
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.stdlib.ExtraAdder(),

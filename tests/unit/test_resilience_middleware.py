@@ -21,6 +21,8 @@ from domain.resilience import BreakerPolicy, CircuitState
 from domain.services.deadletters import AlreadyReplayed, DeadLetterService
 from domain.services.fallback import FallbackDrainer
 from middleware.correlation import correlation_scope
+from middleware.dispatch import AtelierStubBroker
+from middleware.logcontext import message_context
 from middleware.metrics import Metrics
 from tests.services import wait_for
 from tests.unit.fakes import FakeDeadLetterStore
@@ -52,7 +54,7 @@ POLICY = BreakerPolicy(failure_threshold=3, window_ms=60_000, reset_timeout_ms=3
 def stack():
     s = Stack(None, None, InMemoryMetricsStore(), InMemoryDedupStore(), InMemoryBreakerStore(),  # type: ignore[arg-type]
               InMemoryFallbackQueue(), FakeDeadLetterStore())
-    s.broker = StubBroker(middleware=middleware.build_stack(
+    s.broker = AtelierStubBroker(middleware=middleware.build_stack(
         max_retries=2, min_backoff_ms=1, max_backoff_ms=20, metrics_store=lambda: s.metrics,
         dedup_store=lambda: s.dedup, breaker_store=lambda: s.breakers, fallback_queue=lambda: s.fallback,
         breaker_policy=POLICY, dead_letter_store=lambda: s.letters))
@@ -71,7 +73,7 @@ def test_correlation_id_is_new_from_the_producer_scope_or_explicit(stack):
 
     @dramatiq.actor(broker=stack.broker, queue_name="q")
     def record():
-        seen.append(structlog.contextvars.get_contextvars().get("correlation_id"))
+        seen.append(message_context().get("correlation_id"))
 
     plain = record.send()
     with correlation_scope("req-42"):
@@ -90,11 +92,11 @@ def test_a_message_sent_from_an_actor_inherits_the_correlation_id_and_names_its_
 
     @dramatiq.actor(broker=stack.broker, queue_name="q")
     def second():
-        contexts["second"] = structlog.contextvars.get_contextvars()
+        contexts["second"] = message_context()
 
     @dramatiq.actor(broker=stack.broker, queue_name="q")
     def first():
-        contexts["first"] = structlog.contextvars.get_contextvars()
+        contexts["first"] = message_context()
         second.send()
 
     sent = first.send_with_options(correlation_id="chain-1")
@@ -103,7 +105,7 @@ def test_a_message_sent_from_an_actor_inherits_the_correlation_id_and_names_its_
     assert contexts["second"]["causation_id"] == sent.message_id
     assert "causation_id" not in contexts["first"]
     # Cleared after the message: nothing leaks into the next one on the thread.
-    assert structlog.contextvars.get_contextvars().get("correlation_id") is None
+    assert message_context().get("correlation_id") is None
 
 
 def test_a_retry_keeps_its_correlation_and_gets_no_causation_from_itself(stack):
@@ -111,7 +113,7 @@ def test_a_retry_keeps_its_correlation_and_gets_no_causation_from_itself(stack):
 
     @dramatiq.actor(broker=stack.broker, queue_name="q")
     def flaky():
-        ctx = structlog.contextvars.get_contextvars()
+        ctx = message_context()
         runs.append((ctx["correlation_id"], ctx.get("causation_id")))
         if len(runs) == 1:
             raise TransientError("once")
@@ -320,7 +322,7 @@ def test_replay_reenqueues_with_the_same_correlation_id_and_runs_once(stack):
 
     @dramatiq.actor(broker=stack.broker, queue_name="q")
     def charge(amount):
-        ctx = structlog.contextvars.get_contextvars()
+        ctx = message_context()
         runs.append((amount, ctx["correlation_id"], ctx["retries"]))
         if fail[0]:
             raise InvalidPayload("card refused")
@@ -367,7 +369,7 @@ def test_replay_sends_the_whole_correlation_id_when_the_store_shortened_it(stack
 
     @dramatiq.actor(broker=stack.broker, queue_name="q")
     def traced():
-        seen.append(structlog.contextvars.get_contextvars()["correlation_id"])
+        seen.append(message_context()["correlation_id"])
         if len(seen) == 1:
             raise InvalidPayload("first time")
 
@@ -473,7 +475,7 @@ def test_an_open_circuit_can_hand_messages_to_a_fallback_actor(stack):
 
     @dramatiq.actor(broker=stack.broker, queue_name="q", actor_name="sms")
     def sms(n, channel="wa"):
-        ctx = structlog.contextvars.get_contextvars()
+        ctx = message_context()
         handed.append((n, ctx["correlation_id"], ctx.get("causation_id")))
 
     for n in range(3):
@@ -585,3 +587,62 @@ def test_parked_and_put_back_messages_are_never_delayed_past_rabbitmqs_consumer_
     wait_for(lambda: {carries for carries, _ in delays} == {False, True}, timeout=10,
              message="a parked message and a letter put back")
     assert max(d for _, d in delays) <= 15 * 60_000
+
+
+def test_log_lines_carry_the_message_context_and_nothing_leaks_into_the_next_message():
+    import io
+    import json
+    import logging
+
+    from adapters.logging import configure_logging
+    from adapters.settings import Settings
+
+    configure_logging(Settings(log_format="json"), force=True)
+    captured = io.StringIO()
+    logging.getLogger().handlers[0].stream = captured
+    log = structlog.get_logger("test")
+    broker = AtelierStubBroker(middleware=middleware.build_stack(max_retries=0))
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=20)  # both messages on one thread
+
+    @dramatiq.actor(broker=broker, queue_name="q")
+    def noisy(step):
+        if step == 1:
+            structlog.contextvars.bind_contextvars(upload_id="u-1")
+        log.info("working", step=step)
+
+    first = noisy.send_with_options(args=(1,), correlation_id="c-log")
+    second = noisy.send(2)
+    worker.start()
+    try:
+        broker.join("q", fail_fast=True)
+        worker.join()
+    finally:
+        worker.stop()
+        configure_logging(Settings(), force=True)
+    lines = [json.loads(line) for line in captured.getvalue().splitlines() if '"working"' in line]
+    by_step = {line["step"]: line for line in lines}
+    assert by_step[1]["message_id"] == first.message_id and by_step[1]["correlation_id"] == "c-log"
+    assert by_step[1]["actor"] == "noisy" and by_step[1]["upload_id"] == "u-1"
+    assert by_step[2]["message_id"] == second.message_id
+    assert by_step[2]["correlation_id"] == second.options["correlation_id"] != "c-log"
+    assert "upload_id" not in by_step[2]  # bound by the first message, cleared after it
+
+
+def test_a_correlation_scope_inside_an_actor_overrides_the_running_message_for_what_it_sends(stack):
+    sent = {}
+
+    @dramatiq.actor(broker=stack.broker, queue_name="q")
+    def child():
+        pass
+
+    @dramatiq.actor(broker=stack.broker, queue_name="q")
+    def parent():
+        sent["inherited"] = child.send()
+        with correlation_scope("fresh-1"):
+            sent["scoped"] = child.send()
+
+    started = parent.send_with_options(correlation_id="outer")
+    stack.join()
+    assert sent["inherited"].options["correlation_id"] == "outer"
+    assert sent["scoped"].options["correlation_id"] == "fresh-1"
+    assert sent["scoped"].options["causation_id"] == started.message_id
