@@ -174,6 +174,8 @@ class CircuitBreaker(Middleware):
         raise SkipMessage(f"circuit {circuit!r} is {state.value}: parked ({how})")
 
     def after_process_message(self, broker: Broker, message: Message, *, result=None, exception=None) -> None:
+        if not self._running:  # no guarded message running in this process: no lookup
+            return
         running = self._running.pop(message.message_id, None)  # dict operations are atomic: no lock
         if running is None:
             return
@@ -190,6 +192,8 @@ class CircuitBreaker(Middleware):
             self._transition(circuit, *transition)
 
     def after_skip_message(self, broker: Broker, message: Message) -> None:
+        if not self._running:
+            return
         running = self._running.pop(message.message_id, None)  # dict operations are atomic: no lock
         if running is not None and running[1]:
             self.store.release_trial(running[0])

@@ -120,6 +120,8 @@ class Dedup(Middleware):
         raise SkipMessage(f"duplicate of dedup key {key!r} ({outcome.value})")
 
     def after_process_message(self, broker: Broker, message: Message, *, result=None, exception=None) -> None:
+        if not self._held:  # nothing held in this process: the common case costs no lookup
+            return
         held = self._held.pop(message.message_id, None)  # dict operations are atomic: no lock
         if held is None:
             return
@@ -134,6 +136,8 @@ class Dedup(Middleware):
 
     def after_skip_message(self, broker: Broker, message: Message) -> None:
         # Skipped after we acquired (a breaker parked it): it did not run, so the key is free.
+        if not self._held:
+            return
         held = self._held.pop(message.message_id, None)  # dict operations are atomic: no lock
         if held is not None:
             self.store.release(held[0], message.message_id)

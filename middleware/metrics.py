@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -33,10 +34,34 @@ def bucket_label(upper: float) -> str:
     return "+Inf" if upper == math.inf else repr(float(upper))
 
 
+BUCKET_LABELS = tuple(bucket_label(b) for b in DURATION_BUCKETS)
+
+
 def duration_samples(labels: tuple[str, str], millis: float) -> list[Sample]:
     """One observation: a count in its own (non-cumulative) bucket, and the sum."""
-    upper = next(b for b in DURATION_BUCKETS if millis <= b)
-    return [(f"{DURATION}_bucket", (*labels, bucket_label(upper)), 1), (f"{DURATION}_sum", labels, millis)]
+    label = BUCKET_LABELS[bisect_left(DURATION_BUCKETS, millis)]
+    return [(f"{DURATION}_bucket", (*labels, label), 1), (f"{DURATION}_sum", labels, millis)]
+
+
+class _Tally:
+    """What one (queue, actor) added up since the last write: a few attribute updates per
+    message instead of building samples."""
+
+    __slots__ = ("messages", "errors", "skipped", "sum_ms", "buckets")
+
+    def __init__(self) -> None:
+        self.messages = self.errors = self.skipped = 0
+        self.sum_ms = 0.0
+        self.buckets = [0] * len(DURATION_BUCKETS)
+
+    def samples(self, labels: tuple[str, str]) -> list[Sample]:
+        out: list[Sample] = [(MESSAGES, labels, self.messages), (f"{DURATION}_sum", labels, self.sum_ms)]
+        if self.errors:
+            out.append((ERRORS, labels, self.errors))
+        if self.skipped:
+            out.append((SKIPPED, labels, self.skipped))
+        out.extend((f"{DURATION}_bucket", (*labels, BUCKET_LABELS[i]), n) for i, n in enumerate(self.buckets) if n)
+        return out
 
 
 class Metrics(Middleware):
@@ -61,6 +86,7 @@ class Metrics(Middleware):
         self._store: MetricsStore | None = None
         self._started: dict[str, float] = {}
         self._pending: dict[tuple[str, tuple[str, ...]], float] = defaultdict(float)
+        self._tallies: dict[tuple[str, str], _Tally] = {}
         self._lock = threading.Lock()
         self._flusher: threading.Thread | None = None
         self._last_warning = 0.0
@@ -79,6 +105,10 @@ class Metrics(Middleware):
         """Write what has added up since the last write; keep it for the next one if that fails."""
         with self._lock:
             pending, self._pending = self._pending, defaultdict(float)
+            tallies, self._tallies = self._tallies, {}
+        for labels, tally in tallies.items():
+            for name, sample_labels, amount in tally.samples(labels):
+                pending[(name, sample_labels)] += amount
         if not pending:
             return
         try:
@@ -105,21 +135,34 @@ class Metrics(Middleware):
     def before_process_message(self, broker: Broker, message: Message) -> None:
         self._started[message.message_id] = time.perf_counter()
 
-    def after_process_message(self, broker: Broker, message: Message, *, result=None, exception=None) -> None:
-        labels = (message.queue_name, message.actor_name)
+    def _tally(self, message: Message, exception: BaseException | None, skipped: bool) -> None:
         started = self._started.pop(message.message_id, None)
         millis = (time.perf_counter() - started) * 1000 if started is not None else 0.0
-        samples: list[Sample] = [(MESSAGES, labels, 1), *duration_samples(labels, millis)]
-        if exception is not None:
-            samples.append((ERRORS, labels, 1))
-        self._add(samples)
+        bucket = bisect_left(DURATION_BUCKETS, millis)
+        labels = (message.queue_name, message.actor_name)
+        with self._lock:
+            tally = self._tallies.get(labels)
+            if tally is None:
+                tally = self._tallies[labels] = _Tally()
+                if self.flush_interval > 0 and self._flusher is None:
+                    self._flusher = threading.Thread(target=self._flush_forever, name="metrics-flush", daemon=True)
+                    self._flusher.start()
+            tally.messages += 1
+            tally.sum_ms += millis
+            tally.buckets[bucket] += 1
+            if exception is not None:
+                tally.errors += 1
+            if skipped:
+                tally.skipped += 1
+        if self.flush_interval <= 0:
+            self.flush()
+
+    def after_process_message(self, broker: Broker, message: Message, *, result=None, exception=None) -> None:
+        self._tally(message, exception, False)
 
     def after_skip_message(self, broker: Broker, message: Message) -> None:
         # Like Dramatiq's own middleware, a skipped message counts as processed.
-        labels = (message.queue_name, message.actor_name)
-        started = self._started.pop(message.message_id, None)
-        millis = (time.perf_counter() - started) * 1000 if started is not None else 0.0
-        self._add([(MESSAGES, labels, 1), (SKIPPED, labels, 1), *duration_samples(labels, millis)])
+        self._tally(message, None, True)
 
     def after_nack(self, broker: Broker, message: Message) -> None:
         self._add([(REJECTS, (message.queue_name, message.actor_name), 1)])
