@@ -53,6 +53,7 @@ from middleware import (  # noqa: E402
     LogContext,
     Metrics,
 )
+from middleware.dispatch import AtelierRabbitmqBroker, AtelierRedisBroker  # noqa: E402
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -83,10 +84,13 @@ class Setup:
             mw = middleware.build_stack(max_retries=0, metrics_store=lambda: metrics, dedup_store=lambda: dedup,
                                         breaker_store=lambda: breakers, fallback_queue=lambda: fallback,
                                         dead_letter_store=lambda: letters)
+        # atelier's brokers (adapters/broker.py) are Dramatiq's with table dispatch of the hooks.
+        redis_cls, rabbitmq_cls = ((RedisBroker, RabbitmqBroker) if stack == "bare"
+                                   else (AtelierRedisBroker, AtelierRabbitmqBroker))
         if kind == "redis":
-            self.broker = RedisBroker(url=REDIS_URL, middleware=mw)
+            self.broker = redis_cls(url=REDIS_URL, middleware=mw)
         else:
-            self.broker = RabbitmqBroker(url=RABBITMQ_URL, confirm_delivery=True, middleware=mw)
+            self.broker = rabbitmq_cls(url=RABBITMQ_URL, confirm_delivery=True, middleware=mw)
         self.broker.emit_after("process_boot")
         self.done = 0
         self.target = 0
