@@ -35,12 +35,11 @@ class Container:
 
     @cached_property
     def uow(self):  # type: ignore[no-untyped-def]
-        import structlog
-
         from adapters.sql.uow import uow_factory
+        from middleware.correlation import current_correlation_id
 
-        # Events inherit the correlation id the middleware bound for the running message.
-        return uow_factory(self.engine, lambda: structlog.contextvars.get_contextvars().get("correlation_id"))
+        # Events inherit the running message's correlation id (or the producer's correlation_scope).
+        return uow_factory(self.engine, current_correlation_id)
 
     @cached_property
     def store(self) -> ObjectStore:

@@ -19,6 +19,7 @@ import structlog
 from actors import settings
 from adapters.broker import queue
 from domain.errors import InvalidPayload, TransientError
+from middleware.correlation import current_correlation_id
 
 state = redis.Redis.from_url(os.environ["TEST_STATE_REDIS_URL"])
 NS = os.environ["TEST_STATE_NS"]
@@ -73,7 +74,7 @@ def poison(n: int) -> None:
     state.rpush(f"{NS}:poison:{n}", time.time())
     if not state.get(f"{NS}:healed"):
         raise TransientError(f"poison {n} still failing")
-    state.rpush(f"{NS}:poison_ok", structlog.contextvars.get_contextvars()["correlation_id"])
+    state.rpush(f"{NS}:poison_ok", current_correlation_id())
 
 
 @dramatiq.actor(queue_name=Q, max_retries=5, min_backoff=100)

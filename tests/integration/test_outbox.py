@@ -372,3 +372,38 @@ def test_an_event_recorded_under_a_correlation_id_longer_than_its_column_commits
     [event_id] = _record(uow_factory(engine, lambda: cid), 1)
     with uow_factory(engine)() as u:
         assert u.outbox.get(event_id).correlation_id == cid[:64]
+
+
+def test_events_recorded_by_an_actor_carry_its_messages_correlation_id(engine):
+    """The composition root's unit of work stamps events with the running message's correlation
+    id (or a correlation_scope's inside the actor), through the middleware, not log context."""
+    from adapters.bootstrap import Container
+    from adapters.settings import Settings
+    from middleware.correlation import correlation_scope
+    from middleware.dispatch import AtelierStubBroker
+
+    container = Container(Settings())
+    container.__dict__["engine"] = engine  # the test's database, in place of the settings' one
+    broker = AtelierStubBroker(middleware=middleware.build_stack(max_retries=0))
+    recorded = {}
+
+    @dramatiq.actor(broker=broker, queue_name="q")
+    def records():
+        [recorded["inherited"]] = _record(container.uow, 1)
+        with correlation_scope("scoped-7"):
+            [recorded["scoped"]] = _record(container.uow, 1)
+
+    message = records.send_with_options(correlation_id="from-the-producer")
+    worker = dramatiq.Worker(broker, worker_threads=1)
+    worker.start()
+    try:
+        broker.join("q", fail_fast=True)
+        worker.join()
+    finally:
+        worker.stop()
+    with uow_factory(engine)() as u:
+        assert u.outbox.get(recorded["inherited"]).correlation_id == message.options["correlation_id"]
+        assert u.outbox.get(recorded["scoped"]).correlation_id == "scoped-7"
+    [outside] = _record(container.uow, 1)  # no message running, no scope: none
+    with uow_factory(engine)() as u:
+        assert u.outbox.get(outside).correlation_id is None
