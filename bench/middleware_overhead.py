@@ -14,6 +14,7 @@ when it started; median and p99.
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import tempfile
@@ -58,7 +59,7 @@ from middleware.dispatch import AtelierRabbitmqBroker, AtelierRedisBroker  # noq
 REDIS_URL = "redis://127.0.0.1:6379/0"
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
 THREADS = 8
-ROUNDS = 3
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 
 
 class Setup:
@@ -210,8 +211,9 @@ def main() -> None:
                 for _ in range(ROUNDS):
                     for stack, s in setups.items():
                         rate = s.throughput(n)
-                        r = results.setdefault((kind, stack), {"rate": 0.0})
+                        r = results.setdefault((kind, stack), {"rate": 0.0, "rates": []})
                         r["rate"] = max(r["rate"], rate)
+                        r["rates"].append(rate)
                 for stack, s in setups.items():
                     results[(kind, stack)]["median"], results[(kind, stack)]["p99"] = s.latency(samples)
             finally:
@@ -223,15 +225,18 @@ def main() -> None:
         if keys:
             client.delete(*keys)
         tmp.cleanup()
-    print(f"no-op actor, {n} messages per throughput run (best of {ROUNDS}), {samples} latency samples, "
-          f"{THREADS} worker threads, in-process worker")
-    print(f"{'broker':<9} {'middleware':<22} {'msg/s':>8} {'ratio':>6} {'start median':>13} {'p99':>9}")
+    print(f"no-op actor, {n} messages per throughput run (best of {ROUNDS} interleaved rounds), {samples} latency "
+          f"samples, {THREADS} worker threads, in-process worker")
+    print(f"{'broker':<9} {'middleware':<22} {'msg/s':>8} {'ratio':>6} {'paired':>7} {'start median':>13} {'p99':>9}")
     names = {"bare": "bare Dramatiq", "stack": "atelier stack", "dedup": "atelier stack + dedup"}
     for kind in ("redis", "rabbitmq"):
-        bare = results[(kind, "bare")]["rate"]
+        bare = results[(kind, "bare")]
         for stack in ("bare", "stack", "dedup"):
             r = results[(kind, stack)]
-            print(f"{kind:<9} {names[stack]:<22} {r['rate']:8.0f} {r['rate'] / bare:6.2f} "
+            # ratio: best round against best round; paired: the median of each round's ratio to
+            # the bare run just before it (less sensitive to one lucky round on a shared machine).
+            paired = statistics.median(x / b for x, b in zip(r["rates"], bare["rates"], strict=True))
+            print(f"{kind:<9} {names[stack]:<22} {r['rate']:8.0f} {r['rate'] / bare['rate']:6.2f} {paired:7.2f} "
                   f"{r['median']:10.1f} ms {r['p99']:6.1f} ms")
 
 
