@@ -226,13 +226,16 @@ class Container:
         """Dead letters, dedup skips, breaker states and fallback queue lengths for /metrics."""
         from adapters.metrics import MetricSpec, store_counter
         from middleware.circuit import CIRCUIT_PARKED, CIRCUIT_TRANSITIONS
-        from middleware.deadletters import DEAD_LETTERS
+        from middleware.deadletters import DEAD_LETTER_WRITE_FAILURES, DEAD_LETTERS
         from middleware.dedup import DEDUP_SKIPS
 
         store = self.metrics_store
         return [
             store_counter(store, DEAD_LETTERS, "Messages written to the dead-letter store.",
                           ("queue_name", "actor_name", "reason")),
+            store_counter(store, DEAD_LETTER_WRITE_FAILURES,
+                          "Dead-letter writes that failed; the message was put back to try again.",
+                          ("queue_name", "actor_name")),
             MetricSpec("atelier_dead_letters", "gauge", "Dead letters stored and not replayed.",
                        lambda: self.dead_letter_store.count(replayed=False)),
             store_counter(store, DEDUP_SKIPS, "Messages skipped as duplicates (done within the window, or busy).",

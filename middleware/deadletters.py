@@ -20,6 +20,9 @@ from middleware.park import fresh_copy, park
 
 #: Counter of dead letters written, labels (queue_name, actor_name, reason).
 DEAD_LETTERS = "atelier_dead_letters_total"
+#: Counter of dead-letter writes that failed and were put back to try again, labels (queue_name,
+#: actor_name): while it rises, letters are waiting in the broker for the store to come back.
+DEAD_LETTER_WRITE_FAILURES = "atelier_dead_letter_write_failures_total"
 #: The first retry of a failed dead-letter write waits this long; it doubles up to 15 minutes
 #: (park.MAX_DELAY_MS: longer delays are not safe on RabbitMQ).
 WRITE_RETRY_MS = 10_000
@@ -124,13 +127,18 @@ class DeadLetters(Middleware):
                 return
             self.logger.error("Could not store dead letter of message %r; trying again in %d ms.",
                               message.message_id, delay, exc_info=True)
+            self._count(DEAD_LETTER_WRITE_FAILURES, (letter.queue, letter.actor))
             return
         if not stored:
             return  # written before (a redelivery of the same failure)
         self.logger.warning("Dead-lettered message %r (%s, %s after %d attempt(s)): letter %s.",
                             message.message_id, letter.actor, letter.reason, letter.attempts, letter.id)
-        if self._metrics_factory is not None:
-            try:
-                self._metrics_factory().add([(DEAD_LETTERS, (letter.queue, letter.actor, letter.reason), 1)])
-            except Exception:
-                self.logger.debug("Could not count a dead letter.", exc_info=True)
+        self._count(DEAD_LETTERS, (letter.queue, letter.actor, letter.reason))
+
+    def _count(self, name: str, labels: tuple[str, ...]) -> None:
+        if self._metrics_factory is None:
+            return
+        try:
+            self._metrics_factory().add([(name, labels, 1)])
+        except Exception:  # a metric is never worth failing a message
+            self.logger.debug("Could not count %s.", name, exc_info=True)

@@ -314,6 +314,8 @@ def test_a_dead_letter_whose_write_fails_comes_back_and_is_written(stack, monkey
     assert runs == [1]  # the actor ran once: later rounds only wrote the letter
     [letter] = stack.letters.letters.values()
     assert letter.message_id == original.message_id and letter.reason == "permanent"
+    # Each failed write was counted, so a store that stays down shows on /metrics.
+    assert sum(stack.count("atelier_dead_letter_write_failures_total").values()) == stack.letters.failed_writes >= 2
 
 
 def test_replay_reenqueues_with_the_same_correlation_id_and_runs_once(stack):
