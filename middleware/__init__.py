@@ -8,9 +8,10 @@ before_process_message hook stops the hooks after it (but every after_skip_messa
    Dramatiq's own; CurrentMessage lets actors and middleware see the running message.
 2. Metrics: counts and times every message in the shared MetricsStore (when given one). Early,
    so its timer spans the other hooks and its after-hooks see every outcome, skips included.
-3. LogContext: clears structlog's context and binds actor/message_id/queue/retries and the
-   message's correlation_id/causation_id (one bind: binding is what costs) before anything logs;
-   its after-hooks run late (reverse order), so what the middleware below log still carries them.
+3. LogContext: sets the message's log context (actor/message_id/queue/retries and its
+   correlation_id/causation_id: one ContextVar, merged into every log line by a structlog
+   processor) before anything below logs; its after-hooks run late (reverse order), so what the
+   middleware below log still carries them, and then clear it with what the actor bound.
 4. Correlation: stamps correlation_id/causation_id at first enqueue (before_enqueue: the order of
    enqueue hooks does not matter, no other middleware reads them there) and notes the running
    message for the causation id of what it sends. After LogContext, whose before-hook clears the
@@ -33,6 +34,9 @@ before_process_message hook stops the hooks after it (but every after_skip_messa
    (TransientError, timeouts, connection errors), never PermanentError.
 9. RequeueUnfinished (Redis broker only, appended by adapters/broker.py): after_worker_shutdown.
 
+Brokers built by adapters/broker.py (middleware/dispatch.py) call each hook only on the middleware
+that implement it, in this same order.
+
 Dedup, CircuitBreaker and DeadLetters take their state ports as callables resolved on first use
 (build_stack connects to nothing); without them those middleware are left out of the stack.
 """
@@ -52,10 +56,10 @@ from dramatiq.middleware import (
 from domain.ports import BreakerStore, DeadLetterStore, DedupStore, FallbackQueue, MetricsStore
 from domain.resilience import BreakerPolicy
 from middleware.circuit import CircuitBreaker
-from middleware.correlation import Correlation, correlation_scope
+from middleware.correlation import Correlation, correlation_scope, current_correlation_id
 from middleware.deadletters import DeadLetters
 from middleware.dedup import Dedup
-from middleware.logcontext import LogContext
+from middleware.logcontext import LogContext, message_context
 from middleware.metrics import Metrics
 from middleware.retries import ClassifiedRetries
 
@@ -92,4 +96,4 @@ def build_stack(*, max_retries: int = 20, min_backoff_ms: int = 1000,
 
 
 __all__ = ["CircuitBreaker", "ClassifiedRetries", "Correlation", "DeadLetters", "Dedup", "LogContext", "Metrics",
-           "build_stack", "correlation_scope"]
+           "build_stack", "correlation_scope", "current_correlation_id", "message_context"]
