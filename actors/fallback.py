@@ -10,6 +10,7 @@ from adapters.broker import queue
 
 # No retries: the next tick drains whatever this one left. Stale ticks are dropped (AgeLimit).
 @dramatiq.actor(queue_name=queue(settings, "fallback"), max_retries=0,
+                dead_letter_expired=False,  # a tick that expired is replaced by the next one
                 max_age=int(max(10_000, 10_000 * settings.fallback_poll_interval)), time_limit=120_000)
 def drain_fallback() -> None:
     get_container().fallback_drainer.drain()

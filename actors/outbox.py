@@ -10,6 +10,7 @@ from adapters.broker import queue
 # No retries: the next tick relays whatever this run left. A tick older than a few intervals is
 # dropped unrun (AgeLimit) so a backlog of ticks never piles up behind a busy queue.
 @dramatiq.actor(queue_name=queue(settings, "outbox"), max_retries=0,
+                dead_letter_expired=False,  # a tick that expired is replaced by the next one
                 max_age=max(10_000, 10 * settings.outbox_poll_interval_ms),
                 time_limit=settings.outbox_relay_budget_ms + 60_000)
 def relay_outbox() -> None:

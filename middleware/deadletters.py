@@ -29,6 +29,10 @@ WRITE_RETRY_MS = 10_000
 WRITE_RETRY_MAX_MS = 900_000
 
 
+class MessageExpired(Exception):
+    """A message failed before it ran (AgeLimit: older than its max_age)."""
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -40,8 +44,8 @@ def letter_of(broker: Broker, message: Message, exception: BaseException) -> Dea
     reason = options.get("failed_because") or ("permanent" if isinstance(exception, PermanentError)
                                                else "not_retried")
     # Retries counts the attempt it just saw when it retries or gives up, not for permanent errors.
-    attempts = int(options.get("retries", 0)) + (0 if reason in ("retries_exhausted", "retry_enqueue_failed")
-                                                 else 1)
+    attempts = int(options.get("retries", 0)) + (0 if reason in ("retries_exhausted", "retry_enqueue_failed",
+                                                                 "expired") else 1)
     error = str(exception)
     if reason == "retry_enqueue_failed":
         error = f"{error} (then the retry could not be enqueued: {options['retry_enqueue_error']})"
@@ -91,6 +95,7 @@ class DeadLetters(Middleware):
         self._store_factory = store
         self._store: DeadLetterStore | None = None
         self._metrics_factory = metrics
+        self._carried: set[str] = set()  # carriers whose letter before_process_message wrote
 
     @property
     def store(self) -> DeadLetterStore:
@@ -98,14 +103,46 @@ class DeadLetters(Middleware):
             self._store = self._store_factory()
         return self._store
 
+    @property
+    def actor_options(self) -> set[str]:
+        return {"dead_letter_expired"}
+
     def before_process_message(self, broker: Broker, message: Message) -> None:
         pending: dict[str, Any] | None = message.options.get("dead_letter")
         if pending is None:
             return
         # A dead letter whose first write failed: write it now; the actor does not run again.
+        self._carried.add(message.message_id)
+        self._write_pending(broker, message, pending)
+        raise SkipMessage("dead letter written")
+
+    def _write_pending(self, broker: Broker, message: Message, pending: dict[str, Any]) -> None:
         attempts = int(message.options.get("dead_letter_attempts", 1))
         self._write(broker, message, DeadLetter.fromdict(pending), attempts)
-        raise SkipMessage("dead letter written")
+
+    def after_skip_message(self, broker: Broker, message: Message) -> None:
+        """A message failed by a middleware before it ran: AgeLimit's, past its ``max_age``. It is
+        dead-lettered (reason ``expired``) unless its actor says ``dead_letter_expired=False``
+        (periodic ticks, whose expiry is intended). A carrier of a letter still to write that
+        expired on the way writes its letter now instead of losing it to the broker's XQ."""
+        if self._carried and message.message_id in self._carried:
+            self._carried.discard(message.message_id)  # before_process_message handled it
+            return
+        if not message.failed:
+            return
+        options = message.options
+        pending = options.get("dead_letter")
+        if pending is not None:
+            self._write_pending(broker, message, pending)
+            return
+        actor_options = broker.get_actor(message.actor_name).options
+        if options.get("dead_letter_expired", actor_options.get("dead_letter_expired", True)) is False:
+            return
+        max_age = options.get("max_age") or actor_options.get("max_age")
+        options["failed_because"] = "expired"
+        error = MessageExpired(f"not run: older than its max_age of {max_age} ms" if max_age
+                               else "not run: failed by a middleware before it ran")
+        self._write(broker, message, letter_of(broker, message, error), 0)
 
     def after_process_message(self, broker: Broker, message: Message, *, result=None, exception=None) -> None:
         if exception is None or not message.failed:
