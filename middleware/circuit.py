@@ -82,7 +82,9 @@ class CircuitBreaker(Middleware):
         self._fallback: FallbackQueue | None = None
         self._metrics_factory = metrics
         self.policy = policy or BreakerPolicy()
-        self._running: dict[str, tuple[str, bool, BreakerPolicy]] = {}  # message id -> (circuit, trial, policy)
+        # Per delivery (two deliveries of one message can run at once), with the message id so a
+        # reused object id never matches: (id(delivery), message id) -> (circuit, trial, policy).
+        self._running: dict[tuple[int, str], tuple[str, bool, BreakerPolicy]] = {}
 
     @property
     def actor_options(self) -> set[str]:
@@ -139,7 +141,7 @@ class CircuitBreaker(Middleware):
         if decision.transition is not None:
             self._transition(circuit, *decision.transition)
         if decision.allowed:
-            self._running[message.message_id] = (circuit, decision.trial, policy)
+            self._running[(id(message), message.message_id)] = (circuit, decision.trial, policy)
             return
         self._park(broker, message, circuit, decision.state, decision.retry_at_ms, actor_options)
 
@@ -167,7 +169,7 @@ class CircuitBreaker(Middleware):
             # Parking failed: running it is better than losing it; Retries handles the outcome.
             self.logger.error("Could not park message %r for open circuit %r; running it.", message.message_id,
                               circuit, exc_info=True)
-            self._running[message.message_id] = (circuit, False, self.policy_for(actor_options))
+            self._running[(id(message), message.message_id)] = (circuit, False, self.policy_for(actor_options))
             return
         self.logger.info("Circuit %r is %s: message %r parked (%s).", circuit, state.value, message.message_id, how)
         self._count(CIRCUIT_PARKED, (circuit, how))
@@ -176,7 +178,7 @@ class CircuitBreaker(Middleware):
     def after_process_message(self, broker: Broker, message: Message, *, result=None, exception=None) -> None:
         if not self._running:  # no guarded message running in this process: no lookup
             return
-        running = self._running.pop(message.message_id, None)  # dict operations are atomic: no lock
+        running = self._running.pop((id(message), message.message_id), None)  # per delivery; atomic
         if running is None:
             return
         circuit, trial, policy = running
@@ -194,7 +196,7 @@ class CircuitBreaker(Middleware):
     def after_skip_message(self, broker: Broker, message: Message) -> None:
         if not self._running:
             return
-        running = self._running.pop(message.message_id, None)  # dict operations are atomic: no lock
+        running = self._running.pop((id(message), message.message_id), None)  # per delivery; atomic
         if running is not None and running[1]:
             self.store.release_trial(running[0])
 

@@ -59,7 +59,11 @@ class Dedup(Middleware):
         self._store: DedupStore | None = None
         self._metrics_factory = metrics
         self.default_window = default_window
-        self._held: dict[str, tuple[str, float]] = {}  # message id -> (key, window seconds)
+        # Per delivery (the object the worker passes to every hook), not per message id: the same
+        # message can be delivered twice at once (a RabbitMQ redelivery after a dropped connection).
+        self._held: dict[int, tuple[str, str, float]] = {}  # id(delivery) -> (message id, key, window)
+        self._running_ids: set[str] = set()  # message ids a delivery in this process holds
+        self._running_lock = threading.Lock()
         self.background_completion = background_completion
         self._completions: list[tuple[str, str, int]] = []
         self._wake = threading.Condition()
@@ -112,8 +116,20 @@ class Dedup(Middleware):
             self._defer(broker, message, key)
             return
         if outcome is DedupOutcome.ACQUIRED:
-            self._held[message.message_id] = (key, window)
-            return
+            with self._running_lock:
+                # Its own lease, held by a delivery of the same message still running here: the
+                # broker delivered it again (connection dropped). That run decides; this one is
+                # skipped rather than run alongside it.
+                duplicate = message.message_id in self._running_ids
+                if not duplicate:
+                    self._running_ids.add(message.message_id)
+                    self._held[id(message)] = (message.message_id, key, window)
+            if not duplicate:
+                return
+            self.logger.warning("Skipping message %r: another delivery of it is still running here (key %r).",
+                                message.message_id, key)
+            self._count(message, DedupOutcome.BUSY.value)
+            raise SkipMessage(f"delivered again while running (dedup key {key!r})")
         self.logger.info("Skipping message %r: dedup key %r is %s.", message.message_id, key,
                          "done within its window" if outcome is DedupOutcome.DONE else "held by a running message")
         self._count(message, outcome.value)
@@ -122,10 +138,11 @@ class Dedup(Middleware):
     def after_process_message(self, broker: Broker, message: Message, *, result=None, exception=None) -> None:
         if not self._held:  # nothing held in this process: the common case costs no lookup
             return
-        held = self._held.pop(message.message_id, None)  # dict operations are atomic: no lock
-        if held is None:
+        held = self._held.pop(id(message), None)  # dict operations are atomic: no lock
+        if held is None or held[0] != message.message_id:
             return
-        key, window = held
+        message_id, key, window = held
+        self._running_ids.discard(message_id)
         if exception is None:
             if self.background_completion:
                 self._complete_later(key, message.message_id, int(window * 1000))
@@ -138,9 +155,10 @@ class Dedup(Middleware):
         # Skipped after we acquired (a breaker parked it): it did not run, so the key is free.
         if not self._held:
             return
-        held = self._held.pop(message.message_id, None)  # dict operations are atomic: no lock
-        if held is not None:
-            self.store.release(held[0], message.message_id)
+        held = self._held.pop(id(message), None)  # dict operations are atomic: no lock
+        if held is not None and held[0] == message.message_id:
+            self._running_ids.discard(held[0])
+            self.store.release(held[1], message.message_id)
 
     def _complete_later(self, key: str, token: str, window_ms: int) -> None:
         with self._wake:

@@ -84,7 +84,7 @@ class Metrics(Middleware):
         self.flush_interval = flush_interval
         self._store_factory = store
         self._store: MetricsStore | None = None
-        self._started: dict[str, float] = {}
+        self._started: dict[int, float] = {}  # id(delivery) -> start
         self._pending: dict[tuple[str, tuple[str, ...]], float] = defaultdict(float)
         self._tallies: dict[tuple[str, str], _Tally] = {}
         self._lock = threading.Lock()
@@ -133,10 +133,10 @@ class Metrics(Middleware):
         self.flush()
 
     def before_process_message(self, broker: Broker, message: Message) -> None:
-        self._started[message.message_id] = time.perf_counter()
+        self._started[id(message)] = time.perf_counter()
 
     def _tally(self, message: Message, exception: BaseException | None, skipped: bool) -> None:
-        started = self._started.pop(message.message_id, None)
+        started = self._started.pop(id(message), None)
         millis = (time.perf_counter() - started) * 1000 if started is not None else 0.0
         bucket = bisect_left(DURATION_BUCKETS, millis)
         labels = (message.queue_name, message.actor_name)
