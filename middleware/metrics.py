@@ -37,12 +37,6 @@ def bucket_label(upper: float) -> str:
 BUCKET_LABELS = tuple(bucket_label(b) for b in DURATION_BUCKETS)
 
 
-def duration_samples(labels: tuple[str, str], millis: float) -> list[Sample]:
-    """One observation: a count in its own (non-cumulative) bucket, and the sum."""
-    label = BUCKET_LABELS[bisect_left(DURATION_BUCKETS, millis)]
-    return [(f"{DURATION}_bucket", (*labels, label), 1), (f"{DURATION}_sum", labels, millis)]
-
-
 class _Tally:
     """What one (queue, actor) added up since the last write: a few attribute updates per
     message instead of building samples."""
@@ -53,6 +47,16 @@ class _Tally:
         self.messages = self.errors = self.skipped = 0
         self.sum_ms = 0.0
         self.buckets = [0] * len(DURATION_BUCKETS)
+
+    def observe(self, millis: float, *, error: bool = False, skipped: bool = False) -> None:
+        """One message: counted, and its time in its own (non-cumulative) bucket and the sum."""
+        self.messages += 1
+        self.sum_ms += millis
+        self.buckets[bisect_left(DURATION_BUCKETS, millis)] += 1
+        if error:
+            self.errors += 1
+        if skipped:
+            self.skipped += 1
 
     def samples(self, labels: tuple[str, str]) -> list[Sample]:
         out: list[Sample] = [(MESSAGES, labels, self.messages), (f"{DURATION}_sum", labels, self.sum_ms)]
@@ -95,11 +99,15 @@ class Metrics(Middleware):
         with self._lock:
             for name, labels, amount in samples:
                 self._pending[(name, labels)] += amount
-            if self.flush_interval > 0 and self._flusher is None:
-                self._flusher = threading.Thread(target=self._flush_forever, name="metrics-flush", daemon=True)
-                self._flusher.start()
+            self._start_flusher()
         if self.flush_interval <= 0:
             self.flush()
+
+    def _start_flusher(self) -> None:
+        """Start the background writer on first use (called holding the lock)."""
+        if self.flush_interval > 0 and self._flusher is None:
+            self._flusher = threading.Thread(target=self._flush_forever, name="metrics-flush", daemon=True)
+            self._flusher.start()
 
     def flush(self) -> None:
         """Write what has added up since the last write; keep it for the next one if that fails."""
@@ -138,22 +146,13 @@ class Metrics(Middleware):
     def _tally(self, message: Message, exception: BaseException | None, skipped: bool) -> None:
         started = self._started.pop(id(message), None)
         millis = (time.perf_counter() - started) * 1000 if started is not None else 0.0
-        bucket = bisect_left(DURATION_BUCKETS, millis)
         labels = (message.queue_name, message.actor_name)
         with self._lock:
             tally = self._tallies.get(labels)
             if tally is None:
                 tally = self._tallies[labels] = _Tally()
-                if self.flush_interval > 0 and self._flusher is None:
-                    self._flusher = threading.Thread(target=self._flush_forever, name="metrics-flush", daemon=True)
-                    self._flusher.start()
-            tally.messages += 1
-            tally.sum_ms += millis
-            tally.buckets[bucket] += 1
-            if exception is not None:
-                tally.errors += 1
-            if skipped:
-                tally.skipped += 1
+                self._start_flusher()
+            tally.observe(millis, error=exception is not None, skipped=skipped)
         if self.flush_interval <= 0:
             self.flush()
 
