@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,3 +67,17 @@ def base_env(tmp_path: Path) -> dict[str, str]:
         LOCAL_STORE_DIR=str(tmp_path / "objects"),
         DATABASE_URL=f"sqlite:///{tmp_path / 'atelier.db'}",
     )
+
+
+@pytest.fixture
+def redis_ns() -> Iterator[tuple[Any, str]]:
+    """A client of the local Redis and a key namespace of this test's own, deleted afterwards."""
+    import redis
+
+    client = redis.Redis.from_url(services.REDIS_URL)
+    ns = f"atelier:{services.unique('st')}_"
+    yield client, ns
+    keys = list(client.scan_iter(f"{ns}*"))
+    if keys:
+        client.delete(*keys)
+    client.close()

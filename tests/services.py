@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -50,6 +50,20 @@ def wait_for(predicate: Callable[[], T], *, timeout: float = 60.0, interval: flo
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {message} (last value {last!r})")
+
+
+def drain_stub(broker: Any, queue: str = "q", *, fail_fast: bool = True) -> None:
+    """Run what is queued on a StubBroker in a worker of its own with one thread (so messages run
+    on the same thread, in turn) until the queue is empty; the worker is stopped either way."""
+    import dramatiq
+
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=20)
+    worker.start()
+    try:
+        broker.join(queue, fail_fast=fail_fast)
+        worker.join()
+    finally:
+        worker.stop()
 
 
 def create_pg_database() -> str:

@@ -14,19 +14,8 @@ from domain.resilience import DedupOutcome
 from tests import services
 
 
-@pytest.fixture
-def client():
-    c = redis.Redis.from_url(services.REDIS_URL)
-    ns = f"atelier:{services.unique('lean')}_"
-    yield c, ns
-    keys = list(c.scan_iter(f"{ns}*"))
-    if keys:
-        c.delete(*keys)
-    c.close()
-
-
-def test_set_nx_get_answers_nil_then_the_value_also_for_values_larger_than_one_read(client):
-    c, ns = client
+def test_set_nx_get_answers_nil_then_the_value_also_for_values_larger_than_one_read(redis_ns):
+    c, ns = redis_ns
     lean = LeanConnections(c)
     big = b"x" * 200_000  # several recv() calls
     assert lean.set_nx_get(f"{ns}k".encode(), big, 60_000) is None
@@ -35,8 +24,8 @@ def test_set_nx_get_answers_nil_then_the_value_also_for_values_larger_than_one_r
     assert 0 < c.pttl(f"{ns}k") <= 60_000
 
 
-def test_an_error_reply_raises_and_the_connection_stays_in_step(client):
-    c, ns = client
+def test_an_error_reply_raises_and_the_connection_stays_in_step(redis_ns):
+    c, ns = redis_ns
     c.rpush(f"{ns}list", "a")
     lean = LeanConnections(c)
     with pytest.raises(RespError, match="WRONGTYPE"):
@@ -48,16 +37,16 @@ def test_an_error_reply_raises_and_the_connection_stays_in_step(client):
     assert lean.set_nx_get(f"{ns}fresh".encode(), b"w", 1000) == b"v"
 
 
-def test_set_many_pipelines_thousands_in_one_round_trip(client):
-    c, ns = client
+def test_set_many_pipelines_thousands_in_one_round_trip(redis_ns):
+    c, ns = redis_ns
     lean = LeanConnections(c)
     lean.set_many([(f"{ns}m{i}".encode(), b"done", 60_000) for i in range(5000)])
     assert c.mget([f"{ns}m0", f"{ns}m4999"]) == [b"done", b"done"]
     assert len(list(c.scan_iter(f"{ns}m*", count=10_000))) == 5000
 
 
-def test_a_killed_connection_fails_one_call_and_the_next_reconnects(client):
-    c, ns = client
+def test_a_killed_connection_fails_one_call_and_the_next_reconnects(redis_ns):
+    c, ns = redis_ns
     lean = LeanConnections(c)
     assert lean.set_nx_get(f"{ns}a".encode(), b"1", 60_000) is None
     host, port = lean._local.conn._sock.getsockname()[:2]
@@ -86,8 +75,8 @@ def test_the_urls_database_is_used():
         c.delete(key)
 
 
-def test_threads_each_use_their_own_connection_and_one_key_has_one_winner(client):
-    c, ns = client
+def test_threads_each_use_their_own_connection_and_one_key_has_one_winner(redis_ns):
+    c, ns = redis_ns
     store = RedisDedupStore(c, ns)
     outcomes = []
 

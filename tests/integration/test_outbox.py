@@ -394,13 +394,7 @@ def test_events_recorded_by_an_actor_carry_its_messages_correlation_id(engine):
             [recorded["scoped"]] = _record(container.uow, 1)
 
     message = records.send_with_options(correlation_id="from-the-producer")
-    worker = dramatiq.Worker(broker, worker_threads=1)
-    worker.start()
-    try:
-        broker.join("q", fail_fast=True)
-        worker.join()
-    finally:
-        worker.stop()
+    services.drain_stub(broker)
     with uow_factory(engine)() as u:
         assert u.outbox.get(recorded["inherited"]).correlation_id == message.options["correlation_id"]
         assert u.outbox.get(recorded["scoped"]).correlation_id == "scoped-7"

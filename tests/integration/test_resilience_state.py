@@ -21,17 +21,6 @@ from domain.resilience import BreakerPolicy, CircuitState, DeadLetter, DedupOutc
 from tests import services
 
 
-@pytest.fixture
-def redis_ns():
-    client = redis.Redis.from_url(services.REDIS_URL)
-    ns = f"atelier:{services.unique('st')}_"
-    yield client, ns
-    keys = list(client.scan_iter(f"{ns}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
 @pytest.fixture(params=["memory", "redis"])
 def stores(request, redis_ns):
     client, ns = redis_ns

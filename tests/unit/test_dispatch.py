@@ -7,6 +7,7 @@ from dramatiq.middleware import Middleware, SkipMessage
 
 import middleware
 from middleware.dispatch import AtelierStubBroker, implements
+from tests.services import drain_stub
 
 
 class Recorder(Middleware):
@@ -35,11 +36,7 @@ def run_one(broker_cls, middleware_list, calls):
         return 7
 
     job.send()
-    worker = dramatiq.Worker(broker, worker_threads=1)
-    worker.start()
-    broker.join("q", fail_fast=False)
-    worker.join()
-    worker.stop()
+    drain_stub(broker, fail_fast=False)
     return broker
 
 

@@ -24,7 +24,7 @@ from middleware.correlation import correlation_scope
 from middleware.dispatch import AtelierStubBroker
 from middleware.logcontext import message_context
 from middleware.metrics import Metrics
-from tests.services import wait_for
+from tests.services import drain_stub, wait_for
 from tests.unit.fakes import FakeDeadLetterStore
 
 
@@ -604,7 +604,6 @@ def test_log_lines_carry_the_message_context_and_nothing_leaks_into_the_next_mes
     logging.getLogger().handlers[0].stream = captured
     log = structlog.get_logger("test")
     broker = AtelierStubBroker(middleware=middleware.build_stack(max_retries=0))
-    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=20)  # both messages on one thread
 
     @dramatiq.actor(broker=broker, queue_name="q")
     def noisy(step):
@@ -614,12 +613,9 @@ def test_log_lines_carry_the_message_context_and_nothing_leaks_into_the_next_mes
 
     first = noisy.send_with_options(args=(1,), correlation_id="c-log")
     second = noisy.send(2)
-    worker.start()
     try:
-        broker.join("q", fail_fast=True)
-        worker.join()
+        drain_stub(broker)  # one worker thread: both messages on the same thread
     finally:
-        worker.stop()
         configure_logging(Settings(), force=True)
     lines = [json.loads(line) for line in captured.getvalue().splitlines() if '"working"' in line]
     by_step = {line["step"]: line for line in lines}
