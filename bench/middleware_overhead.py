@@ -2,7 +2,9 @@
 Dramatiq (its default middleware, without Prometheus) against the full atelier stack (metrics,
 log context, correlation ids, dead letters, classified retries, dedup, circuit breaker; state in
 Redis, dead letters in SQLite), without and with a dedup key on every message. Same run, same
-in-process worker (8 threads).
+in-process worker (8 threads). A fourth setup, bare Dramatiq's middleware on atelier's broker
+(table dispatch, and on RabbitMQ acks coalesced per wake-up of the consumer thread), shows what the
+middleware costs on its own.
 
 Throughput: N messages enqueued first, then the worker starts; time until the last one ran.
 Latency: enqueue-to-start at idle: one message at a time into an idle worker, the actor notes
@@ -59,6 +61,7 @@ from middleware.dispatch import AtelierRabbitmqBroker, AtelierRedisBroker  # noq
 REDIS_URL = "redis://127.0.0.1:6379/0"
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
 THREADS = 8
+STACKS = ("bare", "broker", "stack", "dedup")
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 
 
@@ -74,7 +77,7 @@ class Setup:
         breakers = RedisBreakerStore(c, f"atelier:{ns}circuit:")
         fallback = RedisFallbackQueue(c, f"atelier:{ns}fallback:")
         letters = SqlDeadLetterStore(engine)
-        if stack == "bare":
+        if stack in ("bare", "broker"):
             mw = [*base, Retries()]
         elif stack == "pre":  # what build_stack held before dedup, breaker, dead letters, correlation
             mw = [*base, CurrentMessage(), Metrics(lambda: metrics), LogContext(), ClassifiedRetries()]
@@ -85,7 +88,9 @@ class Setup:
             mw = middleware.build_stack(max_retries=0, metrics_store=lambda: metrics, dedup_store=lambda: dedup,
                                         breaker_store=lambda: breakers, fallback_queue=lambda: fallback,
                                         dead_letter_store=lambda: letters)
-        # atelier's brokers (adapters/broker.py) are Dramatiq's with table dispatch of the hooks.
+        # atelier's brokers (adapters/broker.py) are Dramatiq's with table dispatch of the hooks and,
+        # on RabbitMQ, acks coalesced per wake-up of the consumer thread. "broker" is bare Dramatiq's
+        # middleware on atelier's broker: what the middleware alone costs is stack against it.
         redis_cls, rabbitmq_cls = ((RedisBroker, RabbitmqBroker) if stack == "bare"
                                    else (AtelierRedisBroker, AtelierRabbitmqBroker))
         if kind == "redis":
@@ -202,7 +207,7 @@ def main() -> None:
     results: dict[tuple[str, str], dict[str, float]] = {}
     try:
         for kind in ("redis", "rabbitmq"):
-            setups = {stack: Setup(kind, stack, ns, db_url) for stack in ("bare", "stack", "dedup")}
+            setups = {stack: Setup(kind, stack, ns, db_url) for stack in STACKS}
             try:
                 for s in setups.values():
                     s.throughput(min(500, n))  # warm up: connections, scripts, JIT-less caches
@@ -228,16 +233,24 @@ def main() -> None:
     print(f"no-op actor, {n} messages per throughput run (best of {ROUNDS} interleaved rounds), {samples} latency "
           f"samples, {THREADS} worker threads, in-process worker")
     print(f"{'broker':<9} {'middleware':<22} {'msg/s':>8} {'ratio':>6} {'paired':>7} {'start median':>13} {'p99':>9}")
-    names = {"bare": "bare Dramatiq", "stack": "atelier stack", "dedup": "atelier stack + dedup"}
+    names = {"bare": "bare Dramatiq", "broker": "bare, atelier broker", "stack": "atelier stack",
+             "dedup": "atelier stack + dedup"}
     for kind in ("redis", "rabbitmq"):
         bare = results[(kind, "bare")]
-        for stack in ("bare", "stack", "dedup"):
+        for stack in STACKS:
             r = results[(kind, stack)]
             # ratio: best round against best round; paired: the median of each round's ratio to
             # the bare run just before it (less sensitive to one lucky round on a shared machine).
             paired = statistics.median(x / b for x, b in zip(r["rates"], bare["rates"], strict=True))
             print(f"{kind:<9} {names[stack]:<22} {r['rate']:8.0f} {r['rate'] / bare['rate']:6.2f} {paired:7.2f} "
                   f"{r['median']:10.1f} ms {r['p99']:6.1f} ms")
+    print("middleware alone (against bare Dramatiq's middleware on atelier's broker, best round; paired):")
+    for kind in ("redis", "rabbitmq"):
+        own = results[(kind, "broker")]
+        for stack in ("stack", "dedup"):
+            r = results[(kind, stack)]
+            paired = statistics.median(x / b for x, b in zip(r["rates"], own["rates"], strict=True))
+            print(f"  {kind:<9} {names[stack]:<22} {r['rate'] / own['rate']:6.2f} {paired:7.2f}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Middleware, MiddlewareError
 
+from middleware.acks import CoalescedAckConsumer
+
 Hook = Any  # a bound method
 
 
@@ -79,7 +81,12 @@ class AtelierRedisBroker(HookTable, RedisBroker):
 
 
 class AtelierRabbitmqBroker(HookTable, RabbitmqBroker):
-    """Dramatiq's RabbitmqBroker with table dispatch of middleware hooks."""
+    """Dramatiq's RabbitmqBroker with table dispatch of middleware hooks, and acks sent in batches
+    by the consumer thread (middleware/acks.py)."""
+
+    @property
+    def consumer_class(self) -> type[CoalescedAckConsumer]:
+        return CoalescedAckConsumer
 
 
 class AtelierStubBroker(HookTable, StubBroker):

@@ -1,0 +1,161 @@
+"""Coalesced acknowledgements (middleware/acks.py) against the real RabbitMQ: every processed
+message is settled once, acks and nacks queued together go out in one wake-up of the consumer
+thread, and nothing queued is lost when the consumer closes."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import dramatiq
+import pytest
+from dramatiq.middleware import Retries
+
+from middleware.acks import CoalescedAckConsumer
+from middleware.dispatch import AtelierRabbitmqBroker
+from tests import services
+
+
+@pytest.fixture
+def broker() -> Iterator[AtelierRabbitmqBroker]:
+    broker = AtelierRabbitmqBroker(url=services.RABBITMQ_URL, middleware=[Retries(max_retries=0)])
+    queues: list[str] = []
+    broker.test_queues = queues  # type: ignore[attr-defined]
+    yield broker
+    for name in queues:
+        for suffix in ("", ".DQ", ".XQ"):
+            broker.channel.queue_delete(f"{name}{suffix}")
+    broker.close()
+
+
+def counts(broker: AtelierRabbitmqBroker, queue: str) -> tuple[int, int]:
+    """Ready messages in the queue and in its dead-letter queue (unacked ones are not counted;
+    once their consumer is closed they are ready again)."""
+
+    def count(name: str) -> int:
+        return broker.channel.queue_declare(name, passive=True).method.message_count
+
+    return count(queue), count(f"{queue}.XQ")
+
+
+def new_queue(broker: AtelierRabbitmqBroker) -> str:
+    name = services.unique("acks")
+    broker.test_queues.append(name)  # type: ignore[attr-defined]
+    return name
+
+
+def test_the_broker_uses_the_coalescing_consumer(broker: AtelierRabbitmqBroker) -> None:
+    consumer = broker.consume(new_queue(broker), prefetch=1, timeout=100)
+    try:
+        assert isinstance(consumer, CoalescedAckConsumer)
+    finally:
+        consumer.close()
+
+
+def test_a_worker_acks_every_success_and_nacks_every_failure(broker: AtelierRabbitmqBroker) -> None:
+    queue = new_queue(broker)
+    ran: list[int] = []
+    lock = threading.Lock()
+
+    @dramatiq.actor(broker=broker, queue_name=queue, actor_name=f"{queue}_job")
+    def job(i: int) -> None:
+        with lock:
+            ran.append(i)
+        if i % 5 == 0:
+            raise ValueError(f"job {i} fails")
+
+    for i in range(300):
+        job.send(i)
+    worker = dramatiq.Worker(broker, worker_threads=8, worker_timeout=100)
+    worker.start()
+    try:
+        services.wait_for(lambda: len(ran) >= 300, timeout=60, message="300 jobs run")
+    finally:
+        worker.stop()  # closes the consumer: anything left unacked would be ready again
+    assert sorted(ran) == list(range(300))  # each ran once
+    services.wait_for(lambda: counts(broker, queue) == (0, 60), timeout=10, message="0 ready, 60 dead-lettered")
+
+
+def test_settlements_queued_together_share_one_wakeup_and_survive_close(broker: AtelierRabbitmqBroker) -> None:
+    queue = new_queue(broker)
+
+    @dramatiq.actor(broker=broker, queue_name=queue, actor_name=f"{queue}_job")
+    def job(i: int) -> None:
+        pass
+
+    for i in range(40):
+        job.send(i)
+    consumer = broker.consume(queue, prefetch=40, timeout=100)
+    messages = []
+    while len(messages) < 40:
+        message = next(consumer)
+        if message is not None:
+            messages.append(message)
+
+    wakeups = 0
+    schedule = consumer.connection.add_callback_threadsafe
+
+    def counting(callback):  # type: ignore[no-untyped-def]
+        nonlocal wakeups
+        wakeups += 1
+        schedule(callback)
+
+    consumer.connection.add_callback_threadsafe = counting
+    # Settled from four threads while this (the consumer's) thread is not reading the connection,
+    # as when worker threads finish a burst together: the first schedules a drain, the rest join it.
+    def settle(part: list) -> None:  # type: ignore[type-arg]
+        for message in part:
+            if message.args[0] < 10:
+                consumer.nack(message)
+            else:
+                consumer.ack(message)
+
+    threads = [threading.Thread(target=settle, args=(messages[k::4],)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wakeups == 1
+    consumer.close()  # runs the pending drain before closing the connection
+    services.wait_for(lambda: counts(broker, queue) == (0, 10), timeout=10, message="0 ready, 10 dead-lettered")
+
+
+def test_a_settlement_after_a_drain_schedules_another(broker: AtelierRabbitmqBroker) -> None:
+    queue = new_queue(broker)
+
+    @dramatiq.actor(broker=broker, queue_name=queue, actor_name=f"{queue}_job")
+    def job(i: int) -> None:
+        pass
+
+    job.send(1)
+    job.send(2)
+    consumer = broker.consume(queue, prefetch=2, timeout=100)
+    first = second = None
+    while second is None:
+        message = next(consumer)
+        if message is None:
+            continue
+        if first is None:
+            first = message
+        else:
+            second = message
+    consumer.ack(first)
+    services.wait_for(lambda: consumer.connection.process_data_events(0.01) or not consumer._settle,
+                      timeout=5, message="the first ack drained")
+    consumer.ack(second)  # must not wait for a drain that already ran
+    consumer.close()
+    services.wait_for(lambda: counts(broker, queue) == (0, 0), timeout=10, message="both acked")
+
+
+def test_an_undecodable_body_is_dead_lettered(broker: AtelierRabbitmqBroker) -> None:
+    queue = new_queue(broker)
+    consumer = broker.consume(queue, prefetch=1, timeout=100)  # declares the queue and its XQ
+    broker.channel.basic_publish(exchange="", routing_key=queue, body=b"not a dramatiq message")
+    try:
+        for _ in range(50):
+            assert next(consumer) is None
+            if counts(broker, queue) == (0, 1):
+                break
+    finally:
+        consumer.close()
+    services.wait_for(lambda: counts(broker, queue) == (0, 1), timeout=10, message="the body in the XQ")
