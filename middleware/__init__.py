@@ -4,8 +4,8 @@ The stack, in list order. Dramatiq calls before_* hooks in list order and after_
 (after_process_message, after_skip_message, ...) in REVERSE order, and a SkipMessage raised in a
 before_process_message hook stops the hooks after it (but every after_skip_message runs).
 
-1. AgeLimit, TimeLimit, ShutdownNotifications, Callbacks, Pipelines, CurrentMessage:
-   Dramatiq's own; CurrentMessage lets actors and middleware see the running message.
+1. AgeLimit, ShutdownNotifications, Callbacks, Pipelines, CurrentMessage: Dramatiq's own;
+   CurrentMessage lets actors and middleware see the running message. (TimeLimit comes last: 9.)
 2. Metrics: counts and times every message in the shared MetricsStore (when given one). Early,
    so its timer spans the other hooks and its after-hooks see every outcome, skips included.
 3. LogContext: sets the message's log context (actor/message_id/queue/retries and its
@@ -28,11 +28,15 @@ before_process_message hook stops the hooks after it (but every after_skip_messa
    CircuitBreaker in the list: a duplicate is skipped without consuming a half-open trial or
    being parked, and when the breaker parks a message (SkipMessage), Dedup's after_skip_message
    releases the key it took, since the message did not run.
-8. CircuitBreaker: last, so it decides just before the actor runs (nothing after it can skip the
-   message and strand a half-open trial), and its after-hook runs first: it counts the raw
+8. CircuitBreaker: the last that decides, just before the actor runs (nothing after it can skip the
+   message and strand a half-open trial), and its after-hook runs first but one: it counts the raw
    exception against the circuit before anything else reacts. It counts only dependency failures
    (TransientError, timeouts, connection errors), never PermanentError.
-9. RequeueUnfinished (Redis broker only, appended by adapters/broker.py): after_worker_shutdown.
+9. TimeLimit: Dramatiq's, last, so its alarm spans the actor alone: armed after every before-hook,
+   disarmed before any after-hook. Placed first (Dramatiq's default), an actor that finishes just
+   under its limit could be interrupted inside our after-hooks (a dead letter or a dedup completion
+   cut off half-way); the hooks' own I/O has its own timeouts.
+10. RequeueUnfinished (Redis broker only, appended by adapters/broker.py): after_worker_shutdown.
 
 Brokers built by adapters/broker.py (middleware/dispatch.py) call each hook only on the middleware
 that implement it, in this same order.
@@ -76,7 +80,6 @@ def build_stack(*, max_retries: int = 20, min_backoff_ms: int = 1000,
     """The middleware list every broker in atelier is built with (order: see the module docstring)."""
     stack: list[Middleware] = [
         AgeLimit(),
-        TimeLimit(),
         ShutdownNotifications(),
         Callbacks(),
         Pipelines(),
@@ -92,6 +95,7 @@ def build_stack(*, max_retries: int = 20, min_backoff_ms: int = 1000,
         stack.append(Dedup(dedup_store, default_window=dedup_default_window, metrics=metrics_store))
     if breaker_store is not None and fallback_queue is not None:
         stack.append(CircuitBreaker(breaker_store, fallback_queue, policy=breaker_policy, metrics=metrics_store))
+    stack.append(TimeLimit())
     return stack
 
 
