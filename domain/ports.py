@@ -230,6 +230,10 @@ class DedupStore(Protocol):
         message), DONE if it completed within its window, BUSY if another token holds it."""
         ...
 
+    def acquire_many(self, items: Sequence[tuple[str, str, int]]) -> list[DedupOutcome]:
+        """acquire() for each (key, token, lease_ms), in one round trip where the store can."""
+        ...
+
     def complete(self, key: str, token: str, window_ms: int) -> None: ...
 
     def complete_many(self, items: Sequence[tuple[str, str, int]]) -> None:

@@ -37,6 +37,9 @@ class InMemoryDedupStore:
             self._keys[key] = (f"r:{token}", _now_ms() + lease_ms)
             return DedupOutcome.ACQUIRED
 
+    def acquire_many(self, items: Sequence[tuple[str, str, int]]) -> list[DedupOutcome]:
+        return [self.acquire(key, token, lease_ms) for key, token, lease_ms in items]
+
     def complete(self, key: str, token: str, window_ms: int) -> None:
         with self._lock:
             self._keys[key] = ("done", _now_ms() + max(window_ms, 1))

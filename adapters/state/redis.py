@@ -34,6 +34,17 @@ return 0
 """
 
 
+def _held_outcome(held: bytes | None, value: bytes) -> DedupOutcome | None:
+    """What ``SET NX GET`` answered: the key was free (ours now), done, or another's lease; None
+    for the message's own lease (a redelivery), which the acquire script extends, or takes if the
+    lease ended since the SET (an extend alone would call that "busy" and skip it)."""
+    if held is None:
+        return DedupOutcome.ACQUIRED
+    if held == b"done":
+        return DedupOutcome.DONE
+    return None if held == value else DedupOutcome.BUSY
+
+
 class RedisDedupStore:
     """One string per key: ``r:<message id>`` while it runs (PX lease), ``done`` for the window.
 
@@ -60,16 +71,24 @@ class RedisDedupStore:
             except RespError:  # Redis < 7 refuses NX with GET
                 self._set_nx_get = False
             else:
-                if held is None:
-                    return DedupOutcome.ACQUIRED
-                held = held.decode()
-                if held == "done":
-                    return DedupOutcome.DONE
-                if held != value:
-                    return DedupOutcome.BUSY
-                # Its own lease (a redelivery): the script extends it, or takes the key if the
-                # lease ended since the SET (an extend alone would call that "busy" and skip it).
+                outcome = _held_outcome(held, value.encode())
+                if outcome is not None:
+                    return outcome
         return DedupOutcome(_text(self._acquire(keys=[name], args=[token, int(lease_ms)])))
+
+    def acquire_many(self, items: Sequence[tuple[str, str, int]]) -> list[DedupOutcome]:
+        requests = [((self.namespace + key).encode(), f"r:{token}".encode(), int(lease_ms))
+                    for key, token, lease_ms in items]
+        if not self._set_nx_get or not requests:
+            return [self.acquire(*item) for item in items]
+        try:
+            replies = self._lean.set_nx_get_many(requests)
+        except RespError:  # Redis < 7 refuses NX with GET: the SETs that failed did nothing
+            self._set_nx_get = False
+            return [self.acquire(*item) for item in items]
+        outcomes = [_held_outcome(held, value) for held, (_name, value, _px) in zip(replies, requests, strict=True)]
+        return [self.acquire(*item) if outcome is None else outcome
+                for outcome, item in zip(outcomes, items, strict=True)]
 
     def complete(self, key: str, token: str, window_ms: int) -> None:
         # Unconditional: the work is done whoever holds the lease now.

@@ -82,6 +82,12 @@ class LeanConnections:
         (reply,) = self._exchange(pack_set(name, value, px, nx_get=True), 1)
         return reply
 
+    def set_nx_get_many(self, items: list[tuple[bytes, bytes, int]]) -> list[bytes | None]:
+        """set_nx_get for each (name, value, px), in one round trip."""
+        if not items:
+            return []
+        return self._exchange(b"".join(pack_set(n, v, px, nx_get=True) for n, v, px in items), len(items))
+
     def set_many(self, items: list[tuple[bytes, bytes, int]]) -> None:
         """``SET name value PX px`` for each item, in one round trip."""
         if items:

@@ -51,6 +51,19 @@ def test_dedup_states(stores):
                       message="lease end")
 
 
+def test_dedup_acquire_many_answers_like_acquire_in_one_call(stores):
+    dedup = stores[0]
+    dedup.complete("done", "m0", 60_000)
+    assert dedup.acquire("held", "other", 60_000) is DedupOutcome.ACQUIRED
+    assert dedup.acquire("own", "m3", 60_000) is DedupOutcome.ACQUIRED  # a redelivery's own lease
+    items = [("free", "m1", 60_000), ("done", "m2", 60_000), ("own", "m3", 60_000), ("held", "m4", 60_000),
+             ("free", "m5", 60_000)]  # the same key twice in one batch: the first takes it
+    assert dedup.acquire_many(items) == [DedupOutcome.ACQUIRED, DedupOutcome.DONE, DedupOutcome.ACQUIRED,
+                                         DedupOutcome.BUSY, DedupOutcome.BUSY]
+    assert dedup.acquire_many([]) == []
+    assert dedup.acquire("free", "m6", 60_000) is DedupOutcome.BUSY  # m1 holds it
+
+
 def test_dedup_one_winner_among_concurrent_acquirers(stores):
     dedup = stores[0]
     results: list[DedupOutcome] = []
