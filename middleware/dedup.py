@@ -20,6 +20,10 @@ DEDUP_SKIPS = "atelier_dedup_skips_total"
 DEFAULT_TIME_LIMIT_MS = 600_000  # dramatiq's TimeLimit default
 STORE_DOWN_DELAY_MS = 5_000
 COMPLETION_BATCH_S = 0.005
+#: A lease taken at fetch is used when the message starts within this many seconds; later, it is
+#: taken again (extended), so the lease still outlasts the actor's time limit. Under the minute
+#: a lease has beyond the time limit.
+FETCHED_LEASE_MAX_AGE_S = 30.0
 
 
 class Dedup(Middleware):
@@ -39,6 +43,13 @@ class Dedup(Middleware):
     held by another message (a concurrent duplicate), makes the message skipped (logged,
     counted). A failure releases the key, so retries run; a redelivery of the same message
     (crash, shutdown) finds its own lease and runs.
+
+    With atelier's brokers, the keys of what one fetch brought are taken in one round trip when
+    the consumer hands the batch over (``after_fetch``), for messages about to go to the worker's
+    queue (not delayed ones): the key is then held while the message waits there (at most
+    FETCHED_LEASE_MAX_AGE_S, else it is taken again at start). Only a free key is taken early;
+    a key that is done or held elsewhere is decided when the message is about to run, as without
+    batches. A message skipped before it ran releases the key it took.
 
     Completions are written by a background thread, those of ~5 ms per round trip (the worker
     thread does not wait for them): until written, the key reads as held, so a duplicate arriving
@@ -103,18 +114,52 @@ class Dedup(Middleware):
         options.setdefault("dedup_window", window)
         return f"{message.actor_name}:{key}", float(window)
 
+    @staticmethod
+    def lease_ms(broker: Broker, message: Message) -> int:
+        actor_options = broker.get_actor(message.actor_name).options
+        time_limit = message.options.get("time_limit", actor_options.get("time_limit", DEFAULT_TIME_LIMIT_MS))
+        return int(time_limit) + 60_000
+
+    def after_fetch(self, broker: Broker, messages: list[Message]) -> None:
+        """Take the free keys of a fetched batch in one round trip (see the class docstring)."""
+        wanted: list[tuple[Message, str]] = []
+        items: list[tuple[str, str, int]] = []
+        for message in messages:
+            if "eta" in message.options or message.actor_name not in broker.actors:
+                continue  # delayed: it is enqueued again when due; unknown: it never runs here
+            try:
+                found = self.key_of(broker, message)
+                if found is None:
+                    continue
+                items.append((found[0], message.message_id, self.lease_ms(broker, message)))
+            except Exception:  # e.g. a key callable failing on bad arguments: decided at start
+                continue
+            wanted.append((message, found[0]))
+        if not items:
+            return
+        try:
+            outcomes = self.store.acquire_many(items)
+        except Exception:  # the store is down: each message is decided (and deferred) at start
+            return
+        now = time.monotonic()
+        for (message, key), outcome in zip(wanted, outcomes, strict=True):
+            if outcome is DedupOutcome.ACQUIRED:
+                message._dedup_lease = (key, now)
+
     def before_process_message(self, broker: Broker, message: Message) -> None:
         found = self.key_of(broker, message)
+        fetched = message.__dict__.pop("_dedup_lease", None)
         if found is None:
             return
         key, window = found
-        actor_options = broker.get_actor(message.actor_name).options
-        time_limit = message.options.get("time_limit", actor_options.get("time_limit", DEFAULT_TIME_LIMIT_MS))
-        try:
-            outcome = self.store.acquire(key, message.message_id, int(time_limit) + 60_000)
-        except Exception:
-            self._defer(broker, message, key)
-            return
+        if fetched is not None and fetched[0] == key and time.monotonic() - fetched[1] < FETCHED_LEASE_MAX_AGE_S:
+            outcome = DedupOutcome.ACQUIRED
+        else:
+            try:  # its own lease, taken at fetch and older: acquire extends it
+                outcome = self.store.acquire(key, message.message_id, self.lease_ms(broker, message))
+            except Exception:
+                self._defer(broker, message, key)
+                return
         if outcome is DedupOutcome.ACQUIRED:
             with self._running_lock:
                 # Its own lease, held by a delivery of the same message still running here: the
@@ -152,7 +197,11 @@ class Dedup(Middleware):
             self.store.release(key, message.message_id)
 
     def after_skip_message(self, broker: Broker, message: Message) -> None:
-        # Skipped after we acquired (a breaker parked it): it did not run, so the key is free.
+        # Skipped after we acquired (a breaker parked it), or before our before-hook with the key
+        # taken at fetch (expired, a dead-letter carrier): it did not run, so the key is free.
+        fetched = message.__dict__.pop("_dedup_lease", None)
+        if fetched is not None:
+            self.store.release(fetched[0], message.message_id)
         if not self._held:
             return
         held = self._held.pop(id(message), None)  # dict operations are atomic: no lock

@@ -18,7 +18,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Middleware, MiddlewareError
 
-from middleware.acks import CoalescedAckConsumer
+from middleware.consumers import AtelierRabbitmqConsumer, AtelierRedisConsumer
 
 Hook = Any  # a bound method
 
@@ -77,16 +77,21 @@ class HookTable:
 
 
 class AtelierRedisBroker(HookTable, RedisBroker):
-    """Dramatiq's RedisBroker with table dispatch of middleware hooks."""
+    """Dramatiq's RedisBroker with table dispatch of middleware hooks; its consumers hand each
+    fetch to the middleware as one batch (middleware/consumers.py)."""
+
+    @property
+    def consumer_class(self) -> type[AtelierRedisConsumer]:
+        return AtelierRedisConsumer
 
 
 class AtelierRabbitmqBroker(HookTable, RabbitmqBroker):
-    """Dramatiq's RabbitmqBroker with table dispatch of middleware hooks, and acks sent in batches
-    by the consumer thread (middleware/acks.py)."""
+    """Dramatiq's RabbitmqBroker with table dispatch of middleware hooks; its consumers hand each
+    fetch to the middleware as one batch and send acks in batches (middleware/consumers.py)."""
 
-    @property
-    def consumer_class(self) -> type[CoalescedAckConsumer]:
-        return CoalescedAckConsumer
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> AtelierRabbitmqConsumer:
+        self.declare_queue(queue_name, ensure=True)
+        return AtelierRabbitmqConsumer(self, self.parameters, queue_name, prefetch, timeout)
 
 
 class AtelierStubBroker(HookTable, StubBroker):

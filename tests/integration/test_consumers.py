@@ -1,6 +1,7 @@
-"""Coalesced acknowledgements (middleware/acks.py) against the real RabbitMQ: every processed
-message is settled once, acks and nacks queued together go out in one wake-up of the consumer
-thread, and nothing queued is lost when the consumer closes."""
+"""atelier's consumers (middleware/consumers.py) against the real brokers: a backlog reaches the
+middleware in fetched batches and every message runs once; on RabbitMQ every processed message is
+settled once, acks and nacks queued together go out in one wake-up of the consumer thread, and
+nothing queued is lost when the consumer closes."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from collections.abc import Iterator
 
 import dramatiq
 import pytest
-from dramatiq.middleware import Retries
+import redis
+from dramatiq.middleware import Middleware, Retries
 
-from middleware.acks import CoalescedAckConsumer
-from middleware.dispatch import AtelierRabbitmqBroker
+from middleware.consumers import AtelierRabbitmqConsumer
+from middleware.dispatch import AtelierRabbitmqBroker, AtelierRedisBroker
 from tests import services
 
 
@@ -47,7 +49,7 @@ def new_queue(broker: AtelierRabbitmqBroker) -> str:
 def test_the_broker_uses_the_coalescing_consumer(broker: AtelierRabbitmqBroker) -> None:
     consumer = broker.consume(new_queue(broker), prefetch=1, timeout=100)
     try:
-        assert isinstance(consumer, CoalescedAckConsumer)
+        assert isinstance(consumer, AtelierRabbitmqConsumer)
     finally:
         consumer.close()
 
@@ -159,3 +161,51 @@ def test_an_undecodable_body_is_dead_lettered(broker: AtelierRabbitmqBroker) -> 
     finally:
         consumer.close()
     services.wait_for(lambda: counts(broker, queue) == (0, 1), timeout=10, message="the body in the XQ")
+
+
+class Batches(Middleware):
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def after_fetch(self, broker, messages):  # type: ignore[no-untyped-def]
+        self.sizes.append(len(messages))
+
+
+@pytest.mark.parametrize("kind", ["redis", "rabbitmq"])
+def test_a_backlog_reaches_the_middleware_in_batches_and_each_message_runs_once(kind: str) -> None:
+    batches = Batches()
+    queue = services.unique("batches")
+    if kind == "redis":
+        broker = AtelierRedisBroker(url=services.REDIS_URL, middleware=[batches])
+    else:
+        broker = AtelierRabbitmqBroker(url=services.RABBITMQ_URL, middleware=[batches])
+    ran: list[int] = []
+    lock = threading.Lock()
+
+    @dramatiq.actor(broker=broker, queue_name=queue, actor_name=f"{queue}_job")
+    def job(i: int) -> None:
+        with lock:
+            ran.append(i)
+
+    try:
+        for i in range(200):
+            job.send(i)
+        worker = dramatiq.Worker(broker, worker_threads=4, worker_timeout=100)  # prefetch 8
+        worker.start()
+        try:
+            services.wait_for(lambda: len(ran) >= 200, timeout=60, message="200 jobs run")
+        finally:
+            worker.stop()
+        assert sorted(ran) == list(range(200))
+        assert sum(batches.sizes) == 200
+        assert max(batches.sizes) > 1
+    finally:
+        if kind == "redis":
+            client = redis.Redis.from_url(services.REDIS_URL)
+            keys = list(client.scan_iter(f"dramatiq:{queue}*"))
+            if keys:
+                client.delete(*keys)
+        else:
+            for suffix in ("", ".DQ", ".XQ"):
+                broker.channel.queue_delete(f"{queue}{suffix}")
+        broker.close()

@@ -1,6 +1,14 @@
-"""RabbitMQ acknowledgements coalesced per wake-up of the consumer thread.
+"""atelier's consumers: Dramatiq's, handing each fetch to the middleware as one batch, and on
+RabbitMQ with acknowledgements coalesced per wake-up of the consumer thread.
 
-pika's BlockingConnection is not thread-safe, so Dramatiq's worker threads hand each ack (and
+Fetch batches. A consumer returns one message at a time, though a fetch brings several (Redis:
+up to the prefetch in one script call; RabbitMQ: whatever pika has buffered). Before returning the
+first of them, these consumers emit the signal "fetch" with all of them (hook
+``after_fetch(broker, messages)``, called by atelier's brokers on the middleware that implement
+it), so a middleware can make one round trip for the batch instead of one per message: Dedup
+takes the batch's keys in one pipeline.
+
+Acks. pika's BlockingConnection is not thread-safe, so Dramatiq's worker threads hand each ack (and
 nack) to the consumer thread with ``add_callback_threadsafe``: one callback, one byte written to
 the connection's wake-up socket and one wake-up of the consumer thread per message. Under load
 that is a system call and a GIL hand-off for every message, on the thread that also reads the
@@ -17,20 +25,75 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from typing import Any
 
 import pika.exceptions
 from dramatiq.brokers.rabbitmq import _RabbitmqConsumer
+from dramatiq.brokers.redis import _RedisConsumer
 from dramatiq.errors import ConnectionClosed
 
 
-class CoalescedAckConsumer(_RabbitmqConsumer):
-    """Dramatiq's RabbitMQ consumer with acks and nacks sent in batches by the consumer thread."""
+class FetchBatches:
+    """Mixin for a Dramatiq consumer: emits "fetch" with every message one fetch brought."""
 
-    def __init__(self, parameters, queue_name, prefetch, timeout) -> None:
+    broker: Any
+
+    def _init_batches(self) -> None:
+        self._fetched: deque[Any] = deque()
+        self._ended = False
+
+    def _waiting(self) -> bool:
+        """Whether the next message is already here (no I/O to get it)."""
+        raise NotImplementedError
+
+    def __next__(self) -> Any:
+        fetched = self._fetched
+        if fetched:
+            return fetched.popleft()
+        if self._ended:
+            raise StopIteration
+        first = super().__next__()  # type: ignore[misc]
+        if first is None:
+            return None
+        batch = [first]
+        while self._waiting():
+            try:
+                message = super().__next__()  # type: ignore[misc]
+            except StopIteration:  # the server cancelled the consumer: hand out what came first
+                self._ended = True
+                break
+            if message is not None:
+                batch.append(message)
+        self.broker.emit_after("fetch", batch)
+        fetched.extend(batch[1:])
+        return first
+
+
+class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
+    """Dramatiq's Redis consumer, emitting "fetch" per fetch (its acks are already batched)."""
+
+    def __init__(self, broker, queue_name, prefetch, timeout) -> None:
+        super().__init__(broker, queue_name, prefetch, timeout)
+        self._init_batches()
+
+    def _waiting(self) -> bool:
+        return bool(self.message_cache)
+
+
+class AtelierRabbitmqConsumer(FetchBatches, _RabbitmqConsumer):
+    """Dramatiq's RabbitMQ consumer, emitting "fetch" for what pika has buffered, with acks and
+    nacks sent in batches by the consumer thread."""
+
+    def __init__(self, broker, parameters, queue_name, prefetch, timeout) -> None:
         super().__init__(parameters, queue_name, prefetch, timeout)
+        self.broker = broker
+        self._init_batches()
         self._settle: deque[tuple[int, bool]] = deque()  # (delivery tag, ack?)
         self._scheduled = False
         self._schedule_lock = threading.Lock()
+
+    def _waiting(self) -> bool:
+        return self.channel.get_waiting_message_count() > 0
 
     def ack(self, message) -> None:
         self._settle_later(message, True)
