@@ -39,7 +39,9 @@ before_process_message hook stops the hooks after it (but every after_skip_messa
 10. RequeueUnfinished (Redis broker only, appended by adapters/broker.py): after_worker_shutdown.
 
 Brokers built by adapters/broker.py (middleware/dispatch.py) call each hook only on the middleware
-that implement it, in this same order.
+that implement it, in this same order. Their consumers (middleware/consumers.py) also emit "fetch"
+on the consumer thread with each fetched batch, before any of it runs (after_fetch(broker,
+messages)): Dedup takes the batch's free keys there, in one round trip.
 
 Dedup, CircuitBreaker and DeadLetters take their state ports as callables resolved on first use
 (build_stack connects to nothing); without them those middleware are left out of the stack.
