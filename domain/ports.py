@@ -230,8 +230,11 @@ class DedupStore(Protocol):
         message), DONE if it completed within its window, BUSY if another token holds it."""
         ...
 
-    def acquire_many(self, items: Sequence[tuple[str, str, int]]) -> list[DedupOutcome]:
-        """acquire() for each (key, token, lease_ms), in one round trip where the store can."""
+    def take_free(self, items: Sequence[tuple[str, str, int]]) -> list[DedupOutcome]:
+        """For each (key, token, lease_ms), in one round trip where the store can: take the key if
+        it is free (ACQUIRED); else DONE, or BUSY whoever holds it, ``token`` included (unlike
+        acquire, a lease of the same token is neither extended nor reported as ACQUIRED: a
+        redelivery is decided when it is about to run, against what runs then)."""
         ...
 
     def complete(self, key: str, token: str, window_ms: int) -> None: ...

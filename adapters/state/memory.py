@@ -37,8 +37,17 @@ class InMemoryDedupStore:
             self._keys[key] = (f"r:{token}", _now_ms() + lease_ms)
             return DedupOutcome.ACQUIRED
 
-    def acquire_many(self, items: Sequence[tuple[str, str, int]]) -> list[DedupOutcome]:
-        return [self.acquire(key, token, lease_ms) for key, token, lease_ms in items]
+    def take_free(self, items: Sequence[tuple[str, str, int]]) -> list[DedupOutcome]:
+        outcomes = []
+        with self._lock:
+            for key, token, lease_ms in items:
+                value = self._get(key)
+                if value is None:
+                    self._keys[key] = (f"r:{token}", _now_ms() + lease_ms)
+                    outcomes.append(DedupOutcome.ACQUIRED)
+                else:
+                    outcomes.append(DedupOutcome.DONE if value == "done" else DedupOutcome.BUSY)
+        return outcomes
 
     def complete(self, key: str, token: str, window_ms: int) -> None:
         with self._lock:

@@ -68,27 +68,41 @@ class RedisDedupStore:
         if self._set_nx_get:
             try:
                 held = self._lean.set_nx_get(name.encode(), value.encode(), int(lease_ms))
-            except RespError:  # Redis < 7 refuses NX with GET
-                self._set_nx_get = False
+            except RespError as exc:
+                self._refused(exc)
             else:
                 outcome = _held_outcome(held, value.encode())
                 if outcome is not None:
                     return outcome
         return DedupOutcome(_text(self._acquire(keys=[name], args=[token, int(lease_ms)])))
 
-    def acquire_many(self, items: Sequence[tuple[str, str, int]]) -> list[DedupOutcome]:
+    def take_free(self, items: Sequence[tuple[str, str, int]]) -> list[DedupOutcome]:
         requests = [((self.namespace + key).encode(), f"r:{token}".encode(), int(lease_ms))
                     for key, token, lease_ms in items]
-        if not self._set_nx_get or not requests:
-            return [self.acquire(*item) for item in items]
-        try:
-            replies = self._lean.set_nx_get_many(requests)
-        except RespError:  # Redis < 7 refuses NX with GET: the SETs that failed did nothing
-            self._set_nx_get = False
-            return [self.acquire(*item) for item in items]
-        outcomes = [_held_outcome(held, value) for held, (_name, value, _px) in zip(replies, requests, strict=True)]
-        return [self.acquire(*item) if outcome is None else outcome
-                for outcome, item in zip(outcomes, items, strict=True)]
+        if self._set_nx_get and requests:
+            try:
+                replies = self._lean.set_nx_get_many(requests)
+            except RespError as exc:
+                self._refused(exc)  # the SETs that failed did nothing
+            else:
+                return [DedupOutcome.ACQUIRED if held is None else
+                        DedupOutcome.DONE if held == b"done" else DedupOutcome.BUSY for held in replies]
+        # Redis < 7: SET NX alone takes a free key but cannot say what holds a taken one.
+        outcomes = []
+        for key, token, lease_ms in items:
+            name = self.namespace + key
+            if self.client.set(name, f"r:{token}", nx=True, px=int(lease_ms)):
+                outcomes.append(DedupOutcome.ACQUIRED)
+            else:
+                outcomes.append(DedupOutcome.DONE if _text(self.client.get(name)) == "done" else DedupOutcome.BUSY)
+        return outcomes
+
+    def _refused(self, exc: RespError) -> None:
+        """Redis < 7 refuses NX with GET (a syntax error): use the script from now on. Any other
+        error reply (OOM, READONLY during a failover) is the server's state, not its version."""
+        if "syntax" not in str(exc).lower():
+            raise exc
+        self._set_nx_get = False
 
     def complete(self, key: str, token: str, window_ms: int) -> None:
         # Unconditional: the work is done whoever holds the lease now.

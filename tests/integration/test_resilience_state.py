@@ -51,17 +51,18 @@ def test_dedup_states(stores):
                       message="lease end")
 
 
-def test_dedup_acquire_many_answers_like_acquire_in_one_call(stores):
+def test_dedup_take_free_takes_only_free_keys_in_one_call(stores):
     dedup = stores[0]
     dedup.complete("done", "m0", 60_000)
     assert dedup.acquire("held", "other", 60_000) is DedupOutcome.ACQUIRED
-    assert dedup.acquire("own", "m3", 60_000) is DedupOutcome.ACQUIRED  # a redelivery's own lease
+    assert dedup.acquire("own", "m3", 60_000) is DedupOutcome.ACQUIRED  # an earlier delivery of m3
     items = [("free", "m1", 60_000), ("done", "m2", 60_000), ("own", "m3", 60_000), ("held", "m4", 60_000),
              ("free", "m5", 60_000)]  # the same key twice in one batch: the first takes it
-    assert dedup.acquire_many(items) == [DedupOutcome.ACQUIRED, DedupOutcome.DONE, DedupOutcome.ACQUIRED,
-                                         DedupOutcome.BUSY, DedupOutcome.BUSY]
-    assert dedup.acquire_many([]) == []
+    assert dedup.take_free(items) == [DedupOutcome.ACQUIRED, DedupOutcome.DONE, DedupOutcome.BUSY,
+                                      DedupOutcome.BUSY, DedupOutcome.BUSY]
+    assert dedup.take_free([]) == []
     assert dedup.acquire("free", "m6", 60_000) is DedupOutcome.BUSY  # m1 holds it
+    assert dedup.acquire("own", "m3", 60_000) is DedupOutcome.ACQUIRED  # still m3's, decided at start
 
 
 def test_dedup_one_winner_among_concurrent_acquirers(stores):
