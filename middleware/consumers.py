@@ -40,7 +40,7 @@ class FetchBatches:
 
     def _init_batches(self) -> None:
         self._fetched: deque[Any] = deque()
-        self._ended = False
+        self._error: BaseException | None = None  # raised once what came before it is handed out
 
     def _waiting(self) -> bool:
         """Whether the next message is already here (no I/O to get it)."""
@@ -50,8 +50,9 @@ class FetchBatches:
         fetched = self._fetched
         if fetched:
             return fetched.popleft()
-        if self._ended:
-            raise StopIteration
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
         first = super().__next__()  # type: ignore[misc]
         if first is None:
             return None
@@ -59,8 +60,10 @@ class FetchBatches:
         while self._waiting():
             try:
                 message = super().__next__()  # type: ignore[misc]
-            except StopIteration:  # the server cancelled the consumer: hand out what came first
-                self._ended = True
+            except BaseException as exc:
+                # The server cancelled the consumer, a connection failed, a body did not decode
+                # (Redis raises): what came before is handed out first, as Dramatiq's would be.
+                self._error = exc
                 break
             if message is not None:
                 batch.append(message)
@@ -121,10 +124,14 @@ class AtelierRabbitmqConsumer(FetchBatches, _RabbitmqConsumer):
             self._scheduled = True
         try:
             self.connection.add_callback_threadsafe(self._drain)
-        except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
+        except BaseException as e:
+            # Not scheduled after all: the next settlement must try again, or every later ack
+            # would wait for a drain that never comes.
             with self._schedule_lock:
                 self._scheduled = False
-            raise ConnectionClosed(e) from None
+            if isinstance(e, pika.exceptions.AMQPConnectionError | pika.exceptions.AMQPChannelError):
+                raise ConnectionClosed(e) from None
+            raise
 
     def _drain(self) -> None:
         """On the consumer thread: send every settlement queued so far."""

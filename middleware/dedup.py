@@ -24,6 +24,8 @@ COMPLETION_BATCH_S = 0.005
 #: taken again (extended), so the lease still outlasts the actor's time limit. Under the minute
 #: a lease has beyond the time limit.
 FETCHED_LEASE_MAX_AGE_S = 30.0
+#: After the store failed at fetch, keys are taken at start only, for this long.
+FETCH_PAUSE_AFTER_FAILURE_S = 5.0
 
 
 class Dedup(Middleware):
@@ -46,10 +48,13 @@ class Dedup(Middleware):
 
     With atelier's brokers, the keys of what one fetch brought are taken in one round trip when
     the consumer hands the batch over (``after_fetch``), for messages about to go to the worker's
-    queue (not delayed ones): the key is then held while the message waits there (at most
-    FETCHED_LEASE_MAX_AGE_S, else it is taken again at start). Only a free key is taken early;
-    a key that is done or held elsewhere is decided when the message is about to run, as without
-    batches. A message skipped before it ran releases the key it took.
+    queue and sure to reach this hook (not delayed ones, dead-letter carriers, or messages with a
+    max_age, which could expire while they wait): the key is then held while the message waits
+    there (at most FETCHED_LEASE_MAX_AGE_S, else it is taken again at start). Only a free key is
+    taken early; a key that is done or held, by another message or by an earlier delivery of this
+    one, is decided when the message is about to run, as without batches. A message skipped before
+    it ran releases the key it took. If the store fails at fetch, keys are taken at start only
+    for FETCH_PAUSE_AFTER_FAILURE_S (the consumer thread that waits on it also sends the acks).
 
     Completions are written by a background thread, those of ~5 ms per round trip (the worker
     thread does not wait for them): until written, the key reads as held, so a duplicate arriving
@@ -77,6 +82,8 @@ class Dedup(Middleware):
         self._running_lock = threading.Lock()
         self.background_completion = background_completion
         self._completions: list[tuple[str, str, int]] = []
+        self._completing: set[str] = set()  # message ids among _completions
+        self._fetch_paused_until = 0.0
         self._wake = threading.Condition()
         self._completer: threading.Thread | None = None
         self._last_warning = 0.0
@@ -122,11 +129,20 @@ class Dedup(Middleware):
 
     def after_fetch(self, broker: Broker, messages: list[Message]) -> None:
         """Take the free keys of a fetched batch in one round trip (see the class docstring)."""
+        if time.monotonic() < self._fetch_paused_until:
+            return
         wanted: list[tuple[Message, str]] = []
         items: list[tuple[str, str, int]] = []
         for message in messages:
-            if "eta" in message.options or message.actor_name not in broker.actors:
-                continue  # delayed: it is enqueued again when due; unknown: it never runs here
+            options = message.options
+            actor = broker.actors.get(message.actor_name)
+            # Only a message that will surely reach our before-hook: a delayed one is enqueued
+            # again when due, an unknown actor's never runs here, a dead-letter carrier is skipped
+            # before Dedup, and one with a max_age could expire while it waits (AgeLimit skips it
+            # before Dedup) after a duplicate elsewhere was skipped because of its key.
+            if (actor is None or "eta" in options or "dead_letter" in options or options.get("max_age")
+                    or actor.options.get("max_age")):
+                continue
             try:
                 found = self.key_of(broker, message)
                 if found is None:
@@ -138,8 +154,10 @@ class Dedup(Middleware):
         if not items:
             return
         try:
-            outcomes = self.store.acquire_many(items)
-        except Exception:  # the store is down: each message is decided (and deferred) at start
+            outcomes = self.store.take_free(items)
+        except Exception:  # the store is down: decided (and deferred) at start; the consumer
+            # thread does not wait on it again for a while, it also sends the acks
+            self._fetch_paused_until = time.monotonic() + FETCH_PAUSE_AFTER_FAILURE_S
             return
         now = time.monotonic()
         for (message, key), outcome in zip(wanted, outcomes, strict=True):
@@ -166,9 +184,17 @@ class Dedup(Middleware):
                 # broker delivered it again (connection dropped). That run decides; this one is
                 # skipped rather than run alongside it.
                 duplicate = message.message_id in self._running_ids
-                if not duplicate:
+                # Or one that ran and completed here, its completion not yet written: the key
+                # still reads as its own lease.
+                completed = not duplicate and message.message_id in self._completing
+                if not duplicate and not completed:
                     self._running_ids.add(message.message_id)
                     self._held[id(message)] = (message.message_id, key, window)
+            if completed:
+                self.logger.info("Skipping message %r: it completed here moments ago (key %r).",
+                                 message.message_id, key)
+                self._count(message, DedupOutcome.DONE.value)
+                raise SkipMessage(f"duplicate of dedup key {key!r} (done)")
             if not duplicate:
                 return
             self.logger.warning("Skipping message %r: another delivery of it is still running here (key %r).",
@@ -187,14 +213,18 @@ class Dedup(Middleware):
         if held is None or held[0] != message.message_id:
             return
         message_id, key, window = held
-        self._running_ids.discard(message_id)
-        if exception is None:
-            if self.background_completion:
-                self._complete_later(key, message.message_id, int(window * 1000))
+        try:
+            # Noted as completing before it stops counting as running: a redelivery starting in
+            # between must see one or the other.
+            if exception is None:
+                if self.background_completion:
+                    self._complete_later(key, message_id, int(window * 1000))
+                else:
+                    self.store.complete(key, message_id, int(window * 1000))
             else:
-                self.store.complete(key, message.message_id, int(window * 1000))
-        else:
-            self.store.release(key, message.message_id)
+                self.store.release(key, message_id)
+        finally:
+            self._running_ids.discard(message_id)
 
     def after_skip_message(self, broker: Broker, message: Message) -> None:
         # Skipped after we acquired (a breaker parked it), or before our before-hook with the key
@@ -212,6 +242,7 @@ class Dedup(Middleware):
     def _complete_later(self, key: str, token: str, window_ms: int) -> None:
         with self._wake:
             self._completions.append((key, token, window_ms))
+            self._completing.add(token)
             if len(self._completions) == 1:  # the completer may be idle: wake it
                 if self._completer is None:
                     self._completer = threading.Thread(target=self._complete_forever, name="dedup-complete",
@@ -236,6 +267,8 @@ class Dedup(Middleware):
                 self.logger.warning("Could not record %d dedup completion(s); will retry.", len(batch),
                                     exc_info=True)
             raise
+        with self._wake:
+            self._completing.difference_update(token for _key, token, _window in batch)
 
     def _complete_forever(self) -> None:
         while True:

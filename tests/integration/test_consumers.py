@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import dramatiq
 import pytest
 import redis
+from dramatiq.errors import DecodeError
 from dramatiq.middleware import Middleware, Retries
 
 from middleware.consumers import AtelierRabbitmqConsumer
@@ -149,6 +150,37 @@ def test_a_settlement_after_a_drain_schedules_another(broker: AtelierRabbitmqBro
     services.wait_for(lambda: counts(broker, queue) == (0, 0), timeout=10, message="both acked")
 
 
+def test_a_wake_up_that_fails_does_not_hold_back_later_acks(broker: AtelierRabbitmqBroker) -> None:
+    queue = new_queue(broker)
+
+    @dramatiq.actor(broker=broker, queue_name=queue, actor_name=f"{queue}_job")
+    def job(i: int) -> None:
+        pass
+
+    job.send(1)
+    job.send(2)
+    consumer = broker.consume(queue, prefetch=2, timeout=100)
+    messages = []
+    while len(messages) < 2:
+        message = next(consumer)
+        if message is not None:
+            messages.append(message)
+    schedule = consumer.connection.add_callback_threadsafe
+    failures = [OSError("wake-up socket full")]
+
+    def flaky(callback):  # type: ignore[no-untyped-def]
+        if failures:
+            raise failures.pop()
+        schedule(callback)
+
+    consumer.connection.add_callback_threadsafe = flaky
+    with pytest.raises(OSError):
+        consumer.ack(messages[0])  # queued, but its drain could not be scheduled
+    consumer.ack(messages[1])  # schedules the drain, which sends both
+    consumer.close()
+    services.wait_for(lambda: counts(broker, queue) == (0, 0), timeout=10, message="both acked")
+
+
 def test_an_undecodable_body_is_dead_lettered(broker: AtelierRabbitmqBroker) -> None:
     queue = new_queue(broker)
     consumer = broker.consume(queue, prefetch=1, timeout=100)  # declares the queue and its XQ
@@ -208,4 +240,25 @@ def test_a_backlog_reaches_the_middleware_in_batches_and_each_message_runs_once(
         else:
             for suffix in ("", ".DQ", ".XQ"):
                 broker.channel.queue_delete(f"{queue}{suffix}")
+        broker.close()
+
+
+def test_a_body_that_does_not_decode_mid_batch_is_raised_after_what_came_before_it() -> None:
+    batches = Batches()
+    broker = AtelierRedisBroker(url=services.REDIS_URL, middleware=[batches])
+    queue = services.unique("batches")
+
+    @dramatiq.actor(broker=broker, queue_name=queue, actor_name=f"{queue}_job")
+    def job(i: int) -> None:
+        pass
+
+    try:
+        consumer = broker.consume(queue, prefetch=3, timeout=100)
+        # What one fetch brought, the second body unreadable (Dramatiq's Redis consumer raises).
+        consumer.message_cache = [job.message(1).encode(), b"not a message", job.message(2).encode()]
+        assert next(consumer).args == (1,)
+        assert batches.sizes == [1]
+        with pytest.raises(DecodeError):
+            next(consumer)
+    finally:
         broker.close()

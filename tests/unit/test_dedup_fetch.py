@@ -28,11 +28,11 @@ class CountingStore(InMemoryDedupStore):
         self.calls.append(("acquire", 1))
         return super().acquire(key, token, lease_ms)
 
-    def acquire_many(self, items: Any) -> list[DedupOutcome]:
+    def take_free(self, items: Any) -> list[DedupOutcome]:
+        self.calls.append(("take_free", len(items)))
         if self.down:
             raise ConnectionError("store down")
-        self.calls.append(("acquire_many", len(items)))
-        return [InMemoryDedupStore.acquire(self, *item) for item in items]
+        return super().take_free(items)
 
 
 @pytest.fixture
@@ -56,11 +56,11 @@ def test_a_batch_takes_its_free_keys_in_one_call_and_each_start_uses_its_lease(s
     broker, dedup, store, fetched = setup
     batch = fetched(1, 2, 3)
     broker.emit_after("fetch", batch)
-    assert store.calls == [("acquire_many", 3)]
+    assert store.calls == [("take_free", 3)]
     for message in batch:
         broker.emit_before("process_message", message)
         broker.emit_after("process_message", message, result=None)
-    assert store.calls == [("acquire_many", 3)]  # no acquire per message
+    assert store.calls == [("take_free", 3)]  # no acquire per message
     assert [store.acquire(f"job:k{i}", "other", 1000) for i in (1, 2, 3)] == [DedupOutcome.DONE] * 3
 
 
@@ -71,7 +71,7 @@ def test_a_duplicate_in_the_same_batch_is_skipped_at_start(setup) -> None:
     broker.emit_before("process_message", first)  # took the key at fetch
     with pytest.raises(SkipMessage):
         broker.emit_before("process_message", second)  # not taken early: decided now (busy)
-    assert store.calls == [("acquire_many", 2), ("acquire", 1)]
+    assert store.calls == [("take_free", 2), ("acquire", 1)]
 
 
 def test_delayed_and_unknown_messages_take_no_key_at_fetch(setup) -> None:
@@ -91,7 +91,7 @@ def test_a_done_key_is_decided_at_start(setup) -> None:
     broker.emit_after("fetch", [message])
     with pytest.raises(SkipMessage):
         broker.emit_before("process_message", message)
-    assert store.calls == [("acquire_many", 1), ("acquire", 1)]
+    assert store.calls == [("take_free", 1), ("acquire", 1)]
 
 
 def test_a_lease_older_than_the_limit_is_taken_again_at_start(setup) -> None:
@@ -101,7 +101,7 @@ def test_a_lease_older_than_the_limit_is_taken_again_at_start(setup) -> None:
     key, taken = message._dedup_lease
     message._dedup_lease = (key, taken - FETCHED_LEASE_MAX_AGE_S - 1)
     broker.emit_before("process_message", message)  # its own lease: acquired again, not skipped
-    assert store.calls == [("acquire_many", 1), ("acquire", 1)]
+    assert store.calls == [("take_free", 1), ("acquire", 1)]
     broker.emit_after("process_message", message, result=None)
     assert store.acquire("job:k4", "other", 1000) is DedupOutcome.DONE
 
@@ -115,11 +115,54 @@ def test_a_message_skipped_before_it_started_frees_the_key_it_took_at_fetch(setu
     assert store.acquire("job:k9", "other", 1000) is DedupOutcome.ACQUIRED
 
 
-def test_a_store_down_at_fetch_leaves_the_decision_to_the_start(setup) -> None:
+def test_a_store_down_at_fetch_leaves_the_decision_to_the_start_for_a_while(setup) -> None:
     broker, dedup, store, fetched = setup
     store.down = True
-    (message,) = fetched(3)
-    broker.emit_after("fetch", [message])  # logged by nobody, raises nothing
+    first, second = fetched(3, 4)
+    broker.emit_after("fetch", [first])  # raises nothing
     store.down = False
-    broker.emit_before("process_message", message)
-    assert store.calls == [("acquire", 1)]
+    broker.emit_after("fetch", [second])  # not tried again at once: the consumer thread does not wait
+    broker.emit_before("process_message", first)
+    assert store.calls == [("take_free", 1), ("acquire", 1)]
+    dedup._fetch_paused_until = 0.0  # the pause is over
+    broker.emit_after("fetch", [second])
+    assert store.calls[-1] == ("take_free", 1)
+
+
+def test_an_earlier_delivery_s_lease_is_not_taken_at_fetch(setup) -> None:
+    broker, dedup, store, fetched = setup
+    (message,) = fetched(2)
+    InMemoryDedupStore.acquire(store, "job:k2", message.message_id, 60_000)  # a delivery of it runs
+    broker.emit_after("fetch", [message])
+    assert "_dedup_lease" not in message.__dict__
+    broker.emit_after("skip_message", message)  # skipped before it started: must not free the key
+    assert store.acquire("job:k2", "other", 1000) is DedupOutcome.BUSY
+
+
+def test_carriers_and_messages_with_a_max_age_take_no_key_at_fetch(setup) -> None:
+    broker, dedup, store, fetched = setup
+    batch = fetched(1, dead_letter={"reason": "x"}) + fetched(2, max_age=60_000)
+    broker.emit_after("fetch", batch)
+    assert store.calls == []
+
+
+def test_a_redelivery_of_a_message_that_completed_here_moments_ago_is_skipped() -> None:
+    store = InMemoryDedupStore()
+    dedup = Dedup(lambda: store)  # completions written in the background, batched
+    broker = AtelierStubBroker(middleware=[dedup])
+
+    @dramatiq.actor(broker=broker, queue_name="q", dedup_key=lambda i: f"k{i}")
+    def job(i: int) -> None:
+        pass
+
+    message = job.message(1)
+    first, again = MessageProxy(message), MessageProxy(message)
+    with dedup._wake:  # hold the completer: the completion stays pending
+        broker.emit_before("process_message", first)
+        broker.emit_after("process_message", first, result=None)
+        with pytest.raises(SkipMessage, match="done"):
+            broker.emit_before("process_message", again)  # the key still reads as its own lease
+    dedup.flush()
+    assert store.acquire("job:k1", "other", 1000) is DedupOutcome.DONE
+    assert not dedup._completing
+    broker.close()
