@@ -5,8 +5,11 @@ nothing queued is lost when the consumer closes."""
 
 from __future__ import annotations
 
+import subprocess
 import threading
+from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import dramatiq
 import pytest
@@ -14,7 +17,9 @@ import redis
 from dramatiq.errors import DecodeError
 from dramatiq.middleware import Middleware, Retries
 
+from adapters.state.redis import RedisDedupStore
 from middleware.consumers import AtelierRabbitmqConsumer
+from middleware.dedup import Dedup
 from middleware.dispatch import AtelierRabbitmqBroker, AtelierRedisBroker
 from tests import services
 
@@ -261,4 +266,54 @@ def test_a_body_that_does_not_decode_mid_batch_is_raised_after_what_came_before_
         with pytest.raises(DecodeError):
             next(consumer)
     finally:
+        broker.close()
+
+
+def drop_connection(connection: Any) -> None:
+    """Have RabbitMQ close a pika connection, as a broker restart or a network cut would."""
+    port = connection._impl._transport._sock.getsockname()[1]  # pika keeps the socket private
+    listed = subprocess.run(["rabbitmqctl", "-q", "list_connections", "pid", "name"], capture_output=True, text=True,
+                            check=True, timeout=30).stdout
+    (pid,) = [line.split("\t")[0] for line in listed.splitlines() if f":{port} -> " in line]
+    subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "test: dropped"], check=True, capture_output=True,
+                   timeout=30)
+
+
+def test_a_consumer_connection_dropped_mid_run_runs_each_deduplicated_message_once(
+        redis_ns: tuple[Any, str]) -> None:
+    client, ns = redis_ns
+    dedup = Dedup(lambda: RedisDedupStore(client, f"{ns}dedup:"))
+    broker = AtelierRabbitmqBroker(url=services.RABBITMQ_URL, confirm_delivery=True,
+                                   middleware=[Retries(max_retries=0), dedup])
+    queue = services.unique("drop")
+    runs: Counter[int] = Counter()
+    lock = threading.Lock()
+
+    @dramatiq.actor(broker=broker, queue_name=queue, actor_name=f"{queue}_job", dedup_key=lambda i: f"k{i}")
+    def job(i: int) -> None:
+        threading.Event().wait(0.05)  # long enough to be running when the connection drops
+        with lock:
+            runs[i] += 1
+
+    try:
+        for i in range(200):
+            job.send(i)
+        worker = dramatiq.Worker(broker, worker_threads=4, worker_timeout=100)
+        worker.start()
+        try:
+            services.wait_for(lambda: sum(runs.values()) >= 40, timeout=30, message="40 jobs run")
+            drop_connection(worker.consumers[queue].consumer.connection)
+            # Whatever was in flight is delivered again on the consumer's next connection.
+            services.wait_for(lambda: len(runs) >= 200, timeout=60, message="every job run")
+            services.wait_for(lambda: counts(broker, queue) == (0, 0), timeout=30, interval=0.5,
+                              message="the queue drained")
+        finally:
+            worker.stop()
+        assert counts(broker, queue) == (0, 0)  # nothing left unacked to come back
+        assert set(runs) == set(range(200))
+        # Without Dedup the messages that were running when the connection dropped run twice.
+        assert [i for i, n in runs.items() if n > 1] == []
+    finally:
+        for suffix in ("", ".DQ", ".XQ"):
+            broker.channel.queue_delete(f"{queue}{suffix}")
         broker.close()
