@@ -17,8 +17,10 @@ from domain.services.messaging import parse_channel
 
 # Middleware options: route_message runs once per message id within 24 h (Dedup); each channel's
 # deliveries go through its circuit breaker, parked on the channel's fallback queue while it is open.
+# A delivery already sent ends without calling the channel: no evidence for the circuit (requires contact).
 ROUTE_OPTIONS = {"dedup_key": lambda message_id: f"message:{message_id}", "dedup_window": 86400}
-DELIVER_OPTIONS = {"circuit": lambda message_id, channel: f"channel:{channel}", "circuit_fallback": True}
+DELIVER_OPTIONS = {"circuit": lambda message_id, channel: f"channel:{channel}", "circuit_fallback": True,
+                   "circuit_requires_contact": True}
 
 
 @dramatiq.actor(queue_name=queue(settings, "messages"), **ROUTE_OPTIONS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 from dramatiq import Broker, Message
@@ -44,6 +45,20 @@ def is_dependency_failure(exception: BaseException) -> bool:
     return isinstance(exception, DEPENDENCY_ERRORS)
 
 
+# While a message of an actor with circuit_requires_contact runs: a one-item list, set True once
+# the guarded dependency was called. None otherwise.
+_contact: ContextVar[list[bool] | None] = ContextVar("atelier_circuit_contact", default=None)
+
+
+def dependency_reached() -> None:
+    """Called by an adapter when it calls the guarded dependency (whatever the answer). For an
+    actor with ``circuit_requires_contact=True``, only a run that did so counts as a success of
+    its circuit; elsewhere it does nothing."""
+    contact = _contact.get()
+    if contact is not None:
+        contact[0] = True
+
+
 class CircuitBreaker(Middleware):
     """An actor names the dependency it guards with the ``circuit`` option: a string, or a
     callable of the message's arguments returning one (or None: not guarded), e.g.
@@ -59,6 +74,11 @@ class CircuitBreaker(Middleware):
     ``reset_timeout`` seconds the circuit is half-open: ``half_open_trials`` messages run; a
     success closes it, a dependency failure opens it again, other messages stay parked. A parked
     message keeps its retry count: it did not fail, it waited. Nothing is dropped.
+
+    A success is evidence only if the run called the dependency. An actor that can end without
+    calling it (the work was already done) says ``circuit_requires_contact=True`` and its adapters
+    call ``dependency_reached()``: a run that did not is then neither a success of the circuit nor
+    a spent half-open trial (the trial is handed back).
 
     Actor options override the defaults per actor: circuit_failure_threshold, circuit_window,
     circuit_reset_timeout (seconds), circuit_half_open_trials. Actors sharing a circuit should
@@ -83,13 +103,14 @@ class CircuitBreaker(Middleware):
         self._metrics_factory = metrics
         self.policy = policy or BreakerPolicy()
         # Per delivery (two deliveries of one message can run at once), with the message id so a
-        # reused object id never matches: (id(delivery), message id) -> (circuit, trial, policy).
-        self._running: dict[tuple[int, str], tuple[str, bool, BreakerPolicy]] = {}
+        # reused object id never matches: (id(delivery), message id) -> (circuit, trial, policy,
+        # contact: the run's flag when the actor requires contact, else None).
+        self._running: dict[tuple[int, str], tuple[str, bool, BreakerPolicy, list[bool] | None]] = {}
 
     @property
     def actor_options(self) -> set[str]:
         return {"circuit", "circuit_fallback", "circuit_failure_threshold", "circuit_window",
-                "circuit_reset_timeout", "circuit_half_open_trials"}
+                "circuit_reset_timeout", "circuit_half_open_trials", "circuit_requires_contact"}
 
     @property
     def store(self) -> BreakerStore:
@@ -141,7 +162,7 @@ class CircuitBreaker(Middleware):
         if decision.transition is not None:
             self._transition(circuit, *decision.transition)
         if decision.allowed:
-            self._running[(id(message), message.message_id)] = (circuit, decision.trial, policy)
+            self._run(message, circuit, decision.trial, policy, actor_options)
             return
         self._park(broker, message, circuit, decision.state, decision.retry_at_ms, actor_options)
 
@@ -169,11 +190,19 @@ class CircuitBreaker(Middleware):
             # Parking failed: running it is better than losing it; Retries handles the outcome.
             self.logger.error("Could not park message %r for open circuit %r; running it.", message.message_id,
                               circuit, exc_info=True)
-            self._running[(id(message), message.message_id)] = (circuit, False, self.policy_for(actor_options))
+            self._run(message, circuit, False, self.policy_for(actor_options), actor_options)
             return
         self.logger.info("Circuit %r is %s: message %r parked (%s).", circuit, state.value, message.message_id, how)
         self._count(CIRCUIT_PARKED, (circuit, how))
         raise SkipMessage(f"circuit {circuit!r} is {state.value}: parked ({how})")
+
+    def _run(self, message: Message, circuit: str, trial: bool, policy: BreakerPolicy,
+             actor_options: dict[str, Any]) -> None:
+        contact = None
+        if actor_options.get("circuit_requires_contact"):
+            contact = [False]
+            _contact.set(contact)  # the actor runs in this thread's context, right after
+        self._running[(id(message), message.message_id)] = (circuit, trial, policy, contact)
 
     def after_process_message(self, broker: Broker, message: Message, *, result=None, exception=None) -> None:
         if not self._running:  # no guarded message running in this process: no lookup
@@ -181,7 +210,14 @@ class CircuitBreaker(Middleware):
         running = self._running.pop((id(message), message.message_id), None)  # per delivery; atomic
         if running is None:
             return
-        circuit, trial, policy = running
+        circuit, trial, policy, contact = running
+        if contact is not None:
+            _contact.set(None)
+        if exception is None and contact is not None and not contact[0]:
+            # It ended without calling the dependency (already done): no evidence either way.
+            if trial:
+                self.store.release_trial(circuit)
+            return
         if exception is None:
             transition = self.store.record_success(circuit, trial)
         elif is_dependency_failure(exception):
@@ -197,8 +233,11 @@ class CircuitBreaker(Middleware):
         if not self._running:
             return
         running = self._running.pop((id(message), message.message_id), None)  # per delivery; atomic
-        if running is not None and running[1]:
-            self.store.release_trial(running[0])
+        if running is not None:
+            if running[3] is not None:
+                _contact.set(None)
+            if running[1]:
+                self.store.release_trial(running[0])
 
     def _transition(self, circuit: str, old: CircuitState, new: CircuitState) -> None:
         log = self.logger.warning if new is CircuitState.OPEN else self.logger.info

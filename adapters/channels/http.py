@@ -26,6 +26,7 @@ import httpx
 
 from domain.errors import PermanentError, TransientError
 from domain.models import OutboundMessage, SendReceipt
+from middleware.circuit import dependency_reached
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,9 @@ class HttpChannelGateway:
             raise PermanentError(f"the {self.channel} channel is not configured (its token is not set)")
         headers = {"Authorization": f"Bearer {self.token}", "Idempotency-Key": idempotency_key,
                    MESSAGE_ID_HEADER: message.id}
+        # The channel is called: this run is evidence for its circuit, whatever the answer
+        # (deliver_message requires it; a delivery already sent ends without it).
+        dependency_reached()
         try:
             response = self._client.post(self.url(), json=self.body(message), headers=headers)
         except httpx.TimeoutException as exc:

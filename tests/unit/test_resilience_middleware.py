@@ -515,6 +515,33 @@ def test_drain_never_loses_a_message_when_the_enqueue_or_the_drainer_fails():
     assert queue.lengths() == {"c": 0}
 
 
+def test_a_run_that_never_calls_the_dependency_is_no_evidence_for_its_circuit(stack):
+    import time
+
+    from middleware.circuit import dependency_reached
+
+    calls = []
+
+    @dramatiq.actor(broker=stack.broker, queue_name="q", circuit="dep", circuit_requires_contact=True, max_retries=0)
+    def guarded(reach: bool) -> None:
+        calls.append(reach)
+        if reach:
+            dependency_reached()
+
+    now = int(time.time() * 1000)
+    for _ in range(POLICY.failure_threshold):
+        stack.breakers.record_failure("dep", now, POLICY)
+    time.sleep(POLICY.reset_timeout_ms / 1000 + 0.05)  # open long enough: the next run is a trial
+    guarded.send(False)  # the work was already done: the channel is not called
+    stack.join()
+    assert calls == [False]
+    assert stack.breakers.states()["dep"] is CircuitState.HALF_OPEN  # not closed on no evidence
+    guarded.send(True)  # the trial was handed back: this one may run, and calls the dependency
+    stack.join()
+    assert calls == [False, True]
+    assert stack.breakers.states()["dep"] is CircuitState.CLOSED
+
+
 def test_breaker_store_half_open_trials_and_reopening():
     store, now = InMemoryBreakerStore(), 1_000_000
     policy = BreakerPolicy(failure_threshold=2, window_ms=1000, reset_timeout_ms=500, half_open_trials=2)
