@@ -52,6 +52,26 @@ def new_queue(broker: AtelierRabbitmqBroker) -> str:
     return name
 
 
+def fetched(broker: AtelierRabbitmqBroker, n: int) -> tuple[str, AtelierRabbitmqConsumer, list[Any]]:
+    """n messages of a no-op actor on a queue of their own, received by a consumer of that queue
+    and not settled yet."""
+    queue = new_queue(broker)
+
+    @dramatiq.actor(broker=broker, queue_name=queue, actor_name=f"{queue}_job")
+    def job(i: int) -> None:
+        pass
+
+    for i in range(n):
+        job.send(i)
+    consumer = broker.consume(queue, prefetch=n, timeout=100)
+    messages: list[Any] = []
+    while len(messages) < n:
+        message = next(consumer)
+        if message is not None:
+            messages.append(message)
+    return queue, consumer, messages
+
+
 def test_the_broker_uses_the_coalescing_consumer(broker: AtelierRabbitmqBroker) -> None:
     consumer = broker.consume(new_queue(broker), prefetch=1, timeout=100)
     try:
@@ -85,21 +105,7 @@ def test_a_worker_acks_every_success_and_nacks_every_failure(broker: AtelierRabb
 
 
 def test_settlements_queued_together_share_one_wakeup_and_survive_close(broker: AtelierRabbitmqBroker) -> None:
-    queue = new_queue(broker)
-
-    @dramatiq.actor(broker=broker, queue_name=queue, actor_name=f"{queue}_job")
-    def job(i: int) -> None:
-        pass
-
-    for i in range(40):
-        job.send(i)
-    consumer = broker.consume(queue, prefetch=40, timeout=100)
-    messages = []
-    while len(messages) < 40:
-        message = next(consumer)
-        if message is not None:
-            messages.append(message)
-
+    queue, consumer, messages = fetched(broker, 40)
     wakeups = 0
     schedule = consumer.connection.add_callback_threadsafe
 
@@ -129,24 +135,7 @@ def test_settlements_queued_together_share_one_wakeup_and_survive_close(broker: 
 
 
 def test_a_settlement_after_a_drain_schedules_another(broker: AtelierRabbitmqBroker) -> None:
-    queue = new_queue(broker)
-
-    @dramatiq.actor(broker=broker, queue_name=queue, actor_name=f"{queue}_job")
-    def job(i: int) -> None:
-        pass
-
-    job.send(1)
-    job.send(2)
-    consumer = broker.consume(queue, prefetch=2, timeout=100)
-    first = second = None
-    while second is None:
-        message = next(consumer)
-        if message is None:
-            continue
-        if first is None:
-            first = message
-        else:
-            second = message
+    queue, consumer, (first, second) = fetched(broker, 2)
     consumer.ack(first)
     services.wait_for(lambda: consumer.connection.process_data_events(0.01) or not consumer._settle,
                       timeout=5, message="the first ack drained")
@@ -156,20 +145,7 @@ def test_a_settlement_after_a_drain_schedules_another(broker: AtelierRabbitmqBro
 
 
 def test_a_wake_up_that_fails_does_not_hold_back_later_acks(broker: AtelierRabbitmqBroker) -> None:
-    queue = new_queue(broker)
-
-    @dramatiq.actor(broker=broker, queue_name=queue, actor_name=f"{queue}_job")
-    def job(i: int) -> None:
-        pass
-
-    job.send(1)
-    job.send(2)
-    consumer = broker.consume(queue, prefetch=2, timeout=100)
-    messages = []
-    while len(messages) < 2:
-        message = next(consumer)
-        if message is not None:
-            messages.append(message)
+    queue, consumer, messages = fetched(broker, 2)
     schedule = consumer.connection.add_callback_threadsafe
     failures = [OSError("wake-up socket full")]
 
