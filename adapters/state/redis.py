@@ -85,8 +85,9 @@ class RedisDedupStore:
             except RespError as exc:
                 self._refused(exc)  # the SETs that failed did nothing
             else:
-                return [DedupOutcome.ACQUIRED if held is None else
-                        DedupOutcome.DONE if held == b"done" else DedupOutcome.BUSY for held in replies]
+                # Its own lease (None from _held_outcome) is busy here: decided at start.
+                return [_held_outcome(held, value) or DedupOutcome.BUSY
+                        for held, (_name, value, _px) in zip(replies, requests, strict=True)]
         # Redis < 7: SET NX alone takes a free key but cannot say what holds a taken one.
         outcomes = []
         for key, token, lease_ms in items:
