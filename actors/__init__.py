@@ -1,18 +1,19 @@
-"""Dramatiq actors. `dramatiq actors` imports this package: it builds the broker from
-settings (BROKER_URL) and imports every actor module so the worker finds them all.
+"""Dramatiq actors. `dramatiq actors` imports this package: it configures logging, takes the
+process's broker from the composition root (bootstrap.get_broker: BROKER_URL) and imports every
+actor module so the worker finds them all.
 
 Producers do the same: ``import actors; actors.media.process_image.send(image_id)``.
 """
 
-from adapters.broker import setup_broker
-from adapters.logging import configure_logging
-from adapters.settings import get_settings
+from bootstrap import get_broker
+from bootstrap.logging import configure_logging
+from bootstrap.settings import get_settings
 
 settings = get_settings()
 configure_logging(settings)
-broker = setup_broker(settings)
+broker = get_broker()
 
 # The broker must exist before actors are declared.
-from actors import fallback, media, messaging, outbox, routing, uploads  # noqa: E402
+from actors import fallback, media, messaging, outbox, uploads  # noqa: E402
 
-__all__ = ["broker", "fallback", "media", "messaging", "outbox", "routing", "settings", "uploads"]
+__all__ = ["broker", "fallback", "media", "messaging", "outbox", "settings", "uploads"]

@@ -4,8 +4,7 @@ parked in the circuits' fallback queues back to their queues once the circuit le
 import dramatiq
 
 from actors import settings
-from adapters.bootstrap import get_container
-from adapters.broker import queue
+from bootstrap import get_container, queue
 
 
 # No retries: the next tick drains whatever this one left. Stale ticks are dropped (AgeLimit).

@@ -4,8 +4,7 @@ import dramatiq
 import structlog
 
 from actors import settings
-from adapters.bootstrap import get_container
-from adapters.broker import queue
+from bootstrap import get_container, queue
 from domain.models import parse_id
 
 
@@ -17,7 +16,7 @@ def process_image(image_id: str) -> None:
 
 
 # --- media: embeddings ---
-# Sent by the outbox relay on image.processed (actors/routing.py) and by `atelier reindex`.
+# Sent by the outbox relay on image.processed (bootstrap/routing.py) and by `atelier reindex`.
 # ModelUnavailable / IndexUnavailable are transient: retried with backoff, then dead-lettered.
 @dramatiq.actor(queue_name=queue(settings, "embeddings"), time_limit=300_000, max_retries=8,
                 min_backoff=5_000, max_backoff=600_000)

@@ -1,6 +1,6 @@
 """Messaging actors: thin wrappers around MessagingService.
 
-route_message(message_id) is what the outbox routes ``message.created`` to (actors/routing.py);
+route_message(message_id) is what the outbox routes ``message.created`` to (bootstrap/routing.py);
 it plans the deliveries and sends deliver_message(message_id, channel) once per channel.
 deliver_message sends one delivery; the service never sends a delivery that is already SENT,
 so the broker redelivering either message sends nothing twice.
@@ -10,8 +10,7 @@ import dramatiq
 import structlog
 
 from actors import settings
-from adapters.bootstrap import get_container
-from adapters.broker import queue
+from bootstrap import get_container, queue
 from domain.models import parse_id
 from domain.services.messaging import parse_channel
 

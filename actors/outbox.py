@@ -3,8 +3,7 @@
 import dramatiq
 
 from actors import settings
-from adapters.bootstrap import get_container
-from adapters.broker import queue
+from bootstrap import get_container, queue
 
 
 # No retries: the next tick relays whatever this run left. A tick older than a few intervals is

@@ -6,8 +6,7 @@ import dramatiq
 import structlog
 
 from actors import settings
-from adapters.bootstrap import get_container
-from adapters.broker import queue
+from bootstrap import get_container, queue
 from domain.errors import InvalidPayload
 from domain.models import parse_id
 
@@ -26,7 +25,7 @@ def collect_abandoned_uploads() -> None:
     get_container().uploads.collect_abandoned()
 
 
-# Subscribed to upload.completed (actors/routing.py): an image upload was registered as an image
+# Subscribed to upload.completed (bootstrap/routing.py): an image upload was registered as an image
 # in the COMPLETED transaction; this processes it. Other uploads have no image_id: nothing to do.
 @dramatiq.actor(queue_name=queue(settings, "media"), time_limit=300_000)
 def process_uploaded_image(event: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from domain.ports import MetricsStore
-from middleware.metrics import (
+from runtime.metrics import (
     DURATION,
     DURATION_BUCKETS,
     ERRORS,

@@ -8,7 +8,7 @@ from typing import Any
 from dramatiq import Broker, Message
 from dramatiq.errors import ActorNotFound
 
-from middleware.park import fresh_copy
+from brokers.park import fresh_copy
 
 
 class BrokerSender:

@@ -69,11 +69,11 @@ def main() -> int:
 
     import actors
     import adapters.clip as clip_module
-    from adapters.bootstrap import Container, get_container, set_container
     from adapters.clip import ClipEmbedder
-    from adapters.samples import make_photo
-    from adapters.settings import load_settings
     from adapters.sql.migrate import upgrade
+    from bootstrap import Container, get_container, set_container
+    from bootstrap.settings import load_settings
+    from entrypoints.samples import make_photo
 
     settings = load_settings()
     upgrade(settings.database_url)

@@ -27,7 +27,7 @@ from adapters.sql.deadletters import SqlDeadLetterStore  # noqa: E402
 from adapters.sql.engine import make_engine  # noqa: E402
 from adapters.sql.migrate import upgrade  # noqa: E402
 from adapters.state.memory import InMemoryBreakerStore, InMemoryDedupStore, InMemoryFallbackQueue  # noqa: E402
-from middleware.dispatch import AtelierStubBroker  # noqa: E402
+from brokers.dispatch import AtelierStubBroker  # noqa: E402
 
 
 def build(stack: str, db_url: str) -> StubBroker:

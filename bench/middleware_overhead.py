@@ -47,6 +47,7 @@ from adapters.sql.deadletters import SqlDeadLetterStore  # noqa: E402
 from adapters.sql.engine import make_engine  # noqa: E402
 from adapters.sql.migrate import upgrade  # noqa: E402
 from adapters.state.redis import RedisBreakerStore, RedisDedupStore, RedisFallbackQueue  # noqa: E402
+from brokers.dispatch import AtelierRabbitmqBroker, AtelierRedisBroker  # noqa: E402
 from middleware import (  # noqa: E402
     CircuitBreaker,
     ClassifiedRetries,
@@ -56,7 +57,6 @@ from middleware import (  # noqa: E402
     LogContext,
     Metrics,
 )
-from middleware.dispatch import AtelierRabbitmqBroker, AtelierRedisBroker  # noqa: E402
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -88,7 +88,7 @@ class Setup:
             mw = middleware.build_stack(max_retries=0, metrics_store=lambda: metrics, dedup_store=lambda: dedup,
                                         breaker_store=lambda: breakers, fallback_queue=lambda: fallback,
                                         dead_letter_store=lambda: letters)
-        # atelier's brokers (adapters/broker.py) are Dramatiq's with table dispatch of the hooks and,
+        # atelier's brokers (bootstrap/broker.py) are Dramatiq's with table dispatch of the hooks and,
         # on RabbitMQ, acks coalesced per wake-up of the consumer thread. "broker" is bare Dramatiq's
         # middleware on atelier's broker: what the middleware alone costs is stack against it.
         redis_cls, rabbitmq_cls = ((RedisBroker, RabbitmqBroker) if stack == "bare"

@@ -43,13 +43,13 @@ from sqlalchemy import false, insert, select, update  # noqa: E402
 
 import middleware  # noqa: E402
 from adapters.outbox_publisher import DramatiqPublisher  # noqa: E402
-from adapters.relay_loop import RelayLoop  # noqa: E402
 from adapters.sql import tables as t  # noqa: E402
 from adapters.sql.engine import make_engine  # noqa: E402
 from adapters.sql.migrate import upgrade  # noqa: E402
 from adapters.sql.uow import uow_factory  # noqa: E402
 from domain.models import DomainEvent, new_id, utcnow  # noqa: E402
 from domain.services.outbox import OutboxRelay, Route  # noqa: E402
+from entrypoints.relay_loop import RelayLoop  # noqa: E402
 
 PG_ADMIN = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")

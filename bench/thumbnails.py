@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/thumbnails.py [--images 6] [--rounds 3] [--sizes 128,256,512]
 
-Inputs: generated 12-megapixel JPEGs (4000x3000, fine detail everywhere; adapters.samples.make_photo).
+Inputs: generated 12-megapixel JPEGs (4000x3000, fine detail everywhere; entrypoints.samples.make_photo).
 Both sides produce the same thing: every size, EXIF-upright, encoded as WebP quality 80.
 
 - naive: for every size, open the original, decode it fully, ``thumbnail()`` from the original.
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from PIL import Image, ImageChops, ImageOps, ImageStat  # noqa: E402
 
 from adapters.imaging import PillowImageProcessor  # noqa: E402
-from adapters.samples import make_photo  # noqa: E402
+from entrypoints.samples import make_photo  # noqa: E402
 
 
 def naive(data: bytes, sizes: list[int]) -> list[bytes]:

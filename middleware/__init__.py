@@ -36,10 +36,10 @@ before_process_message hook stops the hooks after it (but every after_skip_messa
    disarmed before any after-hook. Placed first (Dramatiq's default), an actor that finishes just
    under its limit could be interrupted inside our after-hooks (a dead letter or a dedup completion
    cut off half-way); the hooks' own I/O has its own timeouts.
-10. RequeueUnfinished (Redis broker only, appended by adapters/broker.py): after_worker_shutdown.
+10. RequeueUnfinished (Redis broker only, appended by bootstrap/broker.py): after_worker_shutdown.
 
-Brokers built by adapters/broker.py (middleware/dispatch.py) call each hook only on the middleware
-that implement it, in this same order. Their consumers (middleware/consumers.py) also emit "fetch"
+Brokers built by bootstrap/broker.py (brokers/dispatch.py) call each hook only on the middleware
+that implement it, in this same order. Their consumers (brokers/consumers.py) also emit "fetch"
 on the consumer thread with each fetched batch, before any of it runs (after_fetch(broker,
 messages)): Dedup takes the batch's free keys there, in one round trip.
 
@@ -62,12 +62,13 @@ from dramatiq.middleware import (
 from domain.ports import BreakerStore, DeadLetterStore, DedupStore, FallbackQueue, MetricsStore
 from domain.resilience import BreakerPolicy
 from middleware.circuit import CircuitBreaker
-from middleware.correlation import Correlation, correlation_scope, current_correlation_id
+from middleware.correlation import Correlation
 from middleware.deadletters import DeadLetters
 from middleware.dedup import Dedup
-from middleware.logcontext import LogContext, message_context
+from middleware.logcontext import LogContext
 from middleware.metrics import Metrics
 from middleware.retries import ClassifiedRetries
+from runtime import correlation_scope, current_correlation_id, message_context
 
 
 def build_stack(*, max_retries: int = 20, min_backoff_ms: int = 1000,

@@ -5,17 +5,17 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from contextvars import ContextVar
 from typing import Any
 
 from dramatiq import Broker, Message
 from dramatiq.logging import get_logger
 from dramatiq.middleware import Middleware, SkipMessage, TimeLimitExceeded
 
+from brokers.park import fresh_copy, park
 from domain.errors import TransientError
 from domain.ports import BreakerStore, FallbackQueue, MetricsStore
 from domain.resilience import BreakerPolicy, CircuitState
-from middleware.park import fresh_copy, park
+from runtime import DEPENDENCY_CONTACT
 
 #: Counter of state changes, labels (circuit, state entered).
 CIRCUIT_TRANSITIONS = "atelier_circuit_transitions_total"
@@ -43,20 +43,6 @@ DEPENDENCY_ERRORS = _dependency_errors()
 
 def is_dependency_failure(exception: BaseException) -> bool:
     return isinstance(exception, DEPENDENCY_ERRORS)
-
-
-# While a message of an actor with circuit_requires_contact runs: a one-item list, set True once
-# the guarded dependency was called. None otherwise.
-_contact: ContextVar[list[bool] | None] = ContextVar("atelier_circuit_contact", default=None)
-
-
-def dependency_reached() -> None:
-    """Called by an adapter when it calls the guarded dependency (whatever the answer). For an
-    actor with ``circuit_requires_contact=True``, only a run that did so counts as a success of
-    its circuit; elsewhere it does nothing."""
-    contact = _contact.get()
-    if contact is not None:
-        contact[0] = True
 
 
 class CircuitBreaker(Middleware):
@@ -201,7 +187,7 @@ class CircuitBreaker(Middleware):
         contact = None
         if actor_options.get("circuit_requires_contact"):
             contact = [False]
-            _contact.set(contact)  # the actor runs in this thread's context, right after
+            DEPENDENCY_CONTACT.set(contact)  # the actor runs in this thread's context, right after
         self._running[(id(message), message.message_id)] = (circuit, trial, policy, contact)
 
     def after_process_message(self, broker: Broker, message: Message, *, result=None, exception=None) -> None:
@@ -212,7 +198,7 @@ class CircuitBreaker(Middleware):
             return
         circuit, trial, policy, contact = running
         if contact is not None:
-            _contact.set(None)
+            DEPENDENCY_CONTACT.set(None)
         if exception is None and contact is not None and not contact[0]:
             # It ended without calling the dependency (already done): no evidence either way.
             if trial:
@@ -235,7 +221,7 @@ class CircuitBreaker(Middleware):
         running = self._running.pop((id(message), message.message_id), None)  # per delivery; atomic
         if running is not None:
             if running[3] is not None:
-                _contact.set(None)
+                DEPENDENCY_CONTACT.set(None)
             if running[1]:
                 self.store.release_trial(running[0])
 

@@ -13,10 +13,10 @@ from dramatiq.common import q_name
 from dramatiq.logging import get_logger
 from dramatiq.middleware import Middleware, SkipMessage
 
+from brokers.park import fresh_copy, park
 from domain.errors import PermanentError
 from domain.ports import DeadLetterStore, MetricsStore
 from domain.resilience import TRANSIENT_OPTIONS, DeadLetter
-from middleware.park import fresh_copy, park
 
 #: Counter of dead letters written, labels (queue_name, actor_name, reason).
 DEAD_LETTERS = "atelier_dead_letters_total"

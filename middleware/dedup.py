@@ -11,9 +11,9 @@ from dramatiq import Broker, Message, Worker
 from dramatiq.logging import get_logger
 from dramatiq.middleware import Middleware, SkipMessage
 
+from brokers.park import park
 from domain.ports import DedupStore, MetricsStore
 from domain.resilience import DedupOutcome
-from middleware.park import park
 
 #: Counter of skipped duplicates, labels (queue_name, actor_name, reason: done | busy).
 DEDUP_SKIPS = "atelier_dedup_skips_total"

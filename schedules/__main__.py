@@ -19,8 +19,8 @@ import threading
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from adapters.logging import configure_logging
-from adapters.settings import ConfigError, get_settings
+from bootstrap.logging import configure_logging
+from bootstrap.settings import ConfigError, get_settings
 from schedules.jobs import LocalTickGuard, RedisTickGuard, build_jobs, fire
 
 log = structlog.get_logger("schedules")
@@ -36,7 +36,7 @@ def main() -> int:
     logging.getLogger("apscheduler.executors").setLevel(logging.WARNING)
 
     import actors
-    from adapters.bootstrap import get_container
+    from bootstrap import get_container
 
     container = get_container()
     broker = actors.broker
@@ -68,7 +68,7 @@ def main() -> int:
 
     loop_thread = None
     if settings.outbox_relay_loop:
-        from adapters.relay_loop import RelayLoop
+        from entrypoints.relay_loop import RelayLoop
 
         loop = RelayLoop(container.outbox_relay, settings.database_url,
                          poll_interval=settings.outbox_poll_interval_ms / 1000,

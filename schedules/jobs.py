@@ -21,7 +21,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from adapters.settings import Settings
+from bootstrap.settings import Settings
 
 log = structlog.get_logger("schedules")
 

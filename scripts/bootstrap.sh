@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv and install atelier with its dev dependencies. Re-runs only when
 # pyproject.toml changed. torch/torchvision wheels come from this machine's local
-# index when it has one (see DESIGN.md); elsewhere pip downloads them.
+# wheel cache when it has them (pip takes torch 2.14.1 and torchvision 0.29.1 from local disk on
+# the development machines); elsewhere pip downloads them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -150,8 +150,8 @@ class WorkerProcess:
 
 
 def run_cli(args: list[str], env: dict[str, str], *, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run the `atelier` CLI of this checkout (python -m adapters.cli) in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "adapters.cli", *args], env=env, cwd=ROOT,
+    """Run the `atelier` CLI of this checkout (python -m entrypoints.cli) in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "entrypoints.cli", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -1,2 +1,2 @@
-"""Chat channels: HTTP gateways (WhatsApp Cloud API, Instagram Messaging API), delivery-status
-webhooks, and the mock channel server used in development and tests."""
+"""Chat channels: the HTTP gateways to WhatsApp Cloud API and Instagram Messaging API. (The delivery-status
+webhook receiver is an entry point: entrypoints/webhooks.py; the mock channels a dev tool: entrypoints/devtools/.)"""

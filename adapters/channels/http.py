@@ -26,7 +26,7 @@ import httpx
 
 from domain.errors import PermanentError, TransientError
 from domain.models import OutboundMessage, SendReceipt
-from middleware.circuit import dependency_reached
+from runtime import dependency_reached
 
 log = logging.getLogger(__name__)
 

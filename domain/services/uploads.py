@@ -256,7 +256,7 @@ class UploadService:
             upload.mark_completed(key=key, size=size, sha256=sha256, now=now)
             if upload.is_image:
                 # Registered in the same transaction; routing upload.completed to
-                # process_uploaded_image starts its processing (actors/routing.py).
+                # process_uploaded_image starts its processing (bootstrap/routing.py).
                 image = Image(id=new_id(), original_key=key, content_type=upload.content_type,
                               owner=upload.owner, created_at=now, updated_at=now)
                 uow.images.add(image)

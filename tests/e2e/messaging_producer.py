@@ -19,7 +19,7 @@ def main(argv: list[str]) -> int:
     command, path = argv
     messages = json.loads(open(path).read())
     import actors
-    from adapters.bootstrap import get_container
+    from bootstrap import get_container
 
     if command == "create":
         service = get_container().messaging

@@ -15,7 +15,7 @@ import dramatiq
 import redis
 
 from actors import settings
-from adapters.broker import queue
+from bootstrap.broker import queue
 from domain.errors import PermanentError, TransientError
 
 state = redis.Redis.from_url(os.environ["TEST_STATE_REDIS_URL"])

@@ -13,7 +13,7 @@ from tests import services
 
 
 class OpsServer:
-    """`python -m adapters.cli ops` on a free port of 127.0.0.1, output captured to a file."""
+    """`python -m entrypoints.cli ops` on a free port of 127.0.0.1, output captured to a file."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.env = env
@@ -24,7 +24,7 @@ class OpsServer:
 
     def __enter__(self) -> OpsServer:
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "adapters.cli", "ops", "--port", str(self.port)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "entrypoints.cli", "ops", "--port", str(self.port)],
                                      env=self.env, cwd=services.ROOT, stdout=self._log, stderr=subprocess.STDOUT)
 
         def healthy() -> bool:

@@ -17,9 +17,9 @@ import redis
 import structlog
 
 from actors import settings
-from adapters.broker import queue
+from bootstrap.broker import queue
 from domain.errors import InvalidPayload, TransientError
-from middleware.correlation import current_correlation_id
+from runtime import current_correlation_id
 
 state = redis.Redis.from_url(os.environ["TEST_STATE_REDIS_URL"])
 NS = os.environ["TEST_STATE_NS"]

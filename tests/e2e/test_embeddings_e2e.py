@@ -12,10 +12,10 @@ import sys
 
 import pytest
 
-from adapters.samples import make_image
 from adapters.sql.engine import make_engine
 from adapters.sql.uow import uow_factory
 from domain.models import ImageStatus
+from entrypoints.samples import make_image
 from tests import services
 from tests.clip_support import tiny_env
 

@@ -33,14 +33,14 @@ DUPLICATES = 100
 
 
 class Process:
-    """A CLI subprocess (`python -m adapters.cli ...`) with its output in a file."""
+    """A CLI subprocess (`python -m entrypoints.cli ...`) with its output in a file."""
 
     def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
         self.args, self.env, self.log_path = args, env, log_path
 
     def __enter__(self) -> Process:
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "adapters.cli", *self.args], env=self.env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "entrypoints.cli", *self.args], env=self.env,
                                      cwd=services.ROOT, stdout=self._log, stderr=subprocess.STDOUT)
         return self
 

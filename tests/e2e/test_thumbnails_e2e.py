@@ -5,10 +5,10 @@ import json
 import pytest
 
 from adapters.objectstore.minio import MinioObjectStore, make_client
-from adapters.samples import make_image
 from adapters.sql.engine import make_engine
 from adapters.sql.uow import uow_factory
 from domain.models import ImageStatus
+from entrypoints.samples import make_image
 from tests import services
 
 pytestmark = pytest.mark.e2e

@@ -11,14 +11,14 @@ import httpx
 import pytest
 
 from adapters.channels.http import InstagramGateway, WhatsAppGateway, parse_retry_after
-from adapters.channels.mock import MockChannels
-from adapters.channels.mock import make_server as make_mock_server
-from adapters.channels.webhooks import WebhookApp, sign
 from adapters.sql.engine import make_engine
 from adapters.sql.uow import uow_factory
 from domain.errors import NotFound, PermanentError, TransientError
 from domain.models import MessageChannel, MessageStatus, OutboundMessage, new_id
 from domain.services.messaging import MessagingService
+from entrypoints.devtools.mock_channels import MockChannels
+from entrypoints.devtools.mock_channels import make_server as make_mock_server
+from entrypoints.webhooks import WebhookApp, sign
 from tests import services
 
 WA, IG = MessageChannel.WHATSAPP, MessageChannel.INSTAGRAM
@@ -208,7 +208,7 @@ def test_webhook_handshake_signature_and_unknown_ids(webhook_server):
     assert (ok.status_code, ok.text) == (200, "1158201444")
     assert httpx.get(f"{url}/webhooks/whatsapp", params={"hub.mode": "subscribe", "hub.verify_token": "no",
                                                          "hub.challenge": "1"}).status_code == 403
-    from adapters.channels.mock import status_payload
+    from entrypoints.devtools.mock_channels import status_payload
 
     body = httpx.Request("POST", "/", json=status_payload("whatsapp", "wamid.1", "+1")).content
     unsigned = httpx.post(f"{url}/webhooks/whatsapp", content=body)

@@ -76,7 +76,7 @@ def test_the_broker_is_chosen_by_atelier_broker(config):
 def test_every_command_is_an_entry_point_of_the_project(config):
     from dramatiq.cli import make_argument_parser
 
-    from adapters.cli import build_parser
+    from entrypoints.cli import build_parser
 
     for name, service in ours(config).items():
         command = service["command"]
@@ -96,7 +96,7 @@ def test_every_command_is_an_entry_point_of_the_project(config):
 
 def test_pending_entry_points_are_still_pending():
     """Once a pending entry point exists, it must leave the list and be checked for real."""
-    from adapters.cli import build_parser
+    from entrypoints.cli import build_parser
 
     subcommands = set(build_parser()._subparsers._group_actions[0].choices)
     for entry in PENDING_ENTRY_POINTS:
@@ -104,14 +104,14 @@ def test_pending_entry_points_are_still_pending():
             assert entry[1] not in subcommands, f"{entry} exists now: remove it from PENDING_ENTRY_POINTS"
         else:
             assert not importlib.util.find_spec(entry[2]), f"{entry} exists now: remove it from PENDING_ENTRY_POINTS"
-    from adapters.settings import Settings
+    from bootstrap.settings import Settings
 
     for variable in PENDING_SETTINGS:
         assert variable.lower() not in Settings.model_fields, f"{variable} exists now: remove it from PENDING_SETTINGS"
 
 
 def test_every_variable_is_a_setting_or_the_images_own(config):
-    from adapters.settings import Settings, load_settings
+    from bootstrap.settings import Settings, load_settings
 
     known = {field.upper() for field in Settings.model_fields} | PENDING_SETTINGS
     for name, service in config["services"].items():
@@ -165,7 +165,7 @@ def test_the_image_installs_the_project_with_its_migrations(tmp_path):
     assert result.returncode == 0, result.stderr
     (wheel,) = (tmp_path / "dist").glob("atelier-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for path in ("actors/__init__.py", "adapters/ops.py", "adapters/commands/ops.py", "middleware/metrics.py",
+    for path in ("actors/__init__.py", "entrypoints/ops.py", "entrypoints/commands/ops.py", "middleware/metrics.py",
                  "adapters/sql/migrations/env.py", "adapters/sql/migrations/versions/0001_images.py"):
         assert path in names, path
     assert not [n for n in names if n.startswith("tests/")]

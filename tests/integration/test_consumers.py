@@ -1,4 +1,4 @@
-"""atelier's consumers (middleware/consumers.py) against the real brokers: a backlog reaches the
+"""atelier's consumers (brokers/consumers.py) against the real brokers: a backlog reaches the
 middleware in fetched batches and every message runs once; on RabbitMQ every processed message is
 settled once, acks and nacks queued together go out in one wake-up of the consumer thread, and
 nothing queued is lost when the consumer closes."""
@@ -18,9 +18,9 @@ from dramatiq.errors import DecodeError
 from dramatiq.middleware import Middleware, Retries
 
 from adapters.state.redis import RedisDedupStore
-from middleware.consumers import AtelierRabbitmqConsumer
+from brokers.consumers import AtelierRabbitmqConsumer
+from brokers.dispatch import AtelierRabbitmqBroker, AtelierRedisBroker
 from middleware.dedup import Dedup
-from middleware.dispatch import AtelierRabbitmqBroker, AtelierRedisBroker
 from tests import services
 
 

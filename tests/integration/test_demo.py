@@ -16,7 +16,7 @@ def test_demo_generates_and_processes_images(tmp_path):
 
 
 def test_demo_on_a_folder(tmp_path):
-    from adapters.samples import make_image
+    from entrypoints.samples import make_image
 
     folder = tmp_path / "in"
     folder.mkdir()

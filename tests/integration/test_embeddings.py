@@ -13,7 +13,6 @@ import pytest
 from adapters.clip import ClipEmbedder, file_metadata, load_clip
 from adapters.imaging import PillowImageProcessor
 from adapters.objectstore.local import LocalObjectStore
-from adapters.samples import make_image
 from adapters.sql.engine import make_engine
 from adapters.sql.uow import uow_factory
 from adapters.vector_index import DimensionMismatch, QdrantIndex
@@ -21,6 +20,7 @@ from domain.errors import IndexUnavailable, InvalidImage, ModelUnavailable, Perm
 from domain.models import ImageStatus
 from domain.services.embeddings import EmbeddingService, NotEmbeddable, point_id
 from domain.services.media import MediaService
+from entrypoints.samples import make_image
 from tests.clip_support import TINY_MODEL, make_tiny_clip
 
 

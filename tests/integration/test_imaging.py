@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from adapters.imaging import PillowImageProcessor
-from adapters.samples import make_image
 from domain.errors import InvalidImage
+from entrypoints.samples import make_image
 
 
 @pytest.fixture

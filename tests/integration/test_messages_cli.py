@@ -19,7 +19,7 @@ from tests import services
 
 
 def _serve(args: list[str], env: dict[str, str], log, url: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "adapters.cli", *args], env=env, cwd=services.ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "entrypoints.cli", *args], env=env, cwd=services.ROOT,
                             stdout=log, stderr=subprocess.STDOUT)
 
     def up() -> bool:

@@ -108,8 +108,8 @@ def test_concurrent_creates_of_one_id_make_one_row(uow):
 
 def test_pending_deliveries_gauge(database_url, engine, uow):
     """atelier_message_deliveries_pending{channel}, as the ops server reads it at scrape time."""
-    from adapters.bootstrap import Container
-    from adapters.settings import load_settings
+    from bootstrap import Container
+    from bootstrap.settings import load_settings
 
     container = Container(load_settings(database_url=database_url))
     (spec,) = [m for m in container.metrics if m.name == "atelier_message_deliveries_pending"]

@@ -4,8 +4,8 @@ import io
 
 from PIL import Image
 
-from adapters.bootstrap import Container
-from adapters.settings import load_settings
+from bootstrap import Container
+from bootstrap.settings import load_settings
 
 
 def _jpeg_with_gps() -> bytes:

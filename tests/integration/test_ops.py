@@ -14,12 +14,12 @@ import httpx
 import pytest
 import redis
 
-from adapters.bootstrap import Container
-from adapters.broker import build_broker
-from adapters.commands.ops import build_app, management_url
 from adapters.metrics import RedisMetricsStore
-from adapters.ops import Auth, _QuietHandler, _Server
-from adapters.settings import ConfigError, load_settings
+from bootstrap import Container
+from bootstrap.broker import build_broker
+from bootstrap.settings import ConfigError, load_settings
+from entrypoints.commands.ops import build_app, management_url
+from entrypoints.ops import Auth, _QuietHandler, _Server
 from tests import services
 
 USER, PASSWORD, TOKEN = "operator", "s3cret pass", "t" * 32
@@ -139,7 +139,7 @@ def test_redis_metrics_store_adds_up_across_processes():
 
 def test_readiness_gives_each_check_its_timeout():
     from adapters.health import Check, redis_check
-    from adapters.ops import Readiness
+    from entrypoints.ops import Readiness
 
     release = threading.Event()
     # A server that accepts connections and never answers: Redis PING has to give up by itself.

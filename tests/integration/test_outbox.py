@@ -377,10 +377,10 @@ def test_an_event_recorded_under_a_correlation_id_longer_than_its_column_commits
 def test_events_recorded_by_an_actor_carry_its_messages_correlation_id(engine):
     """The composition root's unit of work stamps events with the running message's correlation
     id (or a correlation_scope's inside the actor), through the middleware, not log context."""
-    from adapters.bootstrap import Container
-    from adapters.settings import Settings
-    from middleware.correlation import correlation_scope
-    from middleware.dispatch import AtelierStubBroker
+    from bootstrap import Container
+    from bootstrap.settings import Settings
+    from brokers.dispatch import AtelierStubBroker
+    from runtime import correlation_scope
 
     container = Container(Settings())
     container.__dict__["engine"] = engine  # the test's database, in place of the settings' one

@@ -35,7 +35,7 @@ def test_demo_without_weights_says_so(tmp_path, clip_env):
 
 
 def test_images_add_reindex_and_search(tmp_path, clip_env):
-    from adapters.samples import make_image
+    from entrypoints.samples import make_image
 
     env = services.subprocess_env(**{**clip_env, "QDRANT_PATH": str(tmp_path / "qdrant")},
                                   DATABASE_URL=f"sqlite:///{tmp_path / 'a.db'}",
@@ -44,7 +44,7 @@ def test_images_add_reindex_and_search(tmp_path, clip_env):
     # Register and process through the service in one process (the stub broker has no worker).
     script = (
         "import sys, actors\n"
-        "from adapters.bootstrap import get_container\n"
+        "from bootstrap import get_container\n"
         "m = get_container().media\n"
         "for p in sys.argv[1:]:\n"
         "    i = m.register_image(open(p, 'rb').read(), 'image/jpeg', owner='ann' if '/a' in p else 'bob')\n"

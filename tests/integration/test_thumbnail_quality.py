@@ -8,7 +8,7 @@ import pytest
 from PIL import Image, ImageChops, ImageOps, ImageStat
 
 from adapters.imaging import PillowImageProcessor
-from adapters.samples import make_photo
+from entrypoints.samples import make_photo
 
 BOUND = 2.0  # of 255, mean over pixels and channels; measured 0.8-1.4 (JPEG q100 included)
 

@@ -13,9 +13,9 @@ from dramatiq.broker import MessageProxy
 from dramatiq.middleware import SkipMessage
 
 from adapters.state.memory import InMemoryDedupStore
+from brokers.dispatch import AtelierStubBroker
 from domain.resilience import DedupOutcome
 from middleware.dedup import FETCHED_LEASE_MAX_AGE_S, Dedup
-from middleware.dispatch import AtelierStubBroker
 
 
 class CountingStore(InMemoryDedupStore):

@@ -6,7 +6,7 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Middleware, SkipMessage
 
 import middleware
-from middleware.dispatch import AtelierStubBroker, implements
+from brokers.dispatch import AtelierStubBroker, implements
 from tests.services import drain_stub
 
 
@@ -85,8 +85,8 @@ def test_implements_tells_real_hooks_from_the_base_no_ops():
 
 @pytest.mark.parametrize("kind", ["redis", "rabbitmq", "stub"])
 def test_the_broker_factory_builds_table_dispatching_brokers(kind, monkeypatch):
-    from adapters.broker import build_broker
-    from adapters.settings import Settings
+    from bootstrap.broker import build_broker
+    from bootstrap.settings import Settings
 
     url = {"redis": "redis://127.0.0.1:6379/0", "rabbitmq": "amqp://guest:guest@127.0.0.1:5672/", "stub": "stub://"}
     settings = Settings(broker_url=url[kind], redis_url="redis://127.0.0.1:6379/0")

@@ -2,8 +2,8 @@
 
 import pytest
 
-from adapters.bootstrap import Container
-from adapters.settings import ConfigError, load_settings
+from bootstrap import Container
+from bootstrap.settings import ConfigError, load_settings
 
 MEDIA_VARS = ("CLIP_MODEL", "CLIP_PRETRAINED", "CLIP_PRETRAINED_TAG", "CLIP_DEVICE", "CLIP_MODEL_CONFIG",
               "CLIP_TORCH_THREADS", "EMBED_BATCH_MAX_SIZE", "EMBED_BATCH_MAX_WAIT_MS", "QDRANT_URL", "QDRANT_PATH",

@@ -5,8 +5,8 @@ import dramatiq
 import pytest
 from dramatiq.brokers.stub import StubBroker
 
-from adapters.bootstrap import Container, get_container, set_container
-from adapters.settings import load_settings
+from bootstrap import Container, get_container, set_container
+from bootstrap.settings import load_settings
 from domain.models import MessageChannel, MessageStatus, new_id
 from domain.services.messaging import MessagingService
 from middleware.deadletters import DeadLetters

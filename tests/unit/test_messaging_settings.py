@@ -2,7 +2,7 @@
 
 import pytest
 
-from adapters.settings import ConfigError, load_settings
+from bootstrap.settings import ConfigError, load_settings
 
 
 def test_channel_settings_are_read_and_normalised(monkeypatch):

@@ -1,5 +1,5 @@
 """Correlation, Dedup, DeadLetters, ClassifiedRetries (issue 545) and CircuitBreaker on the
-StubBroker, with the in-memory state adapters, wired the way adapters/broker.py wires them."""
+StubBroker, with the in-memory state adapters, wired the way bootstrap/broker.py wires them."""
 
 from __future__ import annotations
 
@@ -15,15 +15,14 @@ import middleware
 from adapters.metrics import InMemoryMetricsStore
 from adapters.sender import BrokerSender
 from adapters.state.memory import InMemoryBreakerStore, InMemoryDedupStore, InMemoryFallbackQueue
+from brokers.dispatch import AtelierStubBroker
 from domain.clock import SystemClock
 from domain.errors import InvalidPayload, TransientError
 from domain.resilience import BreakerPolicy, CircuitState
 from domain.services.deadletters import AlreadyReplayed, DeadLetterService
 from domain.services.fallback import FallbackDrainer
-from middleware.correlation import correlation_scope
-from middleware.dispatch import AtelierStubBroker
-from middleware.logcontext import message_context
 from middleware.metrics import Metrics
+from runtime import correlation_scope, message_context
 from tests.services import drain_stub, wait_for
 from tests.unit.fakes import FakeDeadLetterStore
 
@@ -518,7 +517,7 @@ def test_drain_never_loses_a_message_when_the_enqueue_or_the_drainer_fails():
 def test_a_run_that_never_calls_the_dependency_is_no_evidence_for_its_circuit(stack):
     import time
 
-    from middleware.circuit import dependency_reached
+    from runtime import dependency_reached
 
     calls = []
 
@@ -562,7 +561,7 @@ def test_breaker_store_half_open_trials_and_reopening():
 # --- settings and wiring ---
 
 def test_breaker_settings_are_validated_and_become_the_default_policy():
-    from adapters.settings import ConfigError, load_settings
+    from bootstrap.settings import ConfigError, load_settings
 
     s = load_settings(circuit_failure_threshold="4", circuit_window_s="10", circuit_reset_timeout_s="2.5",
                       circuit_half_open_trials="2", fallback_batch_size="7")
@@ -574,8 +573,8 @@ def test_breaker_settings_are_validated_and_become_the_default_policy():
 
 
 def test_a_rabbitmq_broker_without_redis_stops_start_up(capsys):
-    from adapters.broker import build_broker
-    from adapters.settings import ConfigError, load_settings
+    from bootstrap.broker import build_broker
+    from bootstrap.settings import ConfigError, load_settings
 
     with pytest.raises(ConfigError):
         build_broker(load_settings(broker_url="amqp://guest:guest@127.0.0.1:1/", redis_url=""))
@@ -623,8 +622,8 @@ def test_log_lines_carry_the_message_context_and_nothing_leaks_into_the_next_mes
     import json
     import logging
 
-    from adapters.logging import configure_logging
-    from adapters.settings import Settings
+    from bootstrap.logging import configure_logging
+    from bootstrap.settings import Settings
 
     configure_logging(Settings(log_format="json"), force=True)
     captured = io.StringIO()

@@ -8,7 +8,7 @@ import dramatiq
 import pytest
 from dramatiq.brokers.stub import StubBroker
 
-from adapters.settings import ConfigError, load_settings
+from bootstrap.settings import ConfigError, load_settings
 from schedules.jobs import Job, LocalTickGuard, build_jobs, fire
 from tests import services
 

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from adapters.settings import ConfigError, load_settings
+from bootstrap.settings import ConfigError, load_settings
 from tests import services
 
 
@@ -48,7 +48,7 @@ def test_bad_value_names_the_variable(monkeypatch, var, value):
 
 def test_cli_start_up_stops_with_one_line(tmp_path):
     env = services.subprocess_env(THUMBNAIL_QUALITY="300")
-    result = subprocess.run([sys.executable, "-m", "adapters.cli", "migrate"], env=env, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "entrypoints.cli", "migrate"], env=env, capture_output=True,
                             text=True, cwd=tmp_path, timeout=60)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

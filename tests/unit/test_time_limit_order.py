@@ -9,7 +9,7 @@ import dramatiq
 from dramatiq.middleware import Middleware, TimeLimit
 
 import middleware
-from middleware.dispatch import AtelierStubBroker
+from brokers.dispatch import AtelierStubBroker
 from tests.services import drain_stub
 
 

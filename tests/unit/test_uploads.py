@@ -5,9 +5,8 @@ import argparse
 
 import pytest
 
-from adapters.commands.uploads import parse_size
 from adapters.objectstore.minio import _IterReader
-from adapters.settings import ConfigError, load_settings
+from bootstrap.settings import ConfigError, load_settings
 from domain.errors import InvalidKey
 from domain.keys import validate_key
 from domain.models import Chunk
@@ -20,6 +19,7 @@ from domain.services.uploads import (
     missing_indexes,
     safe_filename,
 )
+from entrypoints.commands.uploads import parse_size
 
 UID = "0b5c3c1e-8f0e-4a9a-9d43-2f5a3f1f2d10"
 
@@ -86,8 +86,8 @@ def test_iter_reader_gives_exact_reads_and_counts():
 
 
 def test_collected_uploads_counter_is_exposed(monkeypatch):
-    from adapters.bootstrap import Container
     from adapters.metrics import InMemoryMetricsStore
+    from bootstrap import Container
 
     monkeypatch.delenv("REDIS_URL", raising=False)
     container = Container(load_settings(broker_url="stub://"))

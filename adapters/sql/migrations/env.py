@@ -4,11 +4,10 @@ from adapters.sql.engine import make_engine
 from adapters.sql.tables import metadata
 
 config = context.config
+# Set by adapters/sql/migrate.py (`atelier migrate`); there is no alembic.ini to read one from.
 url = config.attributes.get("database_url")
 if url is None:
-    from adapters.settings import get_settings
-
-    url = get_settings().database_url
+    raise SystemExit("migrations run through `atelier migrate`, which passes DATABASE_URL")
 
 
 def run_migrations_offline() -> None:

@@ -17,7 +17,7 @@ def _row(event: Any) -> dict[str, Any]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from adapters.bootstrap import get_container
+    from bootstrap import get_container
 
     relay = get_container().outbox_relay
     if args.dead:
@@ -38,7 +38,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from adapters.bootstrap import get_container
+    from bootstrap import get_container
     from domain.models import parse_id
 
     relay = get_container().outbox_relay
@@ -53,9 +53,10 @@ def cmd_relay(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from adapters.bootstrap import get_container
-    from adapters.relay_loop import RelayLoop
-    from adapters.settings import get_settings
+    import actors  # noqa: F401  (declares the subscriber actors on the broker the relay sends to)
+    from bootstrap import get_container
+    from bootstrap.settings import get_settings
+    from entrypoints.relay_loop import RelayLoop
 
     settings = get_settings()
     container = get_container()

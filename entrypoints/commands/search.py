@@ -21,7 +21,7 @@ def _print_hits(hits: list[Any], as_json: bool) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from adapters.bootstrap import get_container
+    from bootstrap import get_container
     from domain.models import parse_id
 
     given = [x is not None for x in (args.query, args.image, args.like)]
@@ -54,8 +54,8 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     (--inline does the same on any broker)."""
     from tqdm import tqdm
 
-    from adapters.bootstrap import get_container
-    from adapters.settings import get_settings
+    from bootstrap import get_container
+    from bootstrap.settings import get_settings
 
     container = get_container()
     ids = container.embeddings.reindex_candidates(owner=args.owner, created_from=args.since,

@@ -44,7 +44,7 @@ def _event_row(event: Any) -> dict[str, Any]:
 
 def _outbox_dead(args: argparse.Namespace) -> list[Any]:
     """Dead outbox events, filtered like letters (actor filters do not apply to events)."""
-    from adapters.bootstrap import get_container
+    from bootstrap import get_container
 
     if args.no_outbox or args.actor or getattr(args, "replayed", False):
         return []
@@ -55,7 +55,7 @@ def _outbox_dead(args: argparse.Namespace) -> list[Any]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from adapters.bootstrap import get_container
+    from bootstrap import get_container
 
     letters = get_container().dead_letters.list(limit=args.limit, **_filters(args))
     events = _outbox_dead(args)
@@ -78,7 +78,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from adapters.bootstrap import get_container
+    from bootstrap import get_container
     from domain.errors import NotFound
     from domain.models import parse_id
 
@@ -104,7 +104,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from adapters.bootstrap import get_container
+    import actors  # noqa: F401  (a replayed letter is sent with its actor's declared queue and options)
+    from bootstrap import get_container
     from domain.errors import NotFound
     from domain.models import parse_id
     from domain.services.deadletters import AlreadyReplayed
@@ -139,7 +140,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
-    from adapters.bootstrap import get_container
+    from bootstrap import get_container
     from domain.models import parse_id
 
     service = get_container().dead_letters

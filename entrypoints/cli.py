@@ -10,18 +10,18 @@ import time
 from pathlib import Path
 
 #: Modules that add their own subcommands: each has register(subparsers).
-COMMAND_MODULES: list[str] = ["adapters.commands.ops", "adapters.commands.outbox",
-                              "adapters.commands.uploads",  # --- uploads ---
-                              "adapters.commands.messages", "adapters.commands.mock_channels",  # messaging
-                              "adapters.commands.dlq",  # --- middleware ---
-                              "adapters.commands.search"]  # --- media: embeddings and search ---
+COMMAND_MODULES: list[str] = ["entrypoints.commands.ops", "entrypoints.commands.outbox",
+                              "entrypoints.commands.uploads",  # --- uploads ---
+                              "entrypoints.commands.messages", "entrypoints.commands.mock_channels",  # messaging
+                              "entrypoints.commands.dlq",  # --- middleware ---
+                              "entrypoints.commands.search"]  # --- media: embeddings and search ---
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from adapters.settings import get_settings
     from adapters.sql.migrate import upgrade
+    from bootstrap.settings import get_settings
 
     upgrade(get_settings().database_url)
     print("migrations applied")
@@ -34,7 +34,7 @@ def _demo_inputs(folder: str | None, workdir: Path) -> list[Path]:
         if not paths:
             raise SystemExit(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
         return paths
-    from adapters.samples import make_image
+    from entrypoints.samples import make_image
 
     gen = workdir / "generated"
     gen.mkdir(parents=True, exist_ok=True)
@@ -61,8 +61,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("QDRANT_PATH", str(workdir / "qdrant"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never a 600 MB download behind a demo's back
 
-    from adapters.settings import get_settings
     from adapters.sql.migrate import upgrade
+    from bootstrap.settings import get_settings
 
     settings = get_settings()
     upgrade(settings.database_url)
@@ -70,7 +70,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import dramatiq
 
     import actors
-    from adapters.bootstrap import get_container
+    from bootstrap import get_container
 
     inputs = _demo_inputs(args.folder, workdir)
     media = get_container().media
@@ -87,7 +87,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         actors.broker.join(actors.media.process_image.queue_name, fail_fast=False)
         worker.join()
         # --- media: embeddings and search ---
-        from adapters.commands.search import demo_embeddings
+        from entrypoints.commands.search import demo_embeddings
 
         embedding_report = demo_embeddings(actors.broker, get_container(), [i for _, i in sent])
         worker.join()
@@ -117,7 +117,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_images_add(args: argparse.Namespace) -> int:
     """Producer: store originals, record them PENDING, send process_image for each."""
     import actors
-    from adapters.bootstrap import get_container
+    from bootstrap import get_container
 
     media = get_container().media
     for name in args.files:
@@ -131,7 +131,7 @@ def cmd_images_add(args: argparse.Namespace) -> int:
 def cmd_images_show(args: argparse.Namespace) -> int:
     import json
 
-    from adapters.bootstrap import get_container
+    from bootstrap import get_container
     from domain.models import parse_id
 
     image = get_container().media.get_image(parse_id(args.image_id, "image id"))
@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from adapters.settings import ConfigError
+    from bootstrap.settings import ConfigError
     from domain.errors import DomainError
 
     args = build_parser().parse_args(argv)

@@ -18,7 +18,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Middleware, MiddlewareError
 
-from middleware.consumers import AtelierRabbitmqConsumer, AtelierRedisConsumer
+from brokers.consumers import AtelierRabbitmqConsumer, AtelierRedisConsumer
 
 Hook = Any  # a bound method
 
@@ -78,7 +78,7 @@ class HookTable:
 
 class AtelierRedisBroker(HookTable, RedisBroker):
     """Dramatiq's RedisBroker with table dispatch of middleware hooks; its consumers hand each
-    fetch to the middleware as one batch (middleware/consumers.py)."""
+    fetch to the middleware as one batch (brokers/consumers.py)."""
 
     @property
     def consumer_class(self) -> type[AtelierRedisConsumer]:
@@ -87,7 +87,7 @@ class AtelierRedisBroker(HookTable, RedisBroker):
 
 class AtelierRabbitmqBroker(HookTable, RabbitmqBroker):
     """Dramatiq's RabbitmqBroker with table dispatch of middleware hooks; its consumers hand each
-    fetch to the middleware as one batch and send acks in batches (middleware/consumers.py)."""
+    fetch to the middleware as one batch and send acks in batches (brokers/consumers.py)."""
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> AtelierRabbitmqConsumer:
         self.declare_queue(queue_name, ensure=True)

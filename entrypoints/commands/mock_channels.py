@@ -1,4 +1,4 @@
-"""`atelier mock-channels`: stand-in WhatsApp and Instagram APIs (see adapters/channels/mock.py)."""
+"""`atelier mock-channels`: stand-in WhatsApp and Instagram APIs (see entrypoints/devtools/mock_channels.py)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from typing import Any
 def cmd_mock_channels(args: argparse.Namespace) -> int:
     import structlog
 
-    from adapters.channels.mock import MockChannels, make_server
-    from adapters.logging import configure_logging
-    from adapters.settings import get_settings
+    from bootstrap.logging import configure_logging
+    from bootstrap.settings import get_settings
+    from entrypoints.devtools.mock_channels import MockChannels, make_server
 
     configure_logging(get_settings())
-    log = structlog.get_logger("adapters.channels.mock")
+    log = structlog.get_logger("entrypoints.devtools.mock_channels")
     mock = MockChannels(status_webhook=args.status_webhook, app_secret=args.app_secret)
     server = make_server(args.host, args.port, mock)
 

@@ -1,8 +1,10 @@
-"""The broker factory: BROKER_URL picks Redis, RabbitMQ or the in-process StubBroker."""
+"""The broker factory: BROKER_URL picks Redis, RabbitMQ or the in-process StubBroker, built with
+atelier's middleware stack, whose state ports come from the container."""
 
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -10,9 +12,9 @@ import dramatiq
 from dramatiq import Broker
 
 import middleware
-from adapters.settings import ConfigError, Settings
-from middleware.dispatch import AtelierRabbitmqBroker, AtelierRedisBroker, AtelierStubBroker
-from middleware.shutdown import RequeueUnfinished
+from bootstrap.settings import ConfigError, Settings
+from brokers.dispatch import AtelierRabbitmqBroker, AtelierRedisBroker, AtelierStubBroker
+from brokers.shutdown import RequeueUnfinished
 
 
 def _from_container(name: str) -> Callable[[], Any]:
@@ -20,7 +22,7 @@ def _from_container(name: str) -> Callable[[], Any]:
     broker connects to nothing)."""
 
     def get() -> Any:
-        from adapters.bootstrap import get_container
+        from bootstrap import get_container
 
         return getattr(get_container(), name)
 
@@ -65,6 +67,24 @@ def setup_broker(settings: Settings) -> Broker:
     broker = build_broker(settings)
     dramatiq.set_broker(broker)
     return broker
+
+
+_lock = threading.Lock()
+_broker: Broker | None = None
+
+
+def get_broker() -> Broker:
+    """The process's broker: built from the process settings on first use and made Dramatiq's
+    global broker, so the actors (declared when ``actors`` is imported) and the adapters that
+    enqueue (the outbox publisher, the dead-letter sender) share it. Building it connects to nothing."""
+    global _broker
+    if _broker is None:
+        with _lock:
+            if _broker is None:
+                from bootstrap.settings import get_settings
+
+                _broker = setup_broker(get_settings())
+    return _broker
 
 
 def queue(settings: Settings, name: str) -> str:

@@ -47,7 +47,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from adapters.channels.webhooks import sign
+from entrypoints.webhooks import sign
 
 log = logging.getLogger(__name__)
 

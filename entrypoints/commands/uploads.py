@@ -23,7 +23,7 @@ def parse_size(text: str) -> int:
 
 def cmd_create(args: argparse.Namespace) -> int:
     """Split a file into chunks, upload and register each, then send merge_upload."""
-    from adapters.bootstrap import get_container
+    from bootstrap import get_container
 
     path = Path(args.file)
     size = path.stat().st_size
@@ -74,7 +74,7 @@ def _show(service: Any, upload_id: str) -> dict[str, Any]:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from adapters.bootstrap import get_container
+    from bootstrap import get_container
     from domain.models import parse_id
 
     info = _show(get_container().uploads, parse_id(args.upload_id, "upload id"))
@@ -97,7 +97,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
         message = actors.uploads.collect_abandoned_uploads.send()
         print(f"sent collect_abandoned_uploads ({message.message_id})")
         return 0
-    from adapters.bootstrap import get_container
+    from bootstrap import get_container
 
     print(f"collected {get_container().uploads.collect_abandoned()} abandoned uploads")
     return 0

@@ -11,8 +11,8 @@ import sys
 
 import structlog
 
-from adapters.settings import Settings
-from middleware.logcontext import merge_message_context
+from bootstrap.settings import Settings
+from runtime import merge_message_context
 
 _configured = False
 

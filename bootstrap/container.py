@@ -11,7 +11,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from adapters.health import Check
-from adapters.settings import Settings, get_settings
+from bootstrap.settings import Settings, get_settings
 from domain.ports import MetricsStore, ObjectStore
 from domain.services.embeddings import EmbeddingService
 from domain.services.media import MediaService, ThumbnailSpec
@@ -36,7 +36,7 @@ class Container:
     @cached_property
     def uow(self):  # type: ignore[no-untyped-def]
         from adapters.sql.uow import uow_factory
-        from middleware.correlation import current_correlation_id
+        from runtime import current_correlation_id
 
         # Events inherit the running message's correlation id (or the producer's correlation_scope).
         return uow_factory(self.engine, current_correlation_id)
@@ -121,16 +121,16 @@ class Container:
 
     @cached_property
     def outbox_publisher(self):  # type: ignore[no-untyped-def]
-        import actors
         from adapters.outbox_publisher import DramatiqPublisher, events_channel
+        from bootstrap.broker import get_broker
 
         s = self.settings
-        return DramatiqPublisher(actors.broker, self.redis, channel=events_channel(s.queue_prefix),
+        return DramatiqPublisher(get_broker(), self.redis, channel=events_channel(s.queue_prefix),
                                  dedup_window=s.outbox_dedup_window)
 
     @cached_property
     def outbox_relay(self) -> OutboxRelay:
-        from actors.routing import ROUTES
+        from bootstrap.routing import ROUTES
 
         s = self.settings
         return OutboxRelay(self.uow, self.outbox_publisher, ROUTES, batch_size=s.outbox_batch_size,
@@ -201,10 +201,10 @@ class Container:
 
     @cached_property
     def message_sender(self):  # type: ignore[no-untyped-def]
-        import actors
         from adapters.sender import BrokerSender
+        from bootstrap.broker import get_broker
 
-        return BrokerSender(actors.broker)
+        return BrokerSender(get_broker())
 
     @cached_property
     def dead_letters(self):  # type: ignore[no-untyped-def]

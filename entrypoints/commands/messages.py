@@ -28,7 +28,7 @@ def _row(message: Any) -> dict[str, Any]:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from adapters.bootstrap import get_container
+    from bootstrap import get_container
 
     message, created = get_container().messaging.create(
         channel=args.channel, recipient=args.to, text=args.text, media_url=args.media_url, sender=args.sender,
@@ -38,7 +38,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from adapters.bootstrap import get_container
+    from bootstrap import get_container
     from domain.models import parse_id
 
     message = get_container().messaging.get(parse_id(args.message_id, "message id"))
@@ -48,12 +48,12 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_webhooks(args: argparse.Namespace) -> int:
     """Serve the channels' delivery-status webhooks until SIGTERM/SIGINT."""
-    from adapters.bootstrap import get_container
-    from adapters.channels.webhooks import WebhookApp
-    from adapters.logging import configure_logging
-    from adapters.ops import serve
-    from adapters.settings import get_settings
+    from bootstrap import get_container
+    from bootstrap.logging import configure_logging
+    from bootstrap.settings import get_settings
     from domain.models import MessageStatus
+    from entrypoints.ops import serve
+    from entrypoints.webhooks import WebhookApp
 
     settings = get_settings()
     configure_logging(settings)

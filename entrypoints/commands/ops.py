@@ -19,7 +19,7 @@ def build_app(settings, container, broker):  # type: ignore[no-untyped-def]
     from prometheus_client import CollectorRegistry
 
     from adapters.metrics import AtelierCollector
-    from adapters.ops import Auth, OpsApp, Readiness, rabbitmq_dashboard_page
+    from entrypoints.ops import Auth, OpsApp, Readiness, rabbitmq_dashboard_page
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(AtelierCollector(container.metrics_store, lambda: container.metrics))
@@ -27,7 +27,7 @@ def build_app(settings, container, broker):  # type: ignore[no-untyped-def]
     if settings.broker_kind == "redis":
         from dramatiq_dashboard import DashboardApp
 
-        from adapters.ops import DASHBOARD_PREFIX
+        from entrypoints.ops import DASHBOARD_PREFIX
 
         dashboard = DashboardApp(broker=broker, prefix=DASHBOARD_PREFIX)
     elif settings.broker_kind == "rabbitmq":
@@ -44,11 +44,11 @@ def cmd_ops(args: argparse.Namespace) -> int:
 
     # The actors package builds the broker and declares every actor, so the dashboard sees all queues.
     import actors
-    from adapters.bootstrap import get_container
-    from adapters.ops import serve
+    from bootstrap import get_container
+    from entrypoints.ops import serve
 
     settings = actors.settings
-    log = structlog.get_logger("adapters.ops")
+    log = structlog.get_logger("entrypoints.ops")
     if not (settings.ops_token or settings.ops_username) and args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("ops endpoints are open: set OPS_USERNAME and OPS_PASSWORD, or OPS_TOKEN", host=args.host)
     serve(build_app(settings, get_container(), actors.broker), args.host, args.port)

@@ -1,0 +1,45 @@
+"""Chat messaging: the channel APIs (Meta's by default; compose points them at the mock channels)."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator, model_validator
+
+from bootstrap.settings.base import Group, empty_is_unset
+
+
+class MessagingSettings(Group):
+    whatsapp_base_url: str = Field("https://graph.facebook.com/v21.0", description="WhatsApp Cloud API base URL.")
+    whatsapp_token: str | None = Field(None, description="WhatsApp Cloud API access token.")
+    whatsapp_phone_number_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]+$",
+                                                 description="The business phone number id messages are sent from.")
+    instagram_base_url: str = Field("https://graph.instagram.com/v21.0",
+                                    description="Instagram Messaging API base URL.")
+    instagram_token: str | None = Field(None, description="Instagram Messaging API access token.")
+    channel_timeout_s: float = Field(10.0, gt=0, le=300, description="Connect/read/write timeout of one channel call.")
+    message_send_lease_s: float = Field(
+        60.0, gt=0, description="How long a delivery stays claimed by the run sending it; a run that died mid-send "
+                                "blocks its delivery this long. Must exceed CHANNEL_TIMEOUT_S.")
+    channel_webhook_verify_token: str | None = Field(
+        None, description="Meta's webhook verification token (`atelier messages webhooks`).")
+    channel_webhook_secret: str | None = Field(
+        None, description="App secret that signs each webhook POST (X-Hub-Signature-256); unset = not checked.")
+
+    @field_validator("whatsapp_token", "whatsapp_phone_number_id", "instagram_token",
+                     "channel_webhook_verify_token", "channel_webhook_secret", mode="before")
+    @classmethod
+    def _messaging_empty_is_unset(cls, value: object) -> object:
+        return empty_is_unset(value)
+
+    @field_validator("whatsapp_base_url", "instagram_base_url")
+    @classmethod
+    def _check_channel_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_call(self) -> MessagingSettings:
+        if self.message_send_lease_s <= self.channel_timeout_s:
+            raise ValueError(f"MESSAGE_SEND_LEASE_S ({self.message_send_lease_s:g}) must be longer than "
+                             f"CHANNEL_TIMEOUT_S ({self.channel_timeout_s:g})")
+        return self
