@@ -6,11 +6,9 @@ batch whose data is a JSON array of event messages (the dicts subscribers receiv
 Every message carries the options of the message contract: ``dedup_key`` = "<event id>:<actor>"
 with ``dedup_window``, ``correlation_id`` from the event, and ``causation_id`` = the event id.
 
-On a Redis broker a batch is enqueued in one MULTI/EXEC transaction: per queue one HSET of the
-message bodies and one RPUSH of their ids (what RedisBroker.enqueue's Lua script does for one
-message), with the same before/after enqueue middleware hooks; one round trip for the batch
-instead of one per message, and all of it or none of it lands. Other brokers enqueue message by
-message (RabbitMQ with publisher confirms).
+A batch goes to the broker through brokers.batch.enqueue_batch: on Redis in one MULTI/EXEC
+transaction (all of it or none of it lands), elsewhere message by message (RabbitMQ with
+publisher confirms).
 """
 
 from __future__ import annotations
@@ -19,20 +17,16 @@ import json
 import logging
 from collections.abc import Sequence
 from typing import Any
-from uuid import uuid4
 
 import dramatiq
 import redis
 from dramatiq import Broker, Message
-from dramatiq.brokers.redis import RedisBroker
 
+from brokers.batch import BROKER_OUTAGE, enqueue_batch
 from domain.errors import TransientError
 from domain.models import Delivery, OutboxEvent
 
 log = logging.getLogger(__name__)
-
-_OUTAGE = (redis.ConnectionError, redis.TimeoutError, dramatiq.errors.ConnectionError, ConnectionError, OSError)
-
 
 def events_channel(queue_prefix: str) -> str:
     """The pub/sub channel published events are announced on."""
@@ -71,59 +65,13 @@ class DramatiqPublisher:
             except Exception as exc:  # e.g. arguments the encoder refuses
                 failures[d.event.id] = f"{type(exc).__name__}: {exc}"
         try:
-            if isinstance(self.broker, RedisBroker):
-                errors = self._enqueue_redis(messages)
-            else:
-                errors = self._enqueue_each(messages)
-        except _OUTAGE as exc:
+            errors = enqueue_batch(self.broker, messages)
+        except BROKER_OUTAGE as exc:
             raise TransientError(f"broker unavailable: {exc}") from exc
         for event_id, error in zip(owners, errors, strict=True):
             if error is not None:
                 failures.setdefault(event_id, error)
         return failures
-
-    def _enqueue_each(self, messages: Sequence[Message[Any]]) -> list[str | None]:
-        errors: list[str | None] = []
-        for message in messages:
-            try:
-                self.broker.enqueue(message)
-                errors.append(None)
-            except _OUTAGE:
-                raise
-            except Exception as exc:
-                errors.append(f"{type(exc).__name__}: {exc}")
-        return errors
-
-    def _enqueue_redis(self, messages: Sequence[Message[Any]]) -> list[str | None]:
-        """The whole batch in one MULTI/EXEC: per queue, one HSET of the message bodies and one RPUSH
-        of their ids, the layout RedisBroker's enqueue script writes one message at a time."""
-        broker: RedisBroker = self.broker  # type: ignore[assignment]
-        errors: list[str | None] = []
-        ready: list[Message[Any]] = []
-        for message in messages:
-            # As RedisBroker.enqueue: a fresh Redis-side id per enqueue.
-            message = message.copy(options={"redis_message_id": str(uuid4())})
-            try:
-                broker.emit_before("enqueue", message, None)
-            except Exception as exc:  # a middleware refused this message
-                errors.append(f"{type(exc).__name__}: {exc}")
-                continue
-            ready.append(message)
-            errors.append(None)
-        if not ready:
-            return errors
-        by_queue: dict[str, list[Message[Any]]] = {}
-        for message in ready:
-            by_queue.setdefault(message.queue_name, []).append(message)
-        pipe = broker.client.pipeline(transaction=True)
-        for queue_name, group in by_queue.items():
-            key = f"{broker.namespace}:{queue_name}"
-            pipe.hset(f"{key}.msgs", mapping={m.options["redis_message_id"]: m.encode() for m in group})
-            pipe.rpush(key, *(m.options["redis_message_id"] for m in group))
-        pipe.execute()
-        for message in ready:
-            broker.emit_after("enqueue", message, None)
-        return errors
 
     def notify(self, events: Sequence[OutboxEvent]) -> None:
         """One PUBLISH per relayed batch: a JSON array of the events' messages, in claim order."""

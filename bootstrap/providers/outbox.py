@@ -1,0 +1,47 @@
+"""The transactional outbox: the publisher and the relay, with the routing table."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from domain.services.outbox import OutboxRelay
+
+if TYPE_CHECKING:
+    from adapters.metrics import MetricSpec
+    from bootstrap.settings import Settings
+
+
+class OutboxProviders:
+    settings: Settings
+    uow: Any
+    redis: Any
+    engine: Any
+
+    @cached_property
+    def outbox_publisher(self):  # type: ignore[no-untyped-def]
+        from adapters.outbox_publisher import DramatiqPublisher, events_channel
+        from bootstrap.broker import get_broker
+
+        s = self.settings
+        return DramatiqPublisher(get_broker(), self.redis, channel=events_channel(s.queue_prefix),
+                                 dedup_window=s.outbox_dedup_window)
+
+    @cached_property
+    def outbox_relay(self) -> OutboxRelay:
+        from bootstrap.routing import ROUTES
+
+        s = self.settings
+        return OutboxRelay(self.uow, self.outbox_publisher, ROUTES, batch_size=s.outbox_batch_size,
+                           max_retries=s.outbox_max_retries, backoff_ms=s.outbox_backoff_ms)
+
+    def capability_metrics(self) -> list[MetricSpec]:
+        from adapters.metrics import MetricSpec
+        from adapters.sql.stats import outbox_backlog
+
+        return [
+            MetricSpec("atelier_outbox_pending_events", "gauge", "Outbox events not yet published.",
+                       lambda: outbox_backlog(self.engine)[0]),
+            MetricSpec("atelier_outbox_dead_events", "gauge", "Outbox events given up on.",
+                       lambda: outbox_backlog(self.engine)[1]),
+        ]

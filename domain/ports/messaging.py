@@ -1,0 +1,46 @@
+"""Chat messaging: the message repository and the channel gateways."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from domain.models import OutboundMessage, SendReceipt
+from domain.ports.common import UnitOfWork
+
+
+class MessageRepository(Protocol):
+    """Outbound messages with their per-channel deliveries, inside a unit of work."""
+
+    def add(self, message: OutboundMessage) -> bool:
+        """Insert the message (deliveries included); False, changing nothing, if its id exists."""
+        ...
+
+    def get(self, message_id: str) -> OutboundMessage | None: ...
+
+    def get_for_update(self, message_id: str) -> OutboundMessage | None:
+        """Load and lock the message row until the transaction ends (deliveries of one message
+        are then updated one transaction at a time)."""
+        ...
+
+    def save(self, message: OutboundMessage) -> None:
+        """Store the message's status and every delivery (inserting new ones)."""
+        ...
+
+    def find_by_provider_id(self, channel: str, provider_message_id: str) -> str | None:
+        """The id of the message whose delivery on ``channel`` the channel calls this."""
+        ...
+
+
+class MessagingUnitOfWork(UnitOfWork, Protocol):
+    messages: MessageRepository
+
+
+class ChannelGateway(Protocol):
+    """Sends one message on one chat channel.
+
+    Raises TransientError when retrying may help (5xx, timeout, connection error; 429 with
+    ``retry_after``), PermanentError when it cannot (other 4xx, a message the channel refuses).
+    ``idempotency_key`` is the same for every attempt of one delivery, for channels that dedup.
+    """
+
+    def send(self, message: OutboundMessage, idempotency_key: str) -> SendReceipt: ...
