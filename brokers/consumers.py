@@ -73,7 +73,7 @@ class FetchBatches:
 
 
 class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
-    """Dramatiq's Redis consumer, emitting "fetch" per fetch (its acks are already batched)."""
+    """Dramatiq's Redis consumer, emitting "fetch" per fetch."""
 
     def __init__(self, broker, queue_name, prefetch, timeout) -> None:
         super().__init__(broker, queue_name, prefetch, timeout)

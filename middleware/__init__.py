@@ -33,7 +33,7 @@ before_process_message hook stops the hooks after it (but every after_skip_messa
    exception against the circuit before anything else reacts. It counts only dependency failures
    (TransientError, timeouts, connection errors), never PermanentError.
 9. TimeLimit: Dramatiq's, last, so its alarm spans the actor alone: armed after every before-hook,
-   disarmed before any after-hook. Placed first (Dramatiq's default), an actor that finishes just
+   disarmed before any after-hook. Placed early (Dramatiq's default puts it third), an actor that finishes just
    under its limit could be interrupted inside our after-hooks (a dead letter or a dedup completion
    cut off half-way); the hooks' own I/O has its own timeouts.
 10. RequeueUnfinished (Redis broker only, appended by bootstrap/broker.py): after_worker_shutdown.
