@@ -25,12 +25,17 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from queue import Empty
 from typing import Any
 
 import pika.exceptions
-from dramatiq.brokers.rabbitmq import _RabbitmqConsumer
+from dramatiq import Message
+from dramatiq.brokers.rabbitmq import _RabbitmqConsumer, _RabbitmqMessage
 from dramatiq.brokers.redis import _RedisConsumer
-from dramatiq.errors import ConnectionClosed
+from dramatiq.brokers.stub import _StubConsumer, _StubMessageProxy
+from dramatiq.errors import ConnectionClosed, DecodeError
+
+from brokers.admission import admit, carrier, undecodable_letter
 
 
 class FetchBatches:
@@ -46,6 +51,10 @@ class FetchBatches:
         """Whether the next message is already here (no I/O to get it)."""
         raise NotImplementedError
 
+    def _receive(self) -> Any:
+        """The next delivery from the underlying consumer, or None."""
+        return super().__next__()  # type: ignore[misc]
+
     def __next__(self) -> Any:
         fetched = self._fetched
         if fetched:
@@ -53,20 +62,21 @@ class FetchBatches:
         if self._error is not None:
             error, self._error = self._error, None
             raise error
-        first = super().__next__()  # type: ignore[misc]
+        first = self._receive()
         if first is None:
             return None
-        batch = [first]
+        queue_name = self.queue_name  # type: ignore[attr-defined]
+        batch = [admit(self.broker, queue_name, first)]
         while self._waiting():
             try:
-                message = super().__next__()  # type: ignore[misc]
+                message = self._receive()
             except BaseException as exc:
                 # The server cancelled the consumer, a connection failed, a body did not decode
                 # (Redis raises): what came before is handed out first, as Dramatiq's would be.
                 self._error = exc
                 break
             if message is not None:
-                batch.append(message)
+                batch.append(admit(self.broker, queue_name, message))
         self.broker.emit_after("fetch", batch)
         fetched.extend(batch[1:])
         return first
@@ -97,6 +107,27 @@ class AtelierRabbitmqConsumer(FetchBatches, _RabbitmqConsumer):
 
     def _waiting(self) -> bool:
         return self.channel.get_waiting_message_count() > 0
+
+    def __next__(self) -> Any:
+        return FetchBatches.__next__(self)
+
+    def _receive(self) -> Any:
+        """Dramatiq's __next__, except that an undecodable body becomes a carrier of its dead
+        letter (raw bytes, delivery tag, queue, decode error) instead of going to the XQ alone."""
+        try:
+            method, properties, body = next(self.iterator)
+            if method is None:
+                return None
+        except (AssertionError, pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
+            raise ConnectionClosed(e) from None
+        try:
+            message = Message.decode(body)
+        except DecodeError as exc:
+            broker_id = properties.message_id if properties is not None and properties.message_id else None
+            letter = undecodable_letter(self.queue_name, body, broker_id or f"amqp-tag-{method.delivery_tag}", exc)
+            message = carrier(self.queue_name, letter)
+        self.known_tags.add(method.delivery_tag)
+        return _RabbitmqMessage(method.redelivered, method.delivery_tag, message)
 
     def ack(self, message) -> None:
         self._settle_later(message, True)
@@ -145,3 +176,24 @@ class AtelierRabbitmqConsumer(FetchBatches, _RabbitmqConsumer):
                 self.channel.basic_ack(tag)
             else:
                 self.channel.basic_nack(tag, requeue=False)
+
+
+class AtelierStubConsumer(_StubConsumer):
+    """Dramatiq's stub consumer, with admission as atelier's others: an undecodable body becomes
+    a carrier of its dead letter, every other delivery goes through ``admit``."""
+
+    def __init__(self, broker, queue_name, queue, dead_letters, timeout) -> None:
+        super().__init__(queue, dead_letters, timeout)
+        self.broker = broker
+        self.queue_name = queue_name
+
+    def __next__(self) -> Any:
+        try:
+            data = self.queue.get(timeout=self.timeout / 1000)
+        except Empty:
+            return None
+        try:
+            message = Message.decode(data)
+        except DecodeError as exc:
+            message = carrier(self.queue_name, undecodable_letter(self.queue_name, data, None, exc))
+        return admit(self.broker, self.queue_name, _StubMessageProxy(message))

@@ -16,9 +16,10 @@ from typing import Any
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.errors import QueueNotFound
 from dramatiq.middleware import Middleware, MiddlewareError
 
-from brokers.consumers import AtelierRabbitmqConsumer, AtelierRedisConsumer
+from brokers.consumers import AtelierRabbitmqConsumer, AtelierRedisConsumer, AtelierStubConsumer
 
 Hook = Any  # a bound method
 
@@ -95,4 +96,12 @@ class AtelierRabbitmqBroker(HookTable, RabbitmqBroker):
 
 
 class AtelierStubBroker(HookTable, StubBroker):
-    """Dramatiq's StubBroker with table dispatch of middleware hooks."""
+    """Dramatiq's StubBroker with table dispatch of middleware hooks; its consumers admit each
+    delivery as atelier's others do (brokers/admission.py)."""
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 100) -> AtelierStubConsumer:
+        try:
+            return AtelierStubConsumer(self, queue_name, self.queues[queue_name],
+                                       self.dead_letters_by_queue[queue_name], timeout)
+        except KeyError:
+            raise QueueNotFound(queue_name) from None

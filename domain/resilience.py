@@ -3,7 +3,11 @@ and dead letters. Pure data; the state machines live in the stores (atomic on Re
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import hashlib
+import json
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -69,7 +73,9 @@ class DeadLetter:
     error_type: str
     error: str
     traceback: str
-    reason: str  # permanent | retries_exhausted | retry_enqueue_failed | throws
+    # permanent | retries_exhausted | retry_enqueue_failed | not_retried | expired | invalid_arguments |
+    # invalid_options | invalid_message | unknown_actor | undecodable
+    reason: str
     attempts: int
     enqueued_at: datetime
     failed_at: datetime
@@ -104,3 +110,63 @@ class DeadLetter:
             correlation_id=data.get("correlation_id"), replayed_at=when(data.get("replayed_at")),
             replay_message_id=data.get("replay_message_id"),
         )
+
+
+#: Bounds of what a dead letter keeps, so that every store accepts every letter (column sizes,
+#: INTEGER, PostgreSQL's refusal of NUL characters and of NaN in JSON).
+LETTER_LIMITS = {"message_id": 64, "actor": 255, "queue": 255, "error_type": 255, "reason": 32,
+                 "correlation_id": 64, "error": 16_384, "traceback": 65_536}
+LETTER_JSON_LIMIT = 256 * 1024
+_INT32_MAX = 2**31 - 1
+
+
+def _clip(text: str, limit: int) -> str:
+    """``text`` without NUL characters, at most ``limit`` characters; a clipped text ends with a
+    hash of the whole, so two long texts with one prefix stay apart (message ids are unique keys)."""
+    text = text.replace("\x00", "")
+    if len(text) <= limit:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{text[:limit - 17]}~{digest}"
+
+
+def _json_safe(value: Any, depth: int = 0) -> Any:
+    """``value`` as JSON every store takes: non-finite floats and unknown objects as text, no NUL."""
+    if depth > 64:
+        return repr(value)[:1000]
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return value if -2**63 <= value < 2**63 else str(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, list | tuple):
+        return [_json_safe(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        return {_clip(str(k), 1000): _json_safe(v, depth + 1) for k, v in value.items()}
+    return repr(value)[:1000]
+
+
+def _json_bounded(value: Any, limit: int, wrap: type) -> Any:
+    safe = _json_safe(value)
+    text = json.dumps(safe, separators=(",", ":"), ensure_ascii=False)
+    if len(text) <= limit:
+        return safe
+    kept = {"truncated_from_chars": len(text), "head": text[:limit // 2]}
+    return [kept] if wrap is list else {"_truncated": kept}
+
+
+def bounded_letter(letter: DeadLetter) -> DeadLetter:
+    """``letter`` as every dead-letter store can keep it: texts clipped to their columns, counts in
+    INTEGER, arguments and options as finite JSON of at most LETTER_JSON_LIMIT characters."""
+    clipped = {name: _clip(str(getattr(letter, name)), limit) for name, limit in LETTER_LIMITS.items()
+               if getattr(letter, name) is not None}
+    return dataclasses.replace(
+        letter, **clipped,
+        attempts=max(0, min(int(letter.attempts), _INT32_MAX)),
+        args=_json_bounded(list(letter.args), LETTER_JSON_LIMIT, list),
+        kwargs=_json_bounded(dict(letter.kwargs), LETTER_JSON_LIMIT, dict),
+        options=_json_bounded(dict(letter.options), LETTER_JSON_LIMIT, dict),
+    )

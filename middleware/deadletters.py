@@ -13,10 +13,11 @@ from dramatiq.common import q_name
 from dramatiq.logging import get_logger
 from dramatiq.middleware import Middleware, SkipMessage
 
+from brokers.admission import CARRIER_ACTOR, Junk, letter_for
 from brokers.park import fresh_copy, park
 from domain.errors import PermanentError
 from domain.ports import DeadLetterStore, MetricsStore
-from domain.resilience import TRANSIENT_OPTIONS, DeadLetter
+from domain.resilience import TRANSIENT_OPTIONS, DeadLetter, bounded_letter
 
 #: Counter of dead letters written, labels (queue_name, actor_name, reason).
 DEAD_LETTERS = "atelier_dead_letters_total"
@@ -37,25 +38,36 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _enqueued_at(timestamp: Any) -> datetime:
+    try:
+        return datetime.fromtimestamp(int(timestamp) / 1000, UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return _now()
+
+
 def letter_of(broker: Broker, message: Message, exception: BaseException) -> DeadLetter:
-    """What the store keeps of a message that failed for good (after Retries had its say)."""
+    """What the store keeps of a message that failed for good (after Retries had its say),
+    bounded so that the store accepts it whatever the message held."""
     options = message.options
     # ClassifiedRetries says why it gave up; a message failed by anything else was not retried.
     reason = options.get("failed_because") or ("permanent" if isinstance(exception, PermanentError)
                                                else "not_retried")
     # Retries counts the attempt it just saw when it retries or gives up, not for permanent errors.
-    attempts = int(options.get("retries", 0)) + (0 if reason in ("retries_exhausted", "retry_enqueue_failed",
-                                                                 "expired") else 1)
+    retries = options.get("retries", 0)
+    retries = retries if isinstance(retries, int) else 0
+    attempts = retries + (0 if reason in ("retries_exhausted", "retry_enqueue_failed", "expired") else 1)
     error = str(exception)
     if reason == "retry_enqueue_failed":
         error = f"{error} (then the retry could not be enqueued: {options['retry_enqueue_error']})"
-    return DeadLetter(
+    args = message.args
+    kwargs = message.kwargs
+    return bounded_letter(DeadLetter(
         id=str(uuid.uuid4()),
-        message_id=message.message_id,
-        actor=message.actor_name,
-        queue=q_name(message.queue_name),
-        args=list(message.args),
-        kwargs=dict(message.kwargs),
+        message_id=str(message.message_id),
+        actor=str(message.actor_name),
+        queue=q_name(str(message.queue_name)),
+        args=list(args) if isinstance(args, list | tuple) else [args],
+        kwargs=dict(kwargs) if isinstance(kwargs, dict) else {"kwargs": kwargs},
         options={k: v for k, v in options.items() if k not in TRANSIENT_OPTIONS},
         error_type=f"{type(exception).__module__}.{type(exception).__qualname__}",
         error=error,
@@ -63,10 +75,10 @@ def letter_of(broker: Broker, message: Message, exception: BaseException) -> Dea
                                                      limit=30)),
         reason=reason,
         attempts=attempts,
-        enqueued_at=datetime.fromtimestamp(message.message_timestamp / 1000, UTC),
+        enqueued_at=_enqueued_at(message.message_timestamp),
         failed_at=_now(),
-        correlation_id=options.get("correlation_id"),
-    )
+        correlation_id=options.get("correlation_id") if isinstance(options.get("correlation_id"), str) else None,
+    ))
 
 
 class DeadLetters(Middleware):
@@ -143,6 +155,20 @@ class DeadLetters(Middleware):
         error = MessageExpired(f"not run: older than its max_age of {max_age} ms" if max_age
                                else "not run: failed by a middleware before it ran")
         self._write(broker, message, letter_of(broker, message, error), 0)
+
+    def before_nack(self, broker: Broker, message: Message) -> None:
+        """A message rejected without having run: a carrier made at admission (undecodable body,
+        arguments or options of the wrong shape, an actor this worker does not declare) writes its
+        letter here; a message for an undeclared actor that came another way gets one too.
+        Messages that ran and failed had their letter written after they ran."""
+        if message.actor_name == CARRIER_ACTOR:
+            pending = message.options.get("dead_letter")
+            if isinstance(pending, dict):
+                self._write_pending(broker, message, pending)
+            return
+        if message.actor_name not in broker.actors and "dead_letter" not in message.options:
+            junk = Junk("unknown_actor", f"no actor named {message.actor_name!r} is declared by this worker")
+            self._write(broker, message, letter_for(message.queue_name, message, junk), 0)
 
     def after_process_message(self, broker: Broker, message: Message, *, result=None, exception=None) -> None:
         if exception is None or not message.failed:

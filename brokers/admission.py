@@ -1,0 +1,193 @@
+"""Admission: every delivery a consumer hands on can be run, or is a carrier of its own dead letter.
+
+Producers that are not atelier's (plain Dramatiq, other languages, raw bodies written to the
+broker) can send what Dramatiq's worker cannot handle: a body that is not a message, arguments
+that are not a list, options of the wrong type, an actor this worker does not declare, a queue
+name that is not the queue it came from. Dramatiq drops some of those in its XQ alone, retries
+some for ever, and some kill a worker thread (a queue name it has no consumer for).
+
+atelier's consumers pass each delivery through ``admit`` before anything else sees it:
+- a queue name other than the queue it came from is set to that queue (the delivery must be
+  acknowledged to the consumer it came from);
+- anything that cannot run becomes a *carrier*: the same delivery (same broker id, same
+  acknowledgement), whose actor is ``CARRIER_ACTOR``, which no worker declares, and whose
+  ``dead_letter`` option holds the letter to write (reason, error, and what could be read of the
+  original: actor, arguments, options, or the raw body). The worker rejects a message for an
+  undeclared actor at once, without running any process hook (no dedup key, no breaker trial),
+  and the DeadLetters middleware writes the letter in ``before_nack``, as it does for every
+  message rejected without one (an actor unknown to this worker included).
+
+The checks are cheap (types and lengths, no I/O): they run on the consumer thread for every
+message. Whether the arguments fit the actor's signature is decided only when a call raises
+TypeError (middleware/retries.py), so a good message pays nothing for it.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import time
+import traceback
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from dramatiq import Broker, Message
+from dramatiq.common import q_name
+
+from domain.resilience import TRANSIENT_OPTIONS, DeadLetter, bounded_letter
+
+#: The actor name of a carrier: never declared, so the worker rejects it before it runs.
+CARRIER_ACTOR = "atelier.dead_letter_carrier"
+#: Raw bytes kept of an undecodable body.
+RAW_BODY_LIMIT = 64 * 1024
+
+#: Options Dramatiq or atelier read as numbers, and what each must be.
+_INT_OPTIONS = ("retries", "max_retries", "min_backoff", "max_backoff", "eta", "requeue_timestamp",
+                "dead_letter_attempts")
+_NUMBER_OPTIONS = ("max_age", "time_limit", "dedup_window", "retry_after_ms", "circuit_failure_threshold",
+                   "circuit_window", "circuit_reset_timeout", "circuit_half_open_trials")
+_STR_OPTIONS = ("correlation_id", "causation_id", "dedup_key", "circuit", "redis_message_id")
+#: Longest message id the dead-letter store keeps (adapters/sql/tables.py); longer ones cannot be
+#: acknowledged reliably everywhere either, so they are refused at the door.
+MAX_ID_LENGTH = 64
+_NAME_LIMIT = 256
+
+
+class Junk(Exception):
+    """What made a delivery a carrier; ``reason`` is the dead letter's reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and -2**63 <= value < 2**63
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and value == value and value not in (float("inf"),
+                                                                                            float("-inf"))
+
+
+def check(broker: Broker, message: Message) -> None:
+    """Raise Junk if ``message`` cannot be run by this worker as it is."""
+    if not isinstance(message.message_id, str) or not 0 < len(message.message_id) <= MAX_ID_LENGTH:
+        raise Junk("invalid_message", f"message_id must be a string of 1 to {MAX_ID_LENGTH} characters")
+    if not isinstance(message.actor_name, str) or not 0 < len(message.actor_name) <= _NAME_LIMIT:
+        raise Junk("invalid_message", "actor_name must be a non-empty string")
+    if not isinstance(message.queue_name, str):
+        raise Junk("invalid_message", "queue_name must be a string")
+    if not _is_int(message.message_timestamp) or message.message_timestamp < 0:
+        raise Junk("invalid_message", "message_timestamp must be a non-negative integer (epoch milliseconds)")
+    if not isinstance(message.args, list | tuple):
+        raise Junk("invalid_arguments", f"args must be a list, not {type(message.args).__name__}")
+    if not isinstance(message.kwargs, dict) or not all(isinstance(k, str) for k in message.kwargs):
+        raise Junk("invalid_arguments", "kwargs must be an object with string keys")
+    options = message.options
+    if not isinstance(options, dict):
+        raise Junk("invalid_options", f"options must be an object, not {type(options).__name__}")
+    for name in _INT_OPTIONS:
+        if name in options and not _is_int(options[name]):
+            raise Junk("invalid_options", f"option {name} must be an integer, not {options[name]!r:.80}")
+    for name in _NUMBER_OPTIONS:
+        if name in options and options[name] is not None and not _is_number(options[name]):
+            raise Junk("invalid_options", f"option {name} must be a finite number, not {options[name]!r:.80}")
+    for name in _STR_OPTIONS:
+        if name in options and options[name] is not None and not isinstance(options[name], str):
+            raise Junk("invalid_options", f"option {name} must be a string, not {options[name]!r:.80}")
+    if message.actor_name != CARRIER_ACTOR and message.actor_name not in broker.actors:
+        raise Junk("unknown_actor", f"no actor named {message.actor_name!r} is declared by this worker")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _enqueued_at(timestamp: Any) -> datetime:
+    try:
+        return datetime.fromtimestamp(int(timestamp) / 1000, UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return _now()
+
+
+def letter_for(queue_name: str, message: Message, junk: Junk) -> DeadLetter:
+    """The dead letter of a decoded message that cannot run: what could be read of it, kept."""
+    options = message.options if isinstance(message.options, dict) else {"options": message.options}
+    args = list(message.args) if isinstance(message.args, list | tuple) else [message.args]
+    kwargs = dict(message.kwargs) if isinstance(message.kwargs, dict) else {"kwargs": message.kwargs}
+    return bounded_letter(DeadLetter(
+        id=str(uuid.uuid4()),
+        message_id=str(message.message_id),
+        actor=str(message.actor_name),
+        queue=q_name(queue_name),
+        args=args,
+        kwargs=kwargs,
+        options={k: v for k, v in options.items() if k not in TRANSIENT_OPTIONS},
+        error_type=f"{__name__}.{type(junk).__qualname__}",
+        error=str(junk),
+        traceback="",
+        reason=junk.reason,
+        attempts=0,
+        enqueued_at=_enqueued_at(message.message_timestamp),
+        failed_at=_now(),
+        correlation_id=options.get("correlation_id") if isinstance(options.get("correlation_id"), str) else None,
+    ))
+
+
+def undecodable_letter(queue_name: str, body: bytes, broker_message_id: str | None,
+                       error: BaseException) -> DeadLetter:
+    """The dead letter of a body that is not a message: its raw bytes (at most RAW_BODY_LIMIT,
+    base64), the broker's id for it, the queue, and the decode error."""
+    raw = bytes(body or b"")
+    return bounded_letter(DeadLetter(
+        id=str(uuid.uuid4()),
+        message_id=str(broker_message_id or uuid.uuid4()),
+        actor="",
+        queue=q_name(queue_name),
+        args=[],
+        kwargs={},
+        options={"raw_body_base64": base64.b64encode(raw[:RAW_BODY_LIMIT]).decode(),
+                 "raw_body_bytes": len(raw), "broker_message_id": broker_message_id},
+        error_type=f"{type(error).__module__}.{type(error).__qualname__}",
+        error=f"undecodable body ({len(raw)} bytes): {error}",
+        traceback="".join(traceback.format_exception_only(type(error), error)),
+        reason="undecodable",
+        attempts=0,
+        enqueued_at=_now(),
+        failed_at=_now(),
+    ))
+
+
+def carrier(queue_name: str, letter: DeadLetter, *, message_id: str | None = None,
+            options: dict[str, Any] | None = None) -> Message:
+    """A message that only carries ``letter`` to the dead-letter store, on ``queue_name``."""
+    return Message(queue_name=queue_name, actor_name=CARRIER_ACTOR, args=(), kwargs={},
+                   options={**(options or {}), "dead_letter": letter.asdict()},
+                   message_id=message_id or str(uuid.uuid4()), message_timestamp=int(time.time() * 1000))
+
+
+def admit(broker: Broker, queue_name: str, proxy: Any) -> Any:
+    """The delivery ``proxy`` (a consumer's MessageProxy) as the worker may handle it: its message
+    put on ``queue_name`` if it named another queue, or replaced by a carrier of its dead letter.
+    Returns the same proxy."""
+    message: Message = proxy._message
+    if message.actor_name == CARRIER_ACTOR:
+        if message.queue_name != queue_name:
+            proxy._message = dataclasses.replace(message, queue_name=queue_name)
+        return proxy
+    try:
+        check(broker, message)
+    except Junk as junk:
+        letter = letter_for(queue_name, message, junk)
+        keep = {}
+        if isinstance(message.options, dict) and isinstance(message.options.get("redis_message_id"), str):
+            keep["redis_message_id"] = message.options["redis_message_id"]  # how Redis acks it
+        message_id = message.message_id if isinstance(message.message_id, str) and \
+            0 < len(message.message_id) <= MAX_ID_LENGTH else None
+        proxy._message = carrier(queue_name, letter, message_id=message_id, options=keep)
+        return proxy
+    if message.queue_name != queue_name:
+        proxy._message = dataclasses.replace(message, queue_name=queue_name)
+    return proxy
