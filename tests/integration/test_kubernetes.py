@@ -50,6 +50,21 @@ WORKER_GROUPS = {
 }
 DEPLOYMENTS = {*WORKER_GROUPS, "atelier-scheduler", "atelier-ops", "atelier-webhooks"}
 KEDA_KINDS = {"ScaledObject", "TriggerAuthentication"}
+#: KEDA 2.16's documented metadata of the two triggers (the CRD types it as a map of strings only):
+#: type -> (required, allowed). Values are numbers in strings.
+TRIGGER_METADATA = {
+    "redis": ({"listName", "listLength"},
+              {"address", "host", "port", "addressFromEnv", "hostFromEnv", "portFromEnv", "usernameFromEnv",
+               "passwordFromEnv", "listName", "listLength", "activationListLength", "enableTLS", "unsafeSsl",
+               "databaseIndex"}),
+    "rabbitmq": ({"queueName", "mode", "value"},
+                 {"host", "hostFromEnv", "usernameFromEnv", "passwordFromEnv", "protocol", "mode", "value",
+                  "activationValue", "queueName", "vhostName", "useRegex", "pageSize", "operation", "timeout",
+                  "excludeUnacknowledged", "unsafeSsl"}),
+}
+#: What a TriggerAuthentication may hand each trigger type (KEDA 2.16's docs).
+TRIGGER_AUTH_PARAMETERS = {"address", "host", "port", "username", "password", "tls", "ca", "cert", "key",
+                           "keyPassword"}
 #: resource.Quantity's syntax (k8s.io/apimachinery): 250m, 1, 1.5, 512Mi, 2G, 1e3.
 QUANTITY = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?(\d+(\.\d*)?|\.\d+))?")
 
@@ -241,7 +256,22 @@ def keda_problems(obj: dict) -> list[str]:
     except ValidationError as exc:
         return [f"{where}: {err['loc']}: {err['msg']}" for err in exc.errors()]
     back = model.model_dump(by_alias=True, exclude_unset=True, mode="json")
-    return [f"{where}: {path}: not in KEDA's schema, or of the wrong type" for path in differences(obj, back)]
+    problems = [f"{where}: {path}: not in KEDA's schema, or of the wrong type" for path in differences(obj, back)]
+    for trigger in obj["spec"].get("triggers", []):
+        if trigger["type"] not in TRIGGER_METADATA:
+            problems.append(f"{where}: trigger type {trigger['type']!r}: not one this test knows")
+            continue
+        required, allowed = TRIGGER_METADATA[trigger["type"]]
+        keys = set(trigger["metadata"])
+        problems += [f"{where}: {trigger['type']} trigger: missing {k}" for k in sorted(required - keys)]
+        problems += [f"{where}: {trigger['type']} trigger: unknown {k}" for k in sorted(keys - allowed)]
+        for key in ("listLength", "activationListLength", "databaseIndex", "value", "activationValue"):
+            if key in keys and not re.fullmatch(r"\d+(\.\d+)?", trigger["metadata"][key]):
+                problems.append(f"{where}: {key}: {trigger['metadata'][key]!r} is not a number")
+    for ref in obj["spec"].get("secretTargetRef", []):
+        if ref["parameter"] not in TRIGGER_AUTH_PARAMETERS:
+            problems.append(f"{where}: parameter {ref['parameter']!r}: not one KEDA's triggers take")
+    return problems
 
 
 def differences(a: Any, b: Any, path: str = "") -> list[str]:
@@ -381,6 +411,11 @@ def test_the_validators_refuse_broken_objects():
         broken = copy.deepcopy(scaled)
         broken["spec"].update(breakage)
         assert keda_problems(broken), breakage
+    for key, value in (("listLenght", "20"), ("listLength", "twenty")):  # a misspelt key, a word
+        broken = copy.deepcopy(scaled)
+        broken["spec"]["triggers"][0]["metadata"].pop("listLength")
+        broken["spec"]["triggers"][0]["metadata"][key] = value
+        assert keda_problems(broken), key
     auth = next(iter(named(objects, "TriggerAuthentication").values()))
     broken = copy.deepcopy(auth)
     broken["spec"]["secretTargetRef"][0]["secret"] = broken["spec"]["secretTargetRef"][0].pop("name")
