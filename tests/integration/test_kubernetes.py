@@ -32,8 +32,8 @@ import yaml
 from tests.services import ROOT, free_port, wait_for
 
 # The lead's layout move renames these two modules (bootstrap.settings, entrypoints.cli).
-SETTINGS_MODULE = "adapters.settings"
-CLI_MODULE = "adapters.cli"
+SETTINGS_MODULE = "bootstrap.settings"
+CLI_MODULE = "entrypoints.cli"
 
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = ("redis", "rabbitmq")
