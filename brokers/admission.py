@@ -43,8 +43,10 @@ CARRIER_ACTOR = "atelier.dead_letter_carrier"
 RAW_BODY_LIMIT = 64 * 1024
 
 #: Options Dramatiq or atelier read as numbers, and what each must be.
-_INT_OPTIONS = ("retries", "max_retries", "min_backoff", "max_backoff", "eta", "requeue_timestamp",
-                "dead_letter_attempts")
+_INT_OPTIONS = ("retries", "min_backoff", "max_backoff", "eta", "requeue_timestamp", "dead_letter_attempts",
+                "not_before")
+#: Integers that may also be None (Dramatiq: max_retries=None retries for ever).
+_OPTIONAL_INT_OPTIONS = ("max_retries",)
 _NUMBER_OPTIONS = ("max_age", "time_limit", "dedup_window", "retry_after_ms", "circuit_failure_threshold",
                    "circuit_window", "circuit_reset_timeout", "circuit_half_open_trials")
 _STR_OPTIONS = ("correlation_id", "causation_id", "dedup_key", "circuit", "redis_message_id")
@@ -91,6 +93,9 @@ def check(broker: Broker, message: Message) -> None:
     for name in _INT_OPTIONS:
         if name in options and not _is_int(options[name]):
             raise Junk("invalid_options", f"option {name} must be an integer, not {options[name]!r:.80}")
+    for name in _OPTIONAL_INT_OPTIONS:
+        if options.get(name) is not None and not _is_int(options[name]):
+            raise Junk("invalid_options", f"option {name} must be an integer or null, not {options[name]!r:.80}")
     for name in _NUMBER_OPTIONS:
         if name in options and options[name] is not None and not _is_number(options[name]):
             raise Junk("invalid_options", f"option {name} must be a finite number, not {options[name]!r:.80}")

@@ -100,6 +100,7 @@ class AtelierRabbitmqConsumer(FetchBatches, _RabbitmqConsumer):
     def __init__(self, broker, parameters, queue_name, prefetch, timeout) -> None:
         super().__init__(parameters, queue_name, prefetch, timeout)
         self.broker = broker
+        self.queue_name = queue_name  # Dramatiq's RabbitMQ consumer does not keep it
         self._init_batches()
         self._settle: deque[tuple[int, bool]] = deque()  # (delivery tag, ack?)
         self._scheduled = False

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import dramatiq.errors
+import redis
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
@@ -20,8 +22,29 @@ from dramatiq.errors import QueueNotFound
 from dramatiq.middleware import Middleware, MiddlewareError
 
 from brokers.consumers import AtelierRabbitmqConsumer, AtelierRedisConsumer, AtelierStubConsumer
+from domain.errors import PermanentError, TransientError
 
 Hook = Any  # a bound method
+
+#: A hook that failed with one of these met a dependency that did not answer: worth a retry.
+_DEPENDENCY_FAILURES = (TransientError, ConnectionError, TimeoutError, OSError, redis.RedisError,
+                        dramatiq.errors.ConnectionError)
+
+
+class MiddlewareRefused(PermanentError):
+    """A middleware could not prepare the message (its before_process_message raised): the
+    message cannot run as it is, so it is not retried. Its dead letter's reason is
+    ``middleware_error``."""
+
+    reason = "middleware_error"
+
+
+def hook_failure(middleware: Middleware, exc: Exception) -> Exception:
+    """What a message fails with when ``middleware``'s before_process_message raised ``exc``."""
+    where = f"{type(middleware).__name__}.before_process_message"
+    if isinstance(exc, _DEPENDENCY_FAILURES):
+        return TransientError(f"{where} could not reach a dependency: {type(exc).__name__}: {exc}")
+    return MiddlewareRefused(f"{where} refused the message: {type(exc).__name__}: {exc}")
 
 
 def implements(middleware: Middleware, name: str) -> bool:
@@ -64,7 +87,13 @@ class HookTable:
                 hook(self, *args, **kwargs)
             except MiddlewareError:
                 raise
-            except Exception:
+            except Exception as exc:
+                if signal == "process_message":
+                    # Dramatiq logs and goes on: the message would run without the protection the
+                    # hook gives (a dedup key callable failing on its arguments, say). It fails
+                    # instead, through the worker's own path: retried if a dependency failed,
+                    # dead-lettered at once otherwise.
+                    raise hook_failure(middleware, exc) from exc
                 self.logger.critical("Unexpected failure in %s of %r.", "before_" + signal, middleware,
                                      exc_info=True)
 

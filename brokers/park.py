@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from dramatiq import Broker, Message
@@ -28,5 +29,5 @@ def fresh_copy(message: Any, **options: Any) -> Message:
 def park(broker: Broker, message: Any, delay_ms: int) -> None:
     """Enqueue the same message (same id, same retry count) on its queue after ``delay_ms``.
     Raises what the broker raises; the caller decides what a failed park means."""
-    delay = max(1, min(int(delay_ms), MAX_DELAY_MS))
+    delay = MAX_DELAY_MS if not math.isfinite(delay_ms) else max(1, min(int(delay_ms), MAX_DELAY_MS))
     broker.enqueue(fresh_copy(message), delay=delay)

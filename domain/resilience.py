@@ -15,7 +15,8 @@ from typing import Any
 #: Options that describe one delivery, not the message: dead letters do not store them and a
 #: replay never sends them.
 TRANSIENT_OPTIONS = frozenset({"traceback", "redis_message_id", "eta", "requeue_timestamp", "dead_letter",
-                               "dead_letter_attempts", "retry_enqueue_error", "failed_because"})
+                               "dead_letter_attempts", "retry_enqueue_error", "failed_because",
+                               "failed_detail", "not_before"})
 
 
 class DedupOutcome(enum.StrEnum):

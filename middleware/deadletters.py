@@ -57,6 +57,8 @@ def letter_of(broker: Broker, message: Message, exception: BaseException) -> Dea
     retries = retries if isinstance(retries, int) else 0
     attempts = retries + (0 if reason in ("retries_exhausted", "retry_enqueue_failed", "expired") else 1)
     error = str(exception)
+    if options.get("failed_detail"):
+        error = str(options["failed_detail"])
     if reason == "retry_enqueue_failed":
         error = f"{error} (then the retry could not be enqueued: {options['retry_enqueue_error']})"
     args = message.args

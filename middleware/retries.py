@@ -2,10 +2,47 @@
 
 from __future__ import annotations
 
-from dramatiq import Broker, Message, Retry
-from dramatiq.middleware import Retries
+import inspect
+import math
+import time
+from typing import Any
 
+from dramatiq import Broker, Message, Retry
+from dramatiq.middleware import Retries, SkipMessage
+
+from brokers.park import MAX_DELAY_MS, park
 from domain.errors import PermanentError, TransientError
+
+#: The longest wait a dependency's Retry-After is honoured for; longer (or an HTTP date in year
+#: 9999) is cut to this. A wait past MAX_DELAY_MS is served in parks of at most MAX_DELAY_MS.
+RETRY_AFTER_MAX_MS = 24 * 3600 * 1000
+
+
+def retry_after_ms(seconds: Any) -> int | None:
+    """A dependency's Retry-After in milliseconds within [0, RETRY_AFTER_MAX_MS]; None when it is
+    not a finite number (the ordinary backoff applies)."""
+    try:
+        value = float(seconds)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(value):
+        return None
+    return int(min(max(value, 0.0) * 1000, RETRY_AFTER_MAX_MS))
+
+
+def signature_mismatch(broker: Broker, message: Message) -> str | None:
+    """Why the message's arguments cannot be passed to its actor, or None when they can."""
+    try:
+        actor = broker.get_actor(message.actor_name)
+        signature = inspect.signature(actor.fn)
+    except Exception:
+        return None
+    try:
+        signature.bind(*message.args, **message.kwargs)
+    except TypeError as exc:
+        return (f"{message.actor_name}{signature} cannot take args={list(message.args)!r:.200} "
+                f"kwargs={dict(message.kwargs)!r:.200}: {exc}")
+    return None
 
 
 class ClassifiedRetries(Retries):
@@ -18,25 +55,63 @@ class ClassifiedRetries(Retries):
     Parameters are Retries' own: max_retries, min_backoff, max_backoff (milliseconds),
     retry_when; all can be set per actor.
 
+    A TypeError raised because the message's arguments do not fit the actor's signature (wrong
+    count, unknown keyword) can never succeed: it fails at once, reason ``invalid_arguments``.
+    A PermanentError carrying a ``reason`` attribute gives that reason to its dead letter.
+
+    Retry-After waits are bounded: non-finite values fall back to the backoff, anything longer
+    than RETRY_AFTER_MAX_MS is cut to it, and a wait longer than one park (MAX_DELAY_MS, kept
+    under RabbitMQ's consumer_timeout) is served in several: the message carries ``not_before``
+    and is parked again, without running, until then.
+
     A retry whose re-enqueue fails (broker unreachable) is not acknowledged and lost, as Dramatiq
     1.x's Retries does (its issue 545: the exception is swallowed by the hook machinery and the
     message acked): the message is failed instead, with ``retry_enqueue_error`` in its options,
     for the dead-letter middleware to store.
     """
 
+    def before_process_message(self, broker: Broker, message: Message) -> None:
+        not_before = message.options.get("not_before")
+        if not_before is None:
+            return
+        wait = not_before - int(time.time() * 1000)
+        if wait <= 0:
+            return
+        try:
+            park(broker, message, wait)
+        except Exception:  # running early costs one more refusal by the dependency; losing it is worse
+            self.logger.warning("Could not park message %r until its Retry-After; running it now.",
+                                message.message_id, exc_info=True)
+            return
+        raise SkipMessage(f"parked again: the dependency asked to wait {wait} ms more")
+
     def after_process_message(self, broker: Broker, message: Message, *, result=None, exception=None) -> None:
         if isinstance(exception, PermanentError):
             self.logger.warning(
                 "Permanent failure of message %r, not retried: %s", message.message_id, exception
             )
-            message.options["failed_because"] = "permanent"
+            message.options["failed_because"] = str(getattr(exception, "reason", None) or "permanent")
             message.fail()
             return
         if exception is None:
             return
+        if isinstance(exception, TypeError):
+            mismatch = signature_mismatch(broker, message)
+            if mismatch is not None:
+                self.logger.warning("Message %r does not fit its actor, not retried: %s", message.message_id,
+                                    mismatch)
+                message.options["failed_because"] = "invalid_arguments"
+                message.options["failed_detail"] = mismatch
+                message.fail()
+                return
         if isinstance(exception, TransientError) and exception.retry_after is not None:
-            # Retries takes a Retry's delay as given: the dependency said when to come back.
-            exception = Retry(str(exception), delay=int(exception.retry_after * 1000))
+            wait = retry_after_ms(exception.retry_after)
+            if wait is not None:
+                # Retries takes a Retry's delay as given: the dependency said when to come back.
+                delay = min(wait, MAX_DELAY_MS)
+                if wait > delay:
+                    message.options["not_before"] = int(time.time() * 1000) + wait
+                exception = Retry(str(exception), delay=max(delay, 1))
         try:
             super().after_process_message(broker, message, result=result, exception=exception)
             if message.failed:

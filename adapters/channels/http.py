@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import math
 import time
 from typing import Any
 
@@ -33,20 +34,26 @@ log = logging.getLogger(__name__)
 MESSAGE_ID_HEADER = "X-Atelier-Message-Id"
 
 
+#: The longest Retry-After taken from a channel (a day); the retry middleware bounds it again.
+RETRY_AFTER_MAX_S = 86_400.0
+
+
 def parse_retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds: delta-seconds or an HTTP date; None when absent or unreadable."""
+    """Retry-After as seconds in [0, RETRY_AFTER_MAX_S]: delta-seconds or an HTTP date; None when
+    absent, unreadable or not a finite number (``inf``, ``1e400``, ``nan``)."""
     if not value:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, OverflowError, IndexError):
+            return None
+    if not math.isfinite(seconds):
         return None
-    return max(0.0, when.timestamp() - time.time())
+    return min(max(0.0, seconds), RETRY_AFTER_MAX_S)
 
 
 def _error_text(response: httpx.Response) -> str:

@@ -5,6 +5,7 @@ nothing queued is lost when the consumer closes."""
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import threading
 from collections import Counter
@@ -18,6 +19,7 @@ from dramatiq.errors import DecodeError
 from dramatiq.middleware import Middleware, Retries
 
 from adapters.state.redis import RedisDedupStore
+from brokers.admission import CARRIER_ACTOR
 from brokers.consumers import AtelierRabbitmqConsumer
 from brokers.dispatch import AtelierRabbitmqBroker, AtelierRedisBroker
 from middleware.dedup import Dedup
@@ -162,15 +164,27 @@ def test_a_wake_up_that_fails_does_not_hold_back_later_acks(broker: AtelierRabbi
     services.wait_for(lambda: counts(broker, queue) == (0, 0), timeout=10, message="both acked")
 
 
-def test_an_undecodable_body_is_dead_lettered(broker: AtelierRabbitmqBroker) -> None:
+def test_an_undecodable_body_becomes_a_carrier_of_its_dead_letter(broker: AtelierRabbitmqBroker) -> None:
+    """Dramatiq's consumer puts a body it cannot decode in the XQ alone; atelier's hands it on as a
+    carrier of its dead letter (raw bytes, queue, decode error), which the worker rejects to the XQ
+    after DeadLetters has written the letter."""
     queue = new_queue(broker)
     consumer = broker.consume(queue, prefetch=1, timeout=100)  # declares the queue and its XQ
-    broker.channel.basic_publish(exchange="", routing_key=queue, body=b"not a dramatiq message")
+    body = b"not a dramatiq message \xff"
+    broker.channel.basic_publish(exchange="", routing_key=queue, body=body)
     try:
-        for _ in range(50):
-            assert next(consumer) is None
+        message = services.wait_for(lambda: next(consumer), timeout=10, message="the body handed on")
+        assert message.actor_name == CARRIER_ACTOR
+        assert message.queue_name == queue
+        letter = message.options["dead_letter"]
+        assert letter["reason"] == "undecodable" and letter["queue"] == queue
+        assert base64.b64decode(letter["options"]["raw_body_base64"]) == body
+        assert "undecodable body (24 bytes)" in letter["error"]
+        consumer.nack(message)
+        for _ in range(20):
             if counts(broker, queue) == (0, 1):
                 break
+            assert next(consumer) is None
     finally:
         consumer.close()
     services.wait_for(lambda: counts(broker, queue) == (0, 1), timeout=10, message="the body in the XQ")

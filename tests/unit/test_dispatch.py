@@ -2,11 +2,14 @@
 
 import dramatiq
 import pytest
+import redis
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Middleware, SkipMessage
 
 import middleware
-from brokers.dispatch import AtelierStubBroker, implements
+from brokers.dispatch import AtelierStubBroker, MiddlewareRefused, hook_failure, implements
+from domain.errors import TransientError
+from middleware.retries import ClassifiedRetries
 from tests.services import drain_stub
 
 
@@ -50,15 +53,44 @@ def test_hooks_run_in_the_same_order_as_with_dramatiqs_dispatch():
     assert ours == theirs == [("before", "a"), ("before", "b"), ("actor",), ("after", "b", 7), ("after", "a", 7)]
 
 
-def test_a_failing_hook_is_logged_and_the_rest_still_run_and_skipmessage_stops_the_before_hooks(caplog):
+def test_a_failing_process_hook_fails_the_message_and_skipmessage_stops_the_before_hooks():
+    """Dramatiq logs a failing before_process_message and runs the message without what the hook
+    gives; atelier fails the message instead (permanent, unless a dependency did not answer), and
+    every after-hook still runs."""
     calls = []
-    run_one(AtelierStubBroker, [Recorder("a", calls, fail=ValueError("boom")), Recorder("b", calls)], calls)
-    assert calls[:3] == [("before", "a"), ("before", "b"), ("actor",)]
-    assert "Unexpected failure in before_process_message" in caplog.text
+    retries = ClassifiedRetries(max_retries=3)
+    broker = run_one(AtelierStubBroker, [Recorder("a", calls, fail=ValueError("boom")), Recorder("b", calls), retries],
+                     calls)
+    assert calls == [("before", "a"), ("after", "b", None), ("after", "a", None)]
+    (failed,) = broker.dead_letters  # at once: not retried
+    assert failed.options["failed_because"] == "middleware_error" and failed.options.get("retries", 0) == 0
+
+    assert isinstance(hook_failure(Recorder("x", []), ConnectionRefusedError("down")), TransientError)
+    assert isinstance(hook_failure(Recorder("x", []), redis.ConnectionError("down")), TransientError)
+    assert isinstance(hook_failure(Recorder("x", []), TypeError("bad key")), MiddlewareRefused)
 
     calls = []
     run_one(AtelierStubBroker, [Recorder("a", calls, fail=SkipMessage("no")), Recorder("b", calls)], calls)
     assert ("actor",) not in calls and ("before", "b") not in calls
+
+
+def test_a_failing_hook_of_another_signal_is_logged_and_the_rest_still_run(caplog):
+    calls = []
+    broker = AtelierStubBroker(middleware=[])
+
+    class FailingAck(Middleware):
+        def before_ack(self, broker, message):
+            raise ValueError("boom")
+
+    class Ack(Middleware):
+        def before_ack(self, broker, message):
+            calls.append("second")
+
+    broker.add_middleware(FailingAck())
+    broker.add_middleware(Ack())
+    broker.emit_before("ack", None)
+    assert calls == ["second"]
+    assert "Unexpected failure in before_ack" in caplog.text
 
 
 def test_the_table_follows_changes_to_the_middleware_list():
