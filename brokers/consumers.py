@@ -29,13 +29,12 @@ from queue import Empty
 from typing import Any
 
 import pika.exceptions
-from dramatiq import Message
 from dramatiq.brokers.rabbitmq import _RabbitmqConsumer, _RabbitmqMessage
 from dramatiq.brokers.redis import _RedisConsumer
 from dramatiq.brokers.stub import _StubConsumer, _StubMessageProxy
-from dramatiq.errors import ConnectionClosed, DecodeError
+from dramatiq.errors import ConnectionClosed
 
-from brokers.admission import admit, carrier, undecodable_letter
+from brokers.admission import admit, decode
 
 
 class FetchBatches:
@@ -121,12 +120,8 @@ class AtelierRabbitmqConsumer(FetchBatches, _RabbitmqConsumer):
                 return None
         except (AssertionError, pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
             raise ConnectionClosed(e) from None
-        try:
-            message = Message.decode(body)
-        except DecodeError as exc:
-            broker_id = properties.message_id if properties is not None and properties.message_id else None
-            letter = undecodable_letter(self.queue_name, body, broker_id or f"amqp-tag-{method.delivery_tag}", exc)
-            message = carrier(self.queue_name, letter)
+        broker_id = properties.message_id if properties is not None and properties.message_id else None
+        message = decode(self.queue_name, body, broker_id or f"amqp-tag-{method.delivery_tag}")
         self.known_tags.add(method.delivery_tag)
         return _RabbitmqMessage(method.redelivered, method.delivery_tag, message)
 
@@ -193,8 +188,5 @@ class AtelierStubConsumer(_StubConsumer):
             data = self.queue.get(timeout=self.timeout / 1000)
         except Empty:
             return None
-        try:
-            message = Message.decode(data)
-        except DecodeError as exc:
-            message = carrier(self.queue_name, undecodable_letter(self.queue_name, data, None, exc))
+        message = decode(self.queue_name, data)
         return admit(self.broker, self.queue_name, _StubMessageProxy(message))

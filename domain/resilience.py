@@ -121,10 +121,15 @@ LETTER_JSON_LIMIT = 256 * 1024
 _INT32_MAX = 2**31 - 1
 
 
+def _text(text: str) -> str:
+    """Without NUL characters and lone surrogates (JSON can carry both; PostgreSQL takes neither)."""
+    return text.replace("\x00", "").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _clip(text: str, limit: int) -> str:
     """``text`` without NUL characters, at most ``limit`` characters; a clipped text ends with a
     hash of the whole, so two long texts with one prefix stay apart (message ids are unique keys)."""
-    text = text.replace("\x00", "")
+    text = _text(text)
     if len(text) <= limit:
         return text
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
@@ -136,7 +141,7 @@ def _json_safe(value: Any, depth: int = 0) -> Any:
     if depth > 64:
         return repr(value)[:1000]
     if isinstance(value, str):
-        return value.replace("\x00", "")
+        return _text(value)
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int):

@@ -40,7 +40,10 @@ def signature_mismatch(broker: Broker, message: Message) -> str | None:
     try:
         signature.bind(*message.args, **message.kwargs)
     except TypeError as exc:
-        return (f"{message.actor_name}{signature} cannot take args={list(message.args)!r:.200} "
+        shown = signature.replace(parameters=[p.replace(annotation=inspect.Parameter.empty)
+                                              for p in signature.parameters.values()],
+                                  return_annotation=inspect.Signature.empty)
+        return (f"{message.actor_name}{shown} cannot take args={list(message.args)!r:.200} "
                 f"kwargs={dict(message.kwargs)!r:.200}: {exc}")
     return None
 

@@ -4,15 +4,12 @@ StubBroker, with the in-memory state adapters, wired the way bootstrap/broker.py
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 
 import dramatiq
 import pytest
 import structlog
-from dramatiq.brokers.stub import StubBroker
 
 import middleware
-from adapters.metrics import InMemoryMetricsStore
 from adapters.sender import BrokerSender
 from adapters.state.memory import InMemoryBreakerStore, InMemoryDedupStore, InMemoryFallbackQueue
 from brokers.dispatch import AtelierStubBroker
@@ -21,49 +18,9 @@ from domain.errors import InvalidPayload, TransientError
 from domain.resilience import BreakerPolicy, CircuitState
 from domain.services.deadletters import AlreadyReplayed, DeadLetterService
 from domain.services.fallback import FallbackDrainer
-from middleware.metrics import Metrics
 from runtime import correlation_scope, message_context
 from tests.services import drain_stub, wait_for
-from tests.unit.fakes import FakeDeadLetterStore
-
-
-@dataclass
-class Stack:
-    broker: StubBroker
-    worker: dramatiq.Worker
-    metrics: InMemoryMetricsStore
-    dedup: InMemoryDedupStore
-    breakers: InMemoryBreakerStore
-    fallback: InMemoryFallbackQueue
-    letters: FakeDeadLetterStore
-
-    def join(self, queue: str = "q") -> None:
-        self.broker.join(queue, fail_fast=False)
-        self.worker.join()
-
-    def count(self, name: str) -> dict:
-        next(m for m in self.broker.middleware if isinstance(m, Metrics)).flush()
-        return self.metrics.read(name)
-
-
-POLICY = BreakerPolicy(failure_threshold=3, window_ms=60_000, reset_timeout_ms=300, half_open_trials=1)
-
-
-@pytest.fixture
-def stack():
-    s = Stack(None, None, InMemoryMetricsStore(), InMemoryDedupStore(), InMemoryBreakerStore(),  # type: ignore[arg-type]
-              InMemoryFallbackQueue(), FakeDeadLetterStore())
-    s.broker = AtelierStubBroker(middleware=middleware.build_stack(
-        max_retries=2, min_backoff_ms=1, max_backoff_ms=20, metrics_store=lambda: s.metrics,
-        dedup_store=lambda: s.dedup, breaker_store=lambda: s.breakers, fallback_queue=lambda: s.fallback,
-        breaker_policy=POLICY, dead_letter_store=lambda: s.letters))
-    s.broker.emit_after("process_boot")
-    s.worker = dramatiq.Worker(s.broker, worker_threads=2, worker_timeout=20)
-    s.worker.start()
-    yield s
-    s.worker.stop()
-    s.broker.close()
-
+from tests.unit.stack import POLICY
 
 # --- correlation ids ---
 
