@@ -8,6 +8,7 @@ reducing_gap, which lets Pillow shrink by whole factors before the final filter.
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +25,78 @@ _EXIF_IFD = 0x8769
 _GPS_IFD = 0x8825
 _ROTATED = {5, 6, 7, 8}
 REDUCING_GAP = 3.0
+
+
+def _declared_bits(im: Image.Image) -> int | None:
+    """Bits per sample the file declares, where Pillow keeps it (TIFF's BitsPerSample)."""
+    tags = getattr(im, "tag_v2", None)
+    bits = tags.get(258) if tags is not None else None
+    if isinstance(bits, tuple):
+        bits = bits[0] if bits else None
+    return int(bits) if isinstance(bits, int) and bits > 0 else None
+
+
+def _scaled_to_l(im: Image.Image, white: float) -> Image.Image:
+    """A one-band integer or float image scaled so that ``white`` is 255, rounded, clipped."""
+    if im.mode != "F":
+        im = im.convert("I")
+    return im.point(lambda v: v * (255.0 / white) + 0.5).convert("L")
+
+
+def _float_white(im: Image.Image) -> float:
+    # A float image declares no range: 0..1 is the usual convention (TIFF, HDR tools); Pillow's own
+    # float images are 0..255. Take the smallest usual range that holds the image's largest value.
+    high = im.getextrema()[1]
+    if not math.isfinite(high):  # NaN or infinity: the usual range, clipped
+        return 1.0
+    for white in (1.0, 255.0, 65535.0):
+        if high <= white:
+            return white
+    return float(high)
+
+
+def _int_white(im: Image.Image) -> float:
+    bits = _declared_bits(im)
+    if bits in (8, 16, 32):
+        return float(2**31 - 1 if bits == 32 else 2**bits - 1)  # Pillow's "I" is signed 32-bit
+    return 65535.0 if im.getextrema()[1] <= 65535 else float(2**31 - 1)
+
+
+def to_8bit(im: Image.Image, *, source_format: str | None = None) -> Image.Image:
+    """Bring any Pillow mode to 8 bits per sample, keeping tones and alpha.
+
+    The result is L, LA, RGB, RGBA or CMYK (colour conversion comes after, see to_rgb). Pillow's
+    own ``convert`` clips 16- and 32-bit samples at 255 (a dark 16-bit grey becomes white), so
+    those are scaled: 16-bit by 65535, 32-bit integers by the file's declared depth, floats by
+    the range their values fit (0..1 usually).
+    """
+    mode = im.mode
+    if mode in ("L", "LA", "RGB", "RGBA", "CMYK"):
+        if mode == "CMYK" and source_format == "JPEG" and "adobe" not in im.info:
+            # Pillow reads every CMYK JPEG as Photoshop writes them (inverted, with an Adobe
+            # APP14 marker). Without the marker the samples are stored plain: undo the inversion.
+            im = im.point(lambda v: 255 - v)
+        return im
+    if mode == "1":
+        return im.convert("L")
+    if mode.startswith("I;16"):
+        return _scaled_to_l(im, 65535.0)
+    if mode == "I":
+        return _scaled_to_l(im, _int_white(im))
+    if mode == "F":
+        return _scaled_to_l(im, _float_white(im))
+    if mode == "P":
+        return im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if mode in ("PA", "RGBa", "La"):
+        return im.convert("RGBA" if mode != "La" else "LA")
+    return im.convert("RGB")  # RGBX, YCbCr, HSV, LAB and the rest Pillow can convert
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """An 8-bit image (see to_8bit) as RGB or RGBA, the modes the thumbnails are made from."""
+    if im.mode in ("RGB", "RGBA"):
+        return im
+    return im.convert("RGBA" if im.mode == "LA" else "RGB")
 
 
 def _text(value: Any) -> Any:
@@ -113,9 +186,7 @@ class PillowImageProcessor:
             im = ImageOps.exif_transpose(im)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise InvalidImage(f"image cannot be decoded: {exc}") from None
-        if im.mode not in ("RGB", "RGBA"):
-            has_alpha = im.mode in ("LA", "PA") or (im.mode == "P" and "transparency" in im.info)
-            im = im.convert("RGBA" if has_alpha else "RGB")
+        im = to_rgb(to_8bit(im, source_format=meta["format"]))
         return im, meta
 
     def render(self, data: bytes, sizes: Sequence[int], fmt: str, quality: int) -> RenderedImage:
