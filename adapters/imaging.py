@@ -7,16 +7,20 @@ reducing_gap, which lets Pillow shrink by whole factors before the final filter.
 
 from __future__ import annotations
 
+import functools
 import io
+import logging
 import math
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
 from domain.errors import InvalidImage
 from domain.models import RenderedImage, RenderedThumbnail
+
+log = logging.getLogger(__name__)
 
 # Truncated files must fail, not decode to a grey half.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -89,14 +93,80 @@ def to_8bit(im: Image.Image, *, source_format: str | None = None) -> Image.Image
         return im.convert("RGBA" if "transparency" in im.info else "RGB")
     if mode in ("PA", "RGBa", "La"):
         return im.convert("RGBA" if mode != "La" else "LA")
-    return im.convert("RGB")  # RGBX, YCbCr, HSV, LAB and the rest Pillow can convert
+    if mode == "LAB":
+        return im  # CIELab: to_srgb converts it through a Lab profile
+    return im.convert("RGB")  # RGBX, YCbCr, HSV and the rest Pillow can convert
 
 
-def to_rgb(im: Image.Image) -> Image.Image:
-    """An 8-bit image (see to_8bit) as RGB or RGBA, the modes the thumbnails are made from."""
-    if im.mode in ("RGB", "RGBA"):
-        return im
-    return im.convert("RGBA" if im.mode == "LA" else "RGB")
+# --- colour management: embedded ICC profile -> sRGB ---
+_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+#: The ICC colour space a profile must have to describe samples of each mode.
+_PROFILE_SPACE = {"RGB": "RGB", "L": "GRAY", "CMYK": "CMYK", "LAB": "Lab"}
+_MAX_DESCRIPTION = 120
+
+
+class ProfileError(Exception):
+    """An embedded profile that cannot be used for this image (unreadable, or the wrong colour space)."""
+
+
+@functools.lru_cache(maxsize=32)
+def srgb_transform(icc: bytes, mode: str) -> tuple[ImageCms.ImageCmsTransform, str]:
+    """The transform from ``icc`` (for samples of ``mode``: RGB, L, CMYK or LAB) to sRGB, and the
+    profile's description. Cached: a library holds few distinct profiles (Display P3, sRGB, ...).
+    Raises ProfileError for an unreadable profile or one of another colour space."""
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        description = (profile.profile.profile_description or "").strip()[:_MAX_DESCRIPTION] or "unnamed"
+        space = (profile.profile.xcolor_space or "").strip()
+    except Exception as exc:  # lcms says why in many ways (PyCMSError, OSError, ValueError)
+        raise ProfileError(f"unreadable ICC profile: {exc}") from None
+    if space != _PROFILE_SPACE[mode]:
+        raise ProfileError(f"ICC profile {description!r} describes {space or 'unknown'} samples, "
+                           f"the image has {mode}")
+    try:
+        transform = ImageCms.buildTransform(
+            profile, _SRGB, mode, "RGB", renderingIntent=ImageCms.Intent.PERCEPTUAL,
+            # lcms's one-pixel cache is per transform; transforms are shared by worker threads.
+            flags=ImageCms.Flags.NOCACHE)
+    except Exception as exc:
+        raise ProfileError(f"ICC profile {description!r} cannot be used: {exc}") from None
+    return transform, description
+
+
+@functools.lru_cache(maxsize=1)
+def _lab_profile() -> bytes:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()  # D50, as TIFF's CIELab
+
+
+def to_srgb(im: Image.Image, icc: bytes | None) -> tuple[Image.Image, dict[str, Any]]:
+    """An 8-bit image (to_8bit's modes) as RGB or RGBA in sRGB, converted from its embedded
+    profile; alpha is kept as is. A profile that cannot be used is ignored (the samples are then
+    taken as sRGB, as a browser does) and logged: it never fails the image. Returns the image and
+    what to record: ``color_profile`` (the description) and ``color_profile_error`` if ignored."""
+    meta: dict[str, Any] = {"color_profile": None}
+    alpha = im.getchannel("A") if im.mode in ("LA", "RGBA") else None
+    base = im.convert(im.mode[:-1]) if alpha is not None else im  # LA -> L, RGBA -> RGB
+    if base.mode == "LAB" and not icc:
+        icc = _lab_profile()
+    if icc:
+        try:
+            transform, meta["color_profile"] = srgb_transform(bytes(icc), base.mode)
+            out = transform.apply(base)
+        except ProfileError as exc:
+            meta["color_profile_error"] = str(exc)
+            log.warning("colour profile ignored, samples taken as sRGB: %s", exc)
+        else:
+            out.info.pop("icc_profile", None)
+            if alpha is not None:
+                out.putalpha(alpha)
+            return out, meta
+    if base.mode == "LAB":  # only if the Lab profile itself failed
+        base = ImageCms.applyTransform(base, ImageCms.buildTransform(_lab_profile(), _SRGB, "LAB", "RGB"))
+    out = base if base.mode == "RGB" else base.convert("RGB")
+    if alpha is not None:
+        out.putalpha(alpha)
+    out.info.pop("icc_profile", None)
+    return out, meta
 
 
 def _text(value: Any) -> Any:
@@ -178,6 +248,7 @@ class PillowImageProcessor:
         """Decode to an upright RGB/RGBA image, at reduced scale when ``longest_side`` allows."""
         im = self.open_checked(data)
         meta = extract_metadata(im, include_gps=self.include_gps)
+        icc = im.info.get("icc_profile") or None  # read before draft/load, which may replace info
         try:
             if longest_side and im.format == "JPEG":
                 # draft() picks the largest 1/2, 1/4 or 1/8 scale still >= the request.
@@ -186,7 +257,8 @@ class PillowImageProcessor:
             im = ImageOps.exif_transpose(im)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise InvalidImage(f"image cannot be decoded: {exc}") from None
-        im = to_rgb(to_8bit(im, source_format=meta["format"]))
+        im, colour = to_srgb(to_8bit(im, source_format=meta["format"]), icc)
+        meta.update(colour)
         return im, meta
 
     def render(self, data: bytes, sizes: Sequence[int], fmt: str, quality: int) -> RenderedImage:

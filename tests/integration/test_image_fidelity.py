@@ -259,3 +259,195 @@ def test_decode_gives_the_clip_input_the_same_pixels(proc):
     im, meta = proc.decode(data, longest_side=224)
     assert im.mode == "RGB" and meta["mode"] == "I;16"
     assert abs(np.asarray(im, float).mean() - 0x3000 / 257) < 1
+
+
+# --- 2. colour management ------------------------------------------------------------------------
+#
+# ImageCms.createProfile makes sRGB, LAB and XYZ only. Wide-gamut profiles are written here as
+# ICC v2 matrix/TRC display profiles (the structure of Apple's Display P3 and of ProPhoto RGB
+# profiles): a header, desc/cprt/wtpt, the three colorants (the D50-adapted RGB-to-XYZ matrix's
+# columns) and a tone curve per channel. The reference conversion is done in numpy from the same
+# primaries, white points and curves: decode the curve, matrix to XYZ (D50), Bradford-adapted
+# sRGB matrix back, clip, sRGB curve.
+
+D50 = np.array([0.9642, 1.0, 0.8249])
+D65_XY = (0.3127, 0.3290)
+BRADFORD = np.array([[0.8951, 0.2664, -0.1614], [-0.7502, 1.7135, 0.0367], [0.0389, -0.0685, 1.0296]])
+
+
+def _xyz(x: float, y: float) -> np.ndarray:
+    return np.array([x / y, 1.0, (1 - x - y) / y])
+
+
+def rgb_to_xyz(primaries: list[tuple[float, float]], white: tuple[float, float]) -> np.ndarray:
+    columns = np.column_stack([_xyz(*p) for p in primaries])
+    return columns * np.linalg.solve(columns, _xyz(*white))
+
+
+def to_d50(matrix: np.ndarray, white: tuple[float, float]) -> np.ndarray:
+    src, dst = BRADFORD @ _xyz(*white), BRADFORD @ D50
+    return np.linalg.inv(BRADFORD) @ np.diag(dst / src) @ BRADFORD @ matrix
+
+
+PROPHOTO = rgb_to_xyz([(0.7347, 0.2653), (0.1596, 0.8404), (0.0366, 0.0001)], (0.3457, 0.3585))  # D50 white
+DISPLAY_P3 = to_d50(rgb_to_xyz([(0.680, 0.320), (0.265, 0.690), (0.150, 0.060)], D65_XY), D65_XY)
+SRGB_D50 = to_d50(rgb_to_xyz([(0.64, 0.33), (0.30, 0.60), (0.15, 0.06)], D65_XY), D65_XY)
+
+
+def srgb_decode(v: np.ndarray) -> np.ndarray:
+    return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
+
+
+def srgb_encode(v: np.ndarray) -> np.ndarray:
+    v = np.clip(v, 0, 1)
+    return np.where(v <= 0.0031308, 12.92 * v, 1.055 * v ** (1 / 2.4) - 0.055)
+
+
+def _s15(v: float) -> bytes:
+    return struct.pack(">i", int(round(v * 65536)))
+
+
+def _curve(trc: float | np.ndarray) -> bytes:
+    if isinstance(trc, float):  # a pure gamma, as u8Fixed8
+        return b"curv\0\0\0\0" + struct.pack(">IH", 1, int(round(trc * 256))) + b"\0\0"
+    table = np.rint(np.asarray(trc) * 65535).astype(">u2").tobytes()
+    return b"curv\0\0\0\0" + struct.pack(">I", len(trc)) + table
+
+
+def icc_profile(description: str, space: bytes, tags: list[tuple[bytes, bytes]]) -> bytes:
+    """An ICC v2 display ('mntr') profile with the given colour space and tags."""
+    text = description.encode("ascii") + b"\0"
+    desc = b"desc\0\0\0\0" + struct.pack(">I", len(text)) + text + b"\0" * 8 + b"\0" * 70
+    tags = [(b"desc", desc), (b"cprt", b"text\0\0\0\0generated\0"),
+            (b"wtpt", b"XYZ \0\0\0\0" + b"".join(_s15(c) for c in D50)), *tags]
+    body, table, offset = b"", b"", 128 + 4 + 12 * len(tags)
+    for signature, data in tags:
+        data += b"\0" * (-len(data) % 4)
+        table += signature + struct.pack(">II", offset + len(body), len(data))
+        body += data
+    header = (struct.pack(">I", offset + len(body)) + b"lcms" + struct.pack(">I", 0x02100000) + b"mntr" + space
+              + b"XYZ " + struct.pack(">6H", 2024, 1, 1, 0, 0, 0) + b"acsp" + b"\0" * 24
+              + struct.pack(">I", 0) + b"".join(_s15(c) for c in D50) + b"\0" * 48)
+    assert len(header) == 128
+    return header + struct.pack(">I", len(tags)) + table + body
+
+
+def rgb_profile(description: str, matrix_d50: np.ndarray, trc: float | np.ndarray) -> bytes:
+    colorants = [(name, b"XYZ \0\0\0\0" + b"".join(_s15(c) for c in matrix_d50[:, i]))
+                 for i, name in enumerate((b"rXYZ", b"gXYZ", b"bXYZ"))]
+    curve = _curve(trc)
+    return icc_profile(description, b"RGB ", [*colorants, (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve)])
+
+
+def grey_profile(description: str, gamma: float) -> bytes:
+    return icc_profile(description, b"GRAY", [(b"kTRC", _curve(gamma))])
+
+
+SRGB_TRC = srgb_decode(np.linspace(0, 1, 1024))
+PROPHOTO_ICC = rgb_profile("ProPhoto RGB (generated)", PROPHOTO, 1.8)
+DISPLAY_P3_ICC = rgb_profile("Display P3 (generated)", DISPLAY_P3, SRGB_TRC)
+
+
+def wide_to_srgb(samples: np.ndarray, matrix_d50: np.ndarray, decode) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Reference: 8-bit samples in a matrix/TRC space to sRGB (relative colorimetric, clipped)."""
+    linear = decode(samples[..., :3] / 255.0) @ matrix_d50.T @ np.linalg.inv(SRGB_D50).T
+    out = 255 * srgb_encode(linear)
+    return np.concatenate([out, samples[..., 3:].astype(float)], axis=2) if samples.shape[2] == 4 else out
+
+
+def colourful(h: int = H, w: int = W, alpha: bool = False) -> np.ndarray:
+    """Saturated colours: hues around the circle across, saturation and value down."""
+    x, y = gradient(h, w)
+    hsv = np.stack([x * 255, 255 - 120 * y, 255 - 60 * y * x], axis=2).astype(np.uint8)
+    rgb = np.asarray(Image.fromarray(hsv, "HSV").convert("RGB"))
+    if alpha:
+        rgb = np.concatenate([rgb, np.rint(255 * (0.3 + 0.7 * y))[..., None].astype(np.uint8)], axis=2)
+    return rgb
+
+
+def _gamma(g: float):  # type: ignore[no-untyped-def]
+    return lambda v: v ** (int(round(g * 256)) / 256)  # the u8Fixed8 gamma the profile stores
+
+
+def _prophoto_jpeg() -> tuple[bytes, np.ndarray]:
+    samples = colourful()
+    data = save(Image.fromarray(samples), "JPEG", quality=100, icc_profile=PROPHOTO_ICC)
+    decoded = np.asarray(Image.open(io.BytesIO(data)))  # the JPEG's own samples, before colour management
+    return data, wide_to_srgb(decoded, PROPHOTO, _gamma(1.8))
+
+
+def _display_p3_jpeg() -> tuple[bytes, np.ndarray]:
+    samples = colourful()
+    data = save(Image.fromarray(samples), "JPEG", quality=100, icc_profile=DISPLAY_P3_ICC)
+    decoded = np.asarray(Image.open(io.BytesIO(data)))
+    return data, wide_to_srgb(decoded, DISPLAY_P3, srgb_decode)
+
+
+def _display_p3_png_alpha() -> tuple[bytes, np.ndarray]:
+    samples = colourful(alpha=True)
+    data = save(Image.fromarray(samples, "RGBA"), "PNG", icc_profile=DISPLAY_P3_ICC)
+    return data, wide_to_srgb(samples, DISPLAY_P3, srgb_decode)
+
+
+def _prophoto_png16() -> tuple[bytes, np.ndarray]:
+    x, y = gradient(H, W)
+    samples = np.rint(65535 * np.stack([x, y, 1 - x], axis=2)).astype(np.uint16)
+    png = png16(samples, 2)
+    chunk = b"iCCP" + b"ProPhoto\0\0" + zlib.compress(PROPHOTO_ICC)  # iCCP goes right after IHDR
+    png = png[:33] + struct.pack(">I", len(chunk) - 4) + chunk + struct.pack(">I", zlib.crc32(chunk)) + png[33:]
+    return png, wide_to_srgb(samples / 257, PROPHOTO, _gamma(1.8))
+
+
+def _linear_grey_jpeg() -> tuple[bytes, np.ndarray]:
+    x, y = gradient(H, W)
+    samples = np.rint(255 * x * (0.5 + 0.5 * y)).astype(np.uint8)
+    data = save(Image.fromarray(samples, "L"), "JPEG", quality=100, icc_profile=grey_profile("Grey linear", 1.0))
+    decoded = np.asarray(Image.open(io.BytesIO(data))) / 255.0
+    return data, 255 * srgb_encode(decoded)  # linear grey: its values are the luminance
+
+
+def _lab_tiff() -> tuple[bytes, np.ndarray]:
+    from PIL import ImageCms
+
+    samples = colourful()
+    lab = ImageCms.profileToProfile(Image.fromarray(samples), ImageCms.createProfile("sRGB"),
+                                    ImageCms.createProfile("LAB"), outputMode="LAB")
+    return save(lab, "TIFF"), samples.astype(float)
+
+
+COLOUR_CASES = {
+    "ProPhoto RGB JPEG": _prophoto_jpeg,
+    "Display P3 JPEG": _display_p3_jpeg,
+    "Display P3 PNG with alpha": _display_p3_png_alpha,
+    "ProPhoto RGB 16-bit PNG (iCCP)": _prophoto_png16,
+    "grey JPEG with a linear grey profile": _linear_grey_jpeg,
+    "CIELab TIFF": _lab_tiff,
+}
+
+
+@pytest.mark.parametrize("case", list(COLOUR_CASES))
+def test_embedded_profiles_are_converted_to_srgb(proc, case):
+    data, pixels = COLOUR_CASES[case]()
+    assert mad(rendered(proc, data), thumbnail_reference(pixels)) <= BOUND, case
+
+
+@pytest.mark.parametrize("case, off_by", [("ProPhoto RGB JPEG", 20), ("Display P3 JPEG", 6)])
+def test_the_measure_tells_a_thumbnail_that_ignored_the_profile(case, off_by):
+    """The defect as reported: the samples kept, the profile dropped (about 26/255 for ProPhoto)."""
+    data, pixels = COLOUR_CASES[case]()
+    im = Image.open(io.BytesIO(data)).convert("RGB")
+    im.thumbnail((SIZE, SIZE), Image.Resampling.LANCZOS)
+    assert mad(np.asarray(im, float), thumbnail_reference(pixels)) > off_by
+
+
+def test_thumbnails_carry_no_profile_and_metadata_names_the_original_one(proc):
+    data, _ = _display_p3_jpeg()
+    out = proc.render(data, (128,), "webp", 80)
+    assert "icc_profile" not in Image.open(io.BytesIO(out.thumbnails[0].data)).info  # sRGB, untagged
+    assert out.metadata["color_profile"] == "Display P3 (generated)"
+
+
+def test_the_clip_input_is_converted_too(proc):
+    data, pixels = _display_p3_jpeg()
+    im, _ = proc.decode(data, longest_side=224)  # what the embedder decodes (JPEG draft: 1/1 here)
+    assert mad(np.asarray(im, float), thumbnail_reference(pixels, max(im.size))) <= BOUND
