@@ -22,6 +22,16 @@ from domain.models import RenderedImage, RenderedThumbnail
 
 log = logging.getLogger(__name__)
 
+try:  # HEIC/HEIF (iPhone photos) through libheif; AVIF is Pillow's own (Pillow >= 11.3 wheels)
+    import pillow_heif
+except ImportError:  # pragma: no cover - a declared dependency; without it HEIC is refused, not crashed on
+    pillow_heif = None
+    log.warning("pillow-heif is not installed: HEIC/HEIF images will be refused as unreadable")
+else:
+    # Its own AVIF opener is not registered: Pillow's reads AVIF. Embedded HEIF thumbnails stay on:
+    # draft() uses one for a small decode (the embedder's) when it is large enough.
+    pillow_heif.register_heif_opener()
+
 # Truncated files must fail, not decode to a grey half.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -197,7 +207,11 @@ def extract_metadata(im: Image.Image, *, include_gps: bool) -> dict[str, Any]:
     sub = exif.get_ifd(_EXIF_IFD)
     orientation = exif.get(ExifTags.Base.Orientation)
     width, height = im.size
-    if orientation in _ROTATED:
+    if "original_orientation" in im.info:
+        # HEIF: libheif turns the pixels (irot/imir) and pillow-heif sets EXIF's tag to 1 so that
+        # nothing turns them again; the size is already as shown. Report what the camera wrote.
+        orientation = im.info["original_orientation"] or orientation
+    elif orientation in _ROTATED:
         width, height = height, width
     meta: dict[str, Any] = {
         "format": im.format,
@@ -214,6 +228,55 @@ def extract_metadata(im: Image.Image, *, include_gps: bool) -> dict[str, Any]:
     if include_gps:
         meta["exif"]["gps"] = _gps(exif)
     return meta
+
+
+# --- content decides the format, never the file name ---
+_HEIC_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"}
+_AVIF_BRANDS = {b"avif", b"avis"}
+_HEIF_BRANDS = {b"mif1", b"msf1", b"mif2", b"miaf"}
+
+
+def _magic_media_type(data: bytes) -> str | None:
+    """The media type the first bytes announce (without checking that the rest is readable)."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "image/jpeg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "image/png"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "image/tiff"
+    if data[:2] == b"BM" and len(data) >= 26:
+        return "image/bmp"
+    if data[4:8] == b"ftyp":  # ISO base media file: the brands say which
+        size = int.from_bytes(data[:4], "big")
+        major = data[8:12]
+        brands = {major} | {data[i:i + 4] for i in range(16, min(size, 256, len(data)) - 3, 4)}
+        for kind, wanted in (("image/avif", _AVIF_BRANDS), ("image/heic", _HEIC_BRANDS)):
+            if major in wanted:
+                return kind
+        for kind, wanted in (("image/avif", _AVIF_BRANDS), ("image/heic", _HEIC_BRANDS),
+                             ("image/heif", _HEIF_BRANDS)):
+            if brands & wanted:
+                return kind
+    return None
+
+
+def sniff_media_type(data: bytes) -> str | None:
+    """The image media type of ``data`` from its content (magic bytes, then Pillow's own
+    identification for the other formats it reads); None if it is not an image Pillow knows."""
+    found = _magic_media_type(data)
+    if found or not data:
+        return found
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as im:
+                return Image.MIME.get(im.format or "") or (f"image/x-{im.format.lower()}" if im.format else None)
+    except Exception:  # any failure to identify means: not an image we know
+        return None
 
 
 class PillowImageProcessor:
@@ -250,8 +313,9 @@ class PillowImageProcessor:
         meta = extract_metadata(im, include_gps=self.include_gps)
         icc = im.info.get("icc_profile") or None  # read before draft/load, which may replace info
         try:
-            if longest_side and im.format == "JPEG":
-                # draft() picks the largest 1/2, 1/4 or 1/8 scale still >= the request.
+            if longest_side and im.format in ("JPEG", "HEIF"):
+                # JPEG: draft() picks the largest 1/2, 1/4 or 1/8 scale still >= the request.
+                # HEIF: the smallest embedded thumbnail >= the request, if the file has one.
                 im.draft("RGB", (longest_side, longest_side))
             im.load()
             im = ImageOps.exif_transpose(im)

@@ -16,7 +16,7 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import ExifTags, Image
 
 from adapters.imaging import PillowImageProcessor
 from domain.errors import InvalidImage
@@ -451,3 +451,157 @@ def test_the_clip_input_is_converted_too(proc):
     data, pixels = _display_p3_jpeg()
     im, _ = proc.decode(data, longest_side=224)  # what the embedder decodes (JPEG draft: 1/1 here)
     assert mad(np.asarray(im, float), thumbnail_reference(pixels, max(im.size))) <= BOUND
+
+
+# --- 3. HEIC (pillow-heif) and AVIF (Pillow) -----------------------------------------------------
+#
+# Written with pillow-heif's own API (libheif + x265) and Pillow's AVIF encoder; references are
+# the files decoded by pillow_heif.open_heif / Pillow without colour management, then converted
+# in numpy as above.
+
+def heic(im: Image.Image, *, exif: Image.Exif | None = None, **kwargs: object) -> bytes:
+    import pillow_heif
+
+    heif = pillow_heif.from_pillow(im)
+    buf = io.BytesIO()
+    heif.save(buf, quality=kwargs.pop("quality", 95), chroma=444,
+              **({"exif": exif.tobytes()} if exif is not None else {}), **kwargs)
+    return buf.getvalue()
+
+
+def heic_samples(data: bytes) -> np.ndarray:
+    import pillow_heif
+
+    return np.asarray(pillow_heif.open_heif(io.BytesIO(data), convert_hdr_to_8bit=True))
+
+
+def _heic_p3() -> tuple[bytes, np.ndarray]:
+    data = heic(Image.fromarray(colourful()), icc_profile=DISPLAY_P3_ICC)
+    return data, wide_to_srgb(heic_samples(data), DISPLAY_P3, srgb_decode)
+
+
+def _heic_srgb_alpha() -> tuple[bytes, np.ndarray]:
+    data = heic(Image.fromarray(colourful(alpha=True), "RGBA"))
+    return data, heic_samples(data).astype(float)
+
+
+def _heic_10bit() -> tuple[bytes, np.ndarray]:
+    import pillow_heif
+
+    x, y = gradient(H, W)
+    samples = np.rint(65535 * np.stack([0.1 + 0.5 * x, y, 0.2 + 0 * x], axis=2)).astype(np.uint16)
+    buf = io.BytesIO()
+    pillow_heif.from_bytes("RGB;16", (W, H), samples.tobytes()).save(buf, quality=100, chroma=444)
+    return buf.getvalue(), samples / 257
+
+
+def _avif_p3() -> tuple[bytes, np.ndarray]:
+    data = save(Image.fromarray(colourful()), "AVIF", quality=95, subsampling="4:4:4", icc_profile=DISPLAY_P3_ICC)
+    return data, wide_to_srgb(np.asarray(Image.open(io.BytesIO(data))), DISPLAY_P3, srgb_decode)
+
+
+def _avif_alpha() -> tuple[bytes, np.ndarray]:
+    data = save(Image.fromarray(colourful(alpha=True), "RGBA"), "AVIF", quality=95, subsampling="4:4:4")
+    return data, np.asarray(Image.open(io.BytesIO(data))).astype(float)
+
+
+FORMAT_CASES = {
+    "HEIC, Display P3 profile (as iPhones write)": _heic_p3,
+    "HEIC with alpha": _heic_srgb_alpha,
+    "HEIC 10-bit": _heic_10bit,
+    "AVIF, Display P3 profile": _avif_p3,
+    "AVIF with alpha": _avif_alpha,
+}
+
+
+@pytest.mark.parametrize("case", list(FORMAT_CASES))
+def test_heic_and_avif_render_like_the_original(proc, case):
+    data, pixels = FORMAT_CASES[case]()
+    assert mad(rendered(proc, data), thumbnail_reference(pixels)) <= BOUND, case
+
+
+def _oriented(make: str, orientation: int = 6) -> tuple[Image.Image, Image.Exif]:
+    """600x400 grey with a red block top left; EXIF says: turn 90 degrees clockwise to show."""
+    im = Image.new("RGB", (600, 400), (128, 128, 128))
+    im.paste((220, 20, 20), (0, 0, 150, 100))
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    exif[ExifTags.Base.Make], exif[ExifTags.Base.Model] = make, f"{make} One"
+    exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.DateTimeOriginal] = "2025:06:01 12:30:00"
+    return im, exif
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_orientation_and_camera_fields(proc, fmt):
+    im, exif = _oriented("Apple" if fmt == "HEIF" else "Google")
+    data = heic(im, exif=exif) if fmt == "HEIF" else save(im, "AVIF", quality=90, exif=exif.tobytes())
+    out = proc.render(data, (256,), "jpeg", 95)
+    m = out.metadata
+    assert (m["format"], m["width"], m["height"]) == (fmt, 400, 600)  # as shown: portrait
+    assert m["exif"]["orientation"] == 6
+    assert m["exif"]["make"] == exif[ExifTags.Base.Make] and m["exif"]["model"] == exif[ExifTags.Base.Model]
+    assert m["exif"]["taken_at"] == "2025:06:01 12:30:00"
+    thumb = Image.open(io.BytesIO(out.thumbnails[0].data))
+    assert thumb.size == (171, 256)  # upright, and turned once only
+    r, g, b = thumb.getpixel((thumb.width - 10, 10))  # the red block is now top right
+    assert r > 180 and g < 70 and b < 70
+    assert thumb.getpixel((10, 10))[0] < 160  # and not top left
+
+
+def test_heic_embedded_thumbnail_feeds_a_small_decode(proc):
+    data = heic(Image.fromarray(colourful()), icc_profile=DISPLAY_P3_ICC, thumbnails=[256])
+    full = wide_to_srgb(heic_samples(data), DISPLAY_P3, srgb_decode)
+    im, meta = proc.decode(data, longest_side=160)  # as the embedder asks: the 256 thumbnail will do
+    assert im.size == (256, 192) and (meta["width"], meta["height"]) == (W, H)
+    assert mad(np.asarray(im, float), thumbnail_reference(full, 256)) <= 2 * BOUND  # its own encoding
+    im, _ = proc.decode(data, longest_side=300)  # larger than the thumbnail: the image itself
+    assert im.size == (W, H)
+
+
+def test_heic_and_avif_embed_as_their_pixels_do(tmp_path, proc):
+    from adapters.clip import ClipEmbedder, load_clip
+    from tests.clip_support import TINY_MODEL, make_tiny_clip
+
+    configs, checkpoint = make_tiny_clip(tmp_path)
+    loaded = load_clip(TINY_MODEL, str(checkpoint), model_config=configs)
+    embedder = ClipEmbedder(lambda: loaded, lambda data, side: proc.decode(data, longest_side=side)[0],
+                            model_id="tiny", max_batch_size=1)
+    for make in (_heic_p3, _avif_p3):
+        data, pixels = make()
+        as_png = save(Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8)), "PNG")
+        a, b = np.array(embedder.embed_image(data)), np.array(embedder.embed_image(as_png))
+        assert float(a @ b) > 0.995, make.__name__  # unit vectors: cosine similarity
+
+
+@pytest.mark.parametrize("data, media_type", [
+    (lambda: heic(Image.new("RGB", (64, 48))), "image/heic"),
+    (lambda: save(Image.new("RGB", (64, 48)), "AVIF"), "image/avif"),
+    (lambda: save(Image.new("RGB", (8, 8)), "JPEG"), "image/jpeg"),
+    (lambda: save(Image.new("RGB", (8, 8)), "PNG"), "image/png"),
+    (lambda: save(Image.new("RGB", (8, 8)), "WEBP"), "image/webp"),
+    (lambda: save(Image.new("RGB", (8, 8)), "TIFF"), "image/tiff"),
+    (lambda: save(Image.new("P", (8, 8)), "GIF"), "image/gif"),
+    (lambda: save(Image.new("RGB", (8, 8)), "BMP"), "image/bmp"),
+    (lambda: save(Image.new("L", (8, 8)), "PPM"), "image/x-portable-anymap"),
+    (lambda: b"this is text, not a JPEG\n", None),
+    (lambda: b"", None),
+])
+def test_content_decides_the_media_type(data, media_type):
+    from adapters.imaging import sniff_media_type
+
+    assert sniff_media_type(data()) == media_type
+
+
+def test_the_demo_takes_files_by_content(tmp_path):
+    try:  # the CLI is moving from adapters/ to entrypoints/: test it where this checkout has it
+        from adapters.cli import _demo_inputs
+    except ImportError:
+        from entrypoints.cli import _demo_inputs
+
+    (tmp_path / "IMG_0001.HEIC").write_bytes(heic(Image.new("RGB", (64, 48))))
+    (tmp_path / "photo.avif").write_bytes(save(Image.new("RGB", (64, 48)), "AVIF"))
+    (tmp_path / "IMG_0002").write_bytes(heic(Image.new("RGB", (64, 48))))  # no suffix at all
+    (tmp_path / "broken.jpg").write_bytes(b"not a JPEG")  # offered: its failure is reported
+    (tmp_path / "notes.txt").write_text("not an image")
+    names = [p.name for p in _demo_inputs(str(tmp_path), tmp_path / "work")]
+    assert names == ["IMG_0001.HEIC", "IMG_0002", "broken.jpg", "photo.avif"]
