@@ -7,10 +7,13 @@ reducing_gap, which lets Pillow shrink by whole factors before the final filter.
 
 from __future__ import annotations
 
+import collections
 import functools
+import hashlib
 import io
 import logging
 import math
+import threading
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -119,11 +122,34 @@ class ProfileError(Exception):
     """An embedded profile that cannot be used for this image (unreadable, or the wrong colour space)."""
 
 
-@functools.lru_cache(maxsize=32)
+_TRANSFORMS: collections.OrderedDict[tuple[bytes, str], tuple[ImageCms.ImageCmsTransform, str]] = (
+    collections.OrderedDict())
+_TRANSFORMS_MAX = 32
+_TRANSFORMS_LOCK = threading.Lock()
+MAX_PROFILE_BYTES = 8 << 20  # real CMYK press profiles reach 2-4 MB
+
+
 def srgb_transform(icc: bytes, mode: str) -> tuple[ImageCms.ImageCmsTransform, str]:
     """The transform from ``icc`` (for samples of ``mode``: RGB, L, CMYK or LAB) to sRGB, and the
-    profile's description. Cached: a library holds few distinct profiles (Display P3, sRGB, ...).
-    Raises ProfileError for an unreadable profile or one of another colour space."""
+    profile's description. Raises ProfileError for an unreadable profile or one of another colour
+    space. Cached by the profile's digest (a library holds few distinct profiles: Display P3,
+    sRGB...), so the cache never keeps a hostile file's profile bytes alive."""
+    if len(icc) > MAX_PROFILE_BYTES:
+        raise ProfileError(f"ICC profile of {len(icc)} bytes, above {MAX_PROFILE_BYTES}")
+    key = (hashlib.sha256(icc).digest(), mode)
+    with _TRANSFORMS_LOCK:
+        if key in _TRANSFORMS:
+            _TRANSFORMS.move_to_end(key)
+            return _TRANSFORMS[key]
+    found = _build_srgb_transform(icc, mode)
+    with _TRANSFORMS_LOCK:
+        _TRANSFORMS[key] = found
+        while len(_TRANSFORMS) > _TRANSFORMS_MAX:
+            _TRANSFORMS.popitem(last=False)
+    return found
+
+
+def _build_srgb_transform(icc: bytes, mode: str) -> tuple[ImageCms.ImageCmsTransform, str]:
     try:
         profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         description = (profile.profile.profile_description or "").strip()[:_MAX_DESCRIPTION] or "unnamed"
@@ -293,11 +319,19 @@ class PillowImageProcessor:
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 im = Image.open(io.BytesIO(data))
         except UnidentifiedImageError:
-            raise InvalidImage("not an image: the format is not recognised") from None
+            announced = _magic_media_type(data)
+            if announced is None:
+                raise InvalidImage("not an image: the format is not recognised") from None
+            if announced in ("image/heic", "image/heif") and pillow_heif is None:  # pragma: no cover
+                raise InvalidImage(f"{announced} content, but pillow-heif is not installed") from None
+            raise InvalidImage(f"not a readable image: {announced} content, truncated, corrupt or "
+                               "beyond the decoder's limits") from None
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
             raise InvalidImage(f"decompression bomb refused: {exc}") from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise InvalidImage(f"not a readable image: {exc}") from None
+        except MemoryError:
+            raise
+        except Exception as exc:  # a decoder plugin failing on hostile bytes, whatever it raises
+            raise InvalidImage(f"not a readable image: {type(exc).__name__}: {exc}") from None
         w, h = im.size
         if w * h > self.max_pixels:
             raise InvalidImage(
@@ -308,9 +342,20 @@ class PillowImageProcessor:
         return im
 
     def decode(self, data: bytes, *, longest_side: int | None = None) -> tuple[Image.Image, dict[str, Any]]:
-        """Decode to an upright RGB/RGBA image, at reduced scale when ``longest_side`` allows."""
+        """Decode to an upright sRGB RGB/RGBA image, at reduced scale when ``longest_side`` allows.
+
+        Errors: InvalidImage (permanent) for bytes that are not an image or cannot be decoded,
+        whatever the decoder raised; an unusable colour profile is not an error (see to_srgb).
+        """
         im = self.open_checked(data)
-        meta = extract_metadata(im, include_gps=self.include_gps)
+        try:
+            meta = extract_metadata(im, include_gps=self.include_gps)
+        except MemoryError:
+            raise
+        except Exception as exc:  # unreadable EXIF: keep the pixels, say what was lost
+            log.warning("image metadata unreadable: %s: %s", type(exc).__name__, exc)
+            meta = {"format": im.format, "width": im.width, "height": im.height, "mode": im.mode, "exif": {},
+                    "exif_error": f"{type(exc).__name__}: {exc}"}
         icc = im.info.get("icc_profile") or None  # read before draft/load, which may replace info
         try:
             if longest_side and im.format in ("JPEG", "HEIF"):
@@ -319,9 +364,12 @@ class PillowImageProcessor:
                 im.draft("RGB", (longest_side, longest_side))
             im.load()
             im = ImageOps.exif_transpose(im)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            raise InvalidImage(f"image cannot be decoded: {exc}") from None
-        im, colour = to_srgb(to_8bit(im, source_format=meta["format"]), icc)
+            im = to_8bit(im, source_format=im.format or meta["format"])
+        except MemoryError:
+            raise
+        except Exception as exc:  # OSError, ValueError, RuntimeError (libavif, libheif), SyntaxError...
+            raise InvalidImage(f"image cannot be decoded: {type(exc).__name__}: {exc}") from None
+        im, colour = to_srgb(im, icc)
         meta.update(colour)
         return im, meta
 

@@ -16,10 +16,10 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import ExifTags, Image
+from PIL import ExifTags, Image, ImageCms
 
 from adapters.imaging import PillowImageProcessor
-from domain.errors import InvalidImage
+from domain.errors import InvalidImage, PermanentError
 
 BOUND = 2.0  # of 255; every case measured well under it (see docs/media-fidelity.md)
 SIZE = 256
@@ -605,3 +605,137 @@ def test_the_demo_takes_files_by_content(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     names = [p.name for p in _demo_inputs(str(tmp_path), tmp_path / "work")]
     assert names == ["IMG_0001.HEIC", "IMG_0002", "broken.jpg", "photo.avif"]
+
+
+# --- 4. hostile input: a bad profile never fails an image; an undecodable file is a permanent error
+
+def _patch_ispe(data: bytes, width: int, height: int) -> bytes:
+    """Make a HEIF/AVIF file declare other dimensions in its image spatial extents box."""
+    at = data.index(b"ispe") + 8  # after the box type and its version/flags
+    return data[:at] + struct.pack(">II", width, height) + data[at + 8:]
+
+
+def _small_heic() -> bytes:
+    return heic(Image.fromarray(colourful(96, 128)))
+
+
+def _small_avif() -> bytes:
+    return save(Image.fromarray(colourful(96, 128)), "AVIF", quality=80)
+
+
+@pytest.mark.parametrize("make", [_small_heic, _small_avif], ids=["HEIC", "AVIF"])
+def test_truncated_heic_and_avif_are_permanent_errors(proc, make):
+    data = make()
+    for cut in (12, 40, len(data) // 3, len(data) // 2, len(data) - 200, len(data) - 1):
+        with pytest.raises(InvalidImage) as caught:
+            proc.render(data[:cut], (128,), "webp", 80)
+        assert isinstance(caught.value, PermanentError)
+
+
+@pytest.mark.parametrize("make", [_small_heic, _small_avif], ids=["HEIC", "AVIF"])
+def test_corrupt_heic_and_avif_payload_fails_only_as_invalid_image(proc, make):
+    data = bytearray(make())
+    rng = np.random.default_rng(7)
+    start = len(data) // 2
+    for _ in range(5):
+        corrupt = bytearray(data)
+        corrupt[start:] = rng.integers(0, 256, len(data) - start, np.uint8).tobytes()
+        try:
+            out = proc.render(bytes(corrupt), (128,), "webp", 80)
+        except InvalidImage:
+            continue
+        assert out.thumbnails[0].width == 128  # decoded garbage is still an image of the right size
+
+
+@pytest.mark.parametrize("make", [_small_heic, _small_avif], ids=["HEIC", "AVIF"])
+@pytest.mark.parametrize("width, height", [(8000, 6000), (60000, 60000), (2**31 - 1, 2**31 - 1)])
+def test_a_bomb_declared_in_heif_dimensions_is_refused_before_decoding(proc, make, width, height):
+    with pytest.raises(InvalidImage, match="above the limit|bomb|not a readable image|cannot be decoded"):
+        proc.render(_patch_ispe(make(), width, height), (128,), "webp", 80)
+
+
+def _with_profile(icc: bytes, mode: str = "RGB") -> bytes:
+    samples = colourful()
+    im = Image.fromarray(samples) if mode == "RGB" else Image.fromarray(samples).convert(mode)
+    return save(im, "JPEG", quality=95, icc_profile=icc)
+
+
+def _class_patched(icc: bytes, profile_class: bytes) -> bytes:
+    return icc[:12] + profile_class + icc[16:]
+
+
+BAD_PROFILES = {
+    "random bytes": lambda: _with_profile(bytes(np.random.default_rng(1).integers(0, 256, 600, np.uint8))),
+    "truncated profile": lambda: _with_profile(DISPLAY_P3_ICC[:200]),
+    "header only": lambda: _with_profile(DISPLAY_P3_ICC[:128]),
+    "tag table pointing past the end": lambda: _with_profile(DISPLAY_P3_ICC[:-64]),
+    "grey profile on RGB samples": lambda: _with_profile(grey_profile("Grey", 2.2)),
+    "RGB profile on grey samples": lambda: _with_profile(DISPLAY_P3_ICC, "L"),
+    "RGB profile on CMYK samples": lambda: _with_profile(DISPLAY_P3_ICC, "CMYK"),
+    "Lab profile on RGB samples": lambda: _with_profile(
+        ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()),
+    "abstract profile class": lambda: _with_profile(_class_patched(DISPLAY_P3_ICC, b"abst")),
+    "device link profile class": lambda: _with_profile(_class_patched(DISPLAY_P3_ICC, b"link")),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_PROFILES))
+def test_an_unusable_profile_is_ignored_and_logged(proc, case, caplog):
+    data = BAD_PROFILES[case]()
+    untagged = save(Image.open(io.BytesIO(data)), "TIFF")  # the same samples, no profile
+    with caplog.at_level("WARNING", logger="adapters.imaging"):
+        out = proc.render(data, (SIZE,), "jpeg", 100)
+    assert out.metadata["color_profile_error"], case
+    assert "colour profile ignored" in caplog.text
+    got = np.asarray(Image.open(io.BytesIO(out.thumbnails[0].data)).convert("RGB"), float)
+    assert mad(got, rendered(proc, untagged)) <= 0.5, case  # rendered as a browser would: as sRGB
+
+
+ONE_PIXEL = {
+    "PNG 16-bit grey": lambda: save(Image.fromarray(np.full((1, 1), 0x3000, np.uint16)), "PNG"),
+    "PNG 16-bit RGBA": lambda: png16(np.full((1, 1, 4), 0x8000, np.uint16), 6),
+    "TIFF float": lambda: save(Image.fromarray(np.full((1, 1), 0.5, np.float32)), "TIFF"),
+    "TIFF 32-bit int": lambda: save(Image.fromarray(np.full((1, 1), 2**30, np.int32)), "TIFF"),
+    "PNG 1-bit": lambda: save(Image.new("1", (1, 1), 1), "PNG"),
+    "JPEG with a P3 profile": lambda: save(Image.new("RGB", (1, 1), (200, 10, 10)), "JPEG",
+                                           icc_profile=DISPLAY_P3_ICC),
+    "JPEG CMYK": lambda: save(Image.new("CMYK", (1, 1), (10, 200, 10, 0)), "JPEG"),
+    "HEIC": lambda: heic(Image.new("RGB", (1, 1), (200, 10, 10))),
+    "AVIF": lambda: save(Image.new("RGB", (1, 1), (200, 10, 10)), "AVIF"),
+}
+
+
+@pytest.mark.parametrize("case", list(ONE_PIXEL))
+def test_one_pixel_images(proc, case):
+    out = proc.render(ONE_PIXEL[case](), (128, 256), "webp", 80)
+    assert [(t.width, t.height) for t in out.thumbnails] == [(1, 1), (1, 1)], case
+    im, _ = proc.decode(ONE_PIXEL[case](), longest_side=224)
+    assert im.size == (1, 1) and im.mode in ("RGB", "RGBA")
+
+
+def test_an_empty_file_is_a_permanent_error(proc):
+    with pytest.raises(InvalidImage, match="not an image"):
+        proc.render(b"", (128,), "webp", 80)
+
+
+def test_a_heic_that_cannot_be_read_says_so(proc):
+    with pytest.raises(InvalidImage, match="image/heic"):
+        proc.render(_small_heic()[:300], (128,), "webp", 80)
+
+
+def test_an_oversized_profile_is_ignored(proc, monkeypatch):
+    import adapters.imaging
+
+    monkeypatch.setattr(adapters.imaging, "MAX_PROFILE_BYTES", len(DISPLAY_P3_ICC) - 1)
+    out = proc.render(_display_p3_jpeg()[0], (64,), "webp", 80)
+    assert "above" in out.metadata["color_profile_error"]
+
+
+def test_a_shared_transform_gives_the_same_pixels_on_concurrent_threads(proc):
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = _display_p3_jpeg()[0]
+    alone = proc.decode(data)[0].tobytes()
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: proc.decode(data)[0].tobytes(), range(16)))
+    assert all(r == alone for r in results)
