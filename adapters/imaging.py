@@ -200,12 +200,15 @@ def to_srgb(im: Image.Image, icc: bytes | None) -> tuple[Image.Image, dict[str, 
     meta: dict[str, Any] = {"color_profile": None}
     alpha = im.getchannel("A") if im.mode in ("LA", "RGBA") else None
     base = im.convert(im.mode[:-1]) if alpha is not None else im  # LA -> L, RGBA -> RGB
+    embedded = bool(icc)
     if base.mode == "LAB" and not icc:
         icc = _lab_profile()
     if icc:
         try:
-            transform, meta["color_profile"] = srgb_transform(bytes(icc), base.mode)
+            transform, description = srgb_transform(bytes(icc), base.mode)
             out = transform.apply(base)
+            if embedded:
+                meta["color_profile"] = description
         except ProfileError as exc:
             meta["color_profile_error"] = str(exc)
             log.warning("colour profile ignored, samples taken as sRGB: %s", exc)

@@ -739,3 +739,13 @@ def test_a_shared_transform_gives_the_same_pixels_on_concurrent_threads(proc):
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda _: proc.decode(data)[0].tobytes(), range(16)))
     assert all(r == alone for r in results)
+
+
+def test_only_an_embedded_profile_is_recorded(proc):
+    lab = Image.open(io.BytesIO(_lab_tiff()[0]))
+    assert lab.info.pop("icc_profile")  # ImageCms tagged it; without: converted by the built-in Lab profile
+    out = proc.render(save(lab, "TIFF"), (SIZE,), "jpeg", 100)
+    assert out.metadata["color_profile"] is None and "color_profile_error" not in out.metadata
+    got = np.asarray(Image.open(io.BytesIO(out.thumbnails[0].data)), float)
+    assert mad(got, thumbnail_reference(colourful().astype(float))) <= BOUND
+    assert proc.render(_linear_grey_jpeg()[0], (64,), "webp", 80).metadata["color_profile"] == "Grey linear"
