@@ -1,4 +1,8 @@
-"""Pillow image processor: safe decoding, metadata, fast thumbnails.
+"""Pillow image processor: safe decoding, metadata, fast thumbnails, faithful colours.
+
+Formats: what Pillow reads (AVIF included) and HEIC/HEIF through pillow-heif; the content
+decides, never a name. Every mode is brought to 8 bits with its tones (to_8bit), then to sRGB
+from the embedded ICC profile (to_srgb). docs/media-fidelity.md says what is kept and refused.
 
 Speed: a JPEG is decoded at reduced scale (draft mode) when the largest thumbnail
 allows it, each smaller size is derived from the next larger one, and resizing uses
@@ -82,7 +86,7 @@ def _int_white(im: Image.Image) -> float:
 def to_8bit(im: Image.Image, *, source_format: str | None = None) -> Image.Image:
     """Bring any Pillow mode to 8 bits per sample, keeping tones and alpha.
 
-    The result is L, LA, RGB, RGBA or CMYK (colour conversion comes after, see to_rgb). Pillow's
+    The result is L, LA, RGB, RGBA or CMYK (colour conversion comes after, see to_srgb). Pillow's
     own ``convert`` clips 16- and 32-bit samples at 255 (a dark 16-bit grey becomes white), so
     those are scaled: 16-bit by 65535, 32-bit integers by the file's declared depth, floats by
     the range their values fit (0..1 usually).
