@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import mimetypes
 import os
 import sys
 import time
@@ -16,7 +15,22 @@ COMMAND_MODULES: list[str] = ["entrypoints.commands.ops", "entrypoints.commands.
                               "entrypoints.commands.dlq",  # --- middleware ---
                               "entrypoints.commands.search"]  # --- media: embeddings and search ---
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+#: A folder's files offered to the demo: these suffixes (so a broken .jpg is reported, not skipped)
+#: and any file whose content is an image. The content, never the name, decides the format.
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
+
+
+def _media_type(data: bytes) -> str | None:
+    from adapters.imaging import sniff_media_type
+
+    return sniff_media_type(data)
+
+
+def _looks_like_image(path: Path) -> bool:
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    with path.open("rb") as f:
+        return _media_type(f.read(1 << 16)) is not None
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -30,7 +44,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def _demo_inputs(folder: str | None, workdir: Path) -> list[Path]:
     if folder:
-        paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        paths = sorted(p for p in Path(folder).iterdir() if p.is_file() and _looks_like_image(p))
         if not paths:
             raise SystemExit(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
         return paths
@@ -80,8 +94,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         sent = []
         for path in inputs:
-            ctype = mimetypes.guess_type(path.name)[0]
-            image = media.register_image(path.read_bytes(), ctype, owner="demo")
+            data = path.read_bytes()
+            image = media.register_image(data, _media_type(data), owner="demo")
             actors.media.process_image.send(image.id)
             sent.append((path, image.id))
         actors.broker.join(actors.media.process_image.queue_name, fail_fast=False)
@@ -122,7 +136,8 @@ def cmd_images_add(args: argparse.Namespace) -> int:
     media = get_container().media
     for name in args.files:
         path = Path(name)
-        image = media.register_image(path.read_bytes(), mimetypes.guess_type(path.name)[0], args.owner)
+        data = path.read_bytes()
+        image = media.register_image(data, _media_type(data), args.owner)
         actors.media.process_image.send(image.id)
         print(image.id)
     return 0
