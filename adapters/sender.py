@@ -29,3 +29,6 @@ class BrokerSender:
             message = Message(queue_name=queue, actor_name=actor, args=tuple(args), kwargs=dict(kwargs),
                               options=dict(options))
         return self.broker.enqueue(message).message_id
+
+    def declares(self, actor: str) -> bool:
+        return actor in self.broker.actors

@@ -48,6 +48,7 @@ def build_broker(settings: Settings) -> Broker:
         fallback_queue=_from_container("fallback_queue"),
         breaker_policy=settings.breaker_policy,
         dead_letter_store=_from_container("dead_letter_store"),
+        letter_fallback=_from_container("letter_fallback"),
     )
     kind = settings.broker_kind
     broker: Broker

@@ -59,7 +59,7 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
-from domain.ports import BreakerStore, DeadLetterStore, DedupStore, FallbackQueue, MetricsStore
+from domain.ports import BreakerStore, DeadLetterStore, DedupStore, FallbackQueue, LetterFallback, MetricsStore
 from domain.resilience import BreakerPolicy
 from middleware.circuit import CircuitBreaker
 from middleware.correlation import Correlation
@@ -79,7 +79,8 @@ def build_stack(*, max_retries: int = 20, min_backoff_ms: int = 1000,
                 breaker_store: Callable[[], BreakerStore] | None = None,
                 fallback_queue: Callable[[], FallbackQueue] | None = None,
                 breaker_policy: BreakerPolicy | None = None,
-                dead_letter_store: Callable[[], DeadLetterStore] | None = None) -> list[Middleware]:
+                dead_letter_store: Callable[[], DeadLetterStore] | None = None,
+                letter_fallback: Callable[[], LetterFallback] | None = None) -> list[Middleware]:
     """The middleware list every broker in atelier is built with (order: see the module docstring)."""
     stack: list[Middleware] = [
         AgeLimit(),
@@ -92,7 +93,7 @@ def build_stack(*, max_retries: int = 20, min_backoff_ms: int = 1000,
         Correlation(),
     ]
     if dead_letter_store is not None:
-        stack.append(DeadLetters(dead_letter_store, metrics=metrics_store))
+        stack.append(DeadLetters(dead_letter_store, metrics=metrics_store, fallback=letter_fallback))
     stack.append(ClassifiedRetries(max_retries=max_retries, min_backoff=min_backoff_ms, max_backoff=max_backoff_ms))
     if dedup_store is not None:
         stack.append(Dedup(dedup_store, default_window=dedup_default_window, metrics=metrics_store))

@@ -16,7 +16,7 @@ from dramatiq.middleware import Middleware, SkipMessage
 from brokers.admission import CARRIER_ACTOR, Junk, letter_for
 from brokers.park import fresh_copy, park
 from domain.errors import PermanentError
-from domain.ports import DeadLetterStore, MetricsStore
+from domain.ports import DeadLetterStore, LetterFallback, MetricsStore
 from domain.resilience import TRANSIENT_OPTIONS, DeadLetter, bounded_letter
 
 #: Counter of dead letters written, labels (queue_name, actor_name, reason).
@@ -28,6 +28,11 @@ DEAD_LETTER_WRITE_FAILURES = "atelier_dead_letter_write_failures_total"
 #: (park.MAX_DELAY_MS: longer delays are not safe on RabbitMQ).
 WRITE_RETRY_MS = 10_000
 WRITE_RETRY_MAX_MS = 900_000
+#: After this many failed writes of one letter (about five minutes of them) it goes to the
+#: LetterFallback instead of back to the broker, where an operator sees it.
+FALLBACK_AFTER_ATTEMPTS = 5
+#: Counter of letters kept in the fallback store, labels (queue_name, actor_name).
+DEAD_LETTERS_FALLBACK = "atelier_dead_letters_fallback_total"
 
 
 class MessageExpired(Exception):
@@ -98,16 +103,24 @@ class DeadLetters(Middleware):
     waiting twice as long, while the store stays down). Only if the broker refuses that too does
     the message rest in Dramatiq's XQ alone (logged as critical).
 
+    A letter the store refused FALLBACK_AFTER_ATTEMPTS times (a database down for minutes, or a
+    letter it will never take) goes to the LetterFallback when there is one, with an ERROR line
+    and a count: ``atelier dlq list`` shows how many wait there, ``atelier dlq restore`` moves
+    them to the store.
+
     Parameters:
       store: callable returning the DeadLetterStore, resolved on first use.
       metrics: optional callable returning the MetricsStore that counts dead letters.
+      fallback: optional callable returning the LetterFallback.
     """
 
     def __init__(self, store: Callable[[], DeadLetterStore], *,
-                 metrics: Callable[[], MetricsStore] | None = None) -> None:
+                 metrics: Callable[[], MetricsStore] | None = None,
+                 fallback: Callable[[], LetterFallback] | None = None) -> None:
         self.logger = get_logger(__name__, type(self))
         self._store_factory = store
         self._store: DeadLetterStore | None = None
+        self._fallback_factory = fallback
         self._metrics_factory = metrics
         self._carried: set[str] = set()  # carriers whose letter before_process_message wrote
 
@@ -181,6 +194,8 @@ class DeadLetters(Middleware):
         try:
             stored = self.store.add(letter)
         except Exception:
+            if attempts + 1 >= FALLBACK_AFTER_ATTEMPTS and self._keep_aside(message, letter, attempts + 1):
+                return
             delay = min(WRITE_RETRY_MS * 2 ** attempts, WRITE_RETRY_MAX_MS)
             try:
                 parked = fresh_copy(message, dead_letter=letter.asdict(), dead_letter_attempts=attempts + 1)
@@ -199,6 +214,22 @@ class DeadLetters(Middleware):
         self.logger.warning("Dead-lettered message %r (%s, %s after %d attempt(s)): letter %s.",
                             message.message_id, letter.actor, letter.reason, letter.attempts, letter.id)
         self._count(DEAD_LETTERS, (letter.queue, letter.actor, letter.reason))
+
+    def _keep_aside(self, message: Message, letter: DeadLetter, failures: int) -> bool:
+        """Put the letter in the fallback store; False when there is none or it failed too."""
+        if self._fallback_factory is None:
+            return False
+        try:
+            self._fallback_factory().add(letter)
+        except Exception:
+            self.logger.error("Could not keep dead letter of message %r in the fallback store either.",
+                              message.message_id, exc_info=True)
+            return False
+        self.logger.error("The dead-letter store refused the letter of message %r %d times; it is kept in the "
+                          "fallback store as %s (atelier dlq restore moves it back).", message.message_id,
+                          failures, letter.id, exc_info=True)
+        self._count(DEAD_LETTERS_FALLBACK, (letter.queue, letter.actor))
+        return True
 
     def _count(self, name: str, labels: tuple[str, ...]) -> None:
         if self._metrics_factory is None:

@@ -45,6 +45,12 @@ class ResilienceProviders:
         return SqlDeadLetterStore(self.engine)
 
     @cached_property
+    def letter_fallback(self):  # type: ignore[no-untyped-def]
+        from adapters.state.letters import InMemoryLetterFallback, RedisLetterFallback
+
+        return self._shared_state(RedisLetterFallback, InMemoryLetterFallback, "deadletters:")
+
+    @cached_property
     def message_sender(self):  # type: ignore[no-untyped-def]
         from adapters.sender import BrokerSender
         from bootstrap.broker import get_broker
@@ -57,7 +63,8 @@ class ResilienceProviders:
         from domain.services.deadletters import DeadLetterService
 
         return DeadLetterService(self.dead_letter_store, self.message_sender, SystemClock(),
-                                 replay_dedup_window=self.settings.dlq_replay_dedup_window)
+                                 replay_dedup_window=self.settings.dlq_replay_dedup_window,
+                                 fallback=self.letter_fallback)
 
     @cached_property
     def fallback_drainer(self):  # type: ignore[no-untyped-def]
@@ -71,7 +78,7 @@ class ResilienceProviders:
         """Dead letters, dedup skips, breaker states and fallback queue lengths for /metrics."""
         from adapters.metrics import MetricSpec, store_counter
         from middleware.circuit import CIRCUIT_PARKED, CIRCUIT_TRANSITIONS
-        from middleware.deadletters import DEAD_LETTER_WRITE_FAILURES, DEAD_LETTERS
+        from middleware.deadletters import DEAD_LETTER_WRITE_FAILURES, DEAD_LETTERS, DEAD_LETTERS_FALLBACK
         from middleware.dedup import DEDUP_SKIPS
 
         store = self.metrics_store
@@ -83,6 +90,12 @@ class ResilienceProviders:
                           ("queue_name", "actor_name")),
             MetricSpec("atelier_dead_letters", "gauge", "Dead letters stored and not replayed.",
                        lambda: self.dead_letter_store.count(replayed=False)),
+            store_counter(store, DEAD_LETTERS_FALLBACK,
+                          "Dead letters the store refused repeatedly, kept in the fallback store instead.",
+                          ("queue_name", "actor_name")),
+            MetricSpec("atelier_dead_letters_in_fallback", "gauge",
+                       "Dead letters waiting in the fallback store (atelier dlq restore).",
+                       lambda: self.letter_fallback.count()),
             store_counter(store, DEDUP_SKIPS, "Messages skipped as duplicates (done within the window, or busy).",
                           ("queue_name", "actor_name", "reason")),
             MetricSpec("atelier_circuit_state", "gauge", "Circuit breaker state: 0 closed, 1 half-open, 2 open.",

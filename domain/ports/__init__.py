@@ -13,6 +13,7 @@ from domain.ports.resilience import (
     DeadLetterStore,
     DedupStore,
     FallbackQueue,
+    LetterFallback,
     MessageSender,
     MetricsStore,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "ImageEmbedder",
     "ImageProcessor",
     "ImageRepository",
+    "LetterFallback",
     "MessageRepository",
     "MessageSender",
     "MessagingUnitOfWork",

@@ -126,3 +126,20 @@ class MessageSender(Protocol):
              options: dict[str, Any]) -> str:
         """Enqueue a new message; returns its message id."""
         ...
+
+    def declares(self, actor: str) -> bool:
+        """Whether this process knows ``actor`` (the code a replay would run is deployed here)."""
+        ...
+
+
+class LetterFallback(Protocol):
+    """Where a dead letter goes when the dead-letter store refused it several times: kept where an
+    operator sees it (``atelier dlq list`` counts them, ``atelier dlq restore`` moves them back)."""
+
+    def add(self, letter: DeadLetter) -> None: ...
+
+    def list(self, limit: int = 100) -> list[DeadLetter]: ...
+
+    def remove(self, letter_ids: Sequence[str]) -> int: ...
+
+    def count(self) -> int: ...

@@ -9,8 +9,8 @@ from datetime import datetime
 from typing import Any
 
 from domain.errors import DomainError, NotFound
-from domain.ports import Clock, DeadLetterStore, MessageSender
-from domain.resilience import TRANSIENT_OPTIONS, DeadLetter
+from domain.ports import Clock, DeadLetterStore, LetterFallback, MessageSender
+from domain.resilience import TRANSIENT_OPTIONS, DeadLetter, bounded_letter
 
 #: Options that belong to one delivery or one run of retries: a replay starts afresh without them.
 NOT_REPLAYED = TRANSIENT_OPTIONS | {"retries", "replay_of"}
@@ -23,10 +23,20 @@ class AlreadyReplayed(DomainError):
         self.letter = letter
 
 
+#: Letters of deliveries that were never a runnable message: there is nothing to send again.
+UNRUNNABLE = {"undecodable": "its body is not a message", "invalid_message": "its id, actor or timestamp is malformed",
+              "invalid_options": "its options are of the wrong type"}
+
+
+class CannotReplay(DomainError):
+    """The letter's message cannot run as it was sent; purge it, or send a corrected message."""
+
+
 class DeadLetterService:
     def __init__(self, store: DeadLetterStore, sender: MessageSender, clock: Clock,
-                 replay_dedup_window: int = 86_400) -> None:
+                 replay_dedup_window: int = 86_400, fallback: LetterFallback | None = None) -> None:
         self.store = store
+        self.fallback = fallback
         self.sender = sender
         self.clock = clock
         self.replay_dedup_window = replay_dedup_window
@@ -61,6 +71,12 @@ class DeadLetterService:
         count); returns the new message id. Sent before it is marked: a crash in between leaves the
         letter replayable, and a second replay is absorbed by the dedup key."""
         letter = self.get(letter_id)
+        if letter.reason in UNRUNNABLE:
+            raise CannotReplay(f"dead letter {letter.id} cannot be replayed: {UNRUNNABLE[letter.reason]} "
+                               f"({letter.error[:200]}); purge it, or send a corrected message")
+        if letter.reason == "unknown_actor" and not self.sender.declares(letter.actor):
+            raise CannotReplay(f"dead letter {letter.id} cannot be replayed: no actor named {letter.actor!r} is "
+                               "declared in this version; deploy the code that declares it, or purge the letter")
         if letter.replayed_at is not None and not force:
             raise AlreadyReplayed(letter)
         message_id = self.sender.send(letter.actor, letter.queue, letter.args, letter.kwargs,
@@ -70,3 +86,19 @@ class DeadLetterService:
 
     def purge(self, letter_ids: Sequence[str]) -> int:
         return self.store.delete(letter_ids)
+
+    def waiting_in_fallback(self) -> int:
+        """Letters the store refused repeatedly, kept aside (see restore)."""
+        return self.fallback.count() if self.fallback is not None else 0
+
+    def restore(self, limit: int = 1000) -> tuple[int, int]:
+        """Move letters from the fallback store to the store; returns (moved, still waiting).
+        A letter is removed from the fallback only once the store has it."""
+        if self.fallback is None:
+            return 0, 0
+        moved = 0
+        for letter in self.fallback.list(limit=limit):
+            self.store.add(bounded_letter(letter))  # False: already there (moved before a crash)
+            self.fallback.remove([letter.id])
+            moved += 1
+        return moved, self.fallback.count()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -54,11 +55,24 @@ def _outbox_dead(args: argparse.Namespace) -> list[Any]:
             and (f["newer_than"] is None or e.created_at >= f["newer_than"])]
 
 
+def _fallback_notice(service: Any) -> None:
+    try:
+        waiting = service.waiting_in_fallback()
+    except Exception as exc:  # the notice must not hide the letters the store has
+        print(f"(could not count letters in the fallback store: {exc})", file=sys.stderr)
+        return
+    if waiting:
+        print(f"{waiting} dead letter(s) wait in the fallback store (the dead-letter store refused them); "
+              "run `atelier dlq restore`", file=sys.stderr)
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from bootstrap import get_container
 
-    letters = get_container().dead_letters.list(limit=args.limit, **_filters(args))
+    service = get_container().dead_letters
+    letters = service.list(limit=args.limit, **_filters(args))
     events = _outbox_dead(args)
+    _fallback_notice(service)
     if args.json:
         for letter in letters:
             print(json.dumps(_letter_row(letter), default=str))
@@ -108,7 +122,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from bootstrap import get_container
     from domain.errors import NotFound
     from domain.models import parse_id
-    from domain.services.deadletters import AlreadyReplayed
+    from domain.services.deadletters import AlreadyReplayed, CannotReplay
 
     container = get_container()
     service = container.dead_letters
@@ -129,7 +143,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             event = container.outbox_relay.retry(letter_id)
             print(f"{event.id} outbox event due again")
             continue
-        except AlreadyReplayed as exc:
+        except (AlreadyReplayed, CannotReplay) as exc:
             print(f"{letter_id} skipped: {exc}")
             failed += 1
             continue
@@ -157,6 +171,14 @@ def cmd_purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_restore(args: argparse.Namespace) -> int:
+    from bootstrap import get_container
+
+    moved, waiting = get_container().dead_letters.restore(limit=args.limit)
+    print(f"restored {moved} dead letter(s) from the fallback store; {waiting} still there")
+    return 0 if waiting == 0 else 1
+
+
 def _add_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--actor", help="only this actor's letters")
     p.add_argument("--older-than", type=age, metavar="AGE", help="failed more than AGE ago (30s, 15m, 2h, 7d)")
@@ -165,7 +187,7 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: Any) -> None:
-    dlq = subparsers.add_parser("dlq", help="dead letters: list, show, replay, purge").add_subparsers(
+    dlq = subparsers.add_parser("dlq", help="dead letters: list, show, replay, purge, restore").add_subparsers(
         dest="dlq_command", required=True)
     p = dlq.add_parser("list", help="dead letters (not yet replayed) and dead outbox events, newest first")
     _add_filters(p)
@@ -192,3 +214,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--replayed", action="store_true", help="only letters already replayed")
     p.add_argument("--everything", action="store_true", help="with no other filter: every letter")
     p.set_defaults(func=cmd_purge)
+    p = dlq.add_parser("restore", help="move letters the store refused (kept in the fallback store) into it")
+    p.add_argument("--limit", type=int, default=1000)
+    p.set_defaults(func=cmd_restore)

@@ -14,10 +14,14 @@ import pytest
 from dramatiq import Message
 from dramatiq.middleware import Middleware
 
+from adapters.sender import BrokerSender
+from adapters.state.letters import InMemoryLetterFallback
 from brokers.admission import CARRIER_ACTOR
+from domain.clock import SystemClock
 from domain.errors import TransientError
 from domain.resilience import DeadLetter, bounded_letter
-from middleware.deadletters import letter_of
+from domain.services.deadletters import CannotReplay, DeadLetterService
+from middleware.deadletters import FALLBACK_AFTER_ATTEMPTS, DeadLetters, letter_of
 from middleware.retries import RETRY_AFTER_MAX_MS, retry_after_ms
 from tests.services import wait_for
 from tests.unit.stack import Stack
@@ -224,3 +228,50 @@ def test_bounded_letters_keep_distinct_ids_apart_and_make_json_finite():
     assert big.attempts == 2**31 - 1
     json.dumps(big.args, allow_nan=False)  # finite, and small
     assert len(json.dumps(big.args)) < 300_000
+
+
+def test_replay_refuses_letters_that_cannot_run_and_purge_removes_them(stack):
+    ran: list = []
+    declare(stack, ran)
+    raw(stack, b"\x00 not a message")
+    raw(stack, message(actor_name="thumbnail_v2", args=["img-9"]))
+    stack.join()
+    wait_for(lambda: len(stack.letters.letters) == 2, timeout=5, message="two letters")
+    by_reason = {letter.reason: letter for letter in stack.letters.letters.values()}
+    service = DeadLetterService(stack.letters, BrokerSender(stack.broker), SystemClock())
+    with pytest.raises(CannotReplay, match="its body is not a message"):
+        service.replay(by_reason["undecodable"].id)
+    with pytest.raises(CannotReplay, match="no actor named 'thumbnail_v2' is declared in this version"):
+        service.replay(by_reason["unknown_actor"].id)
+
+    @dramatiq.actor(broker=stack.broker, queue_name="q")
+    def thumbnail_v2(image_id: str) -> None:  # the next release, deployed
+        ran.append(("v2", image_id))
+
+    service.replay(by_reason["unknown_actor"].id)
+    stack.join()
+    assert ran == [("v2", "img-9")]
+    assert service.purge([by_reason["undecodable"].id]) == 1
+    assert [x.reason for x in service.list()] == ["unknown_actor"]
+
+
+def test_a_letter_the_store_keeps_refusing_goes_to_the_fallback_store(stack):
+    declare(stack, [])
+    delays = Delays()
+    stack.broker.add_middleware(delays)
+    dead_letters = next(m for m in stack.broker.middleware if isinstance(m, DeadLetters))
+    fallback = InMemoryLetterFallback()
+    dead_letters._fallback_factory = lambda: fallback
+    stack.letters.down = True
+    failed = Message(queue_name="q", actor_name="resize", args=("x",), kwargs={}, options={})
+    letter = letter_of(stack.broker, failed, ValueError("boom"))
+    dead_letters._write(stack.broker, failed, letter, FALLBACK_AFTER_ATTEMPTS - 2)
+    assert fallback.count() == 0 and delays.seen[-1][2] is None  # put back to try again
+    parked = len(delays.seen)
+    dead_letters._write(stack.broker, failed, letter, FALLBACK_AFTER_ATTEMPTS - 1)
+    assert [x.id for x in fallback.list()] == [letter.id]
+    assert len(delays.seen) == parked  # not put back again
+    assert stack.count("atelier_dead_letters_fallback_total") == {("q", "resize"): 1}
+    stack.letters.down = False
+    service = DeadLetterService(stack.letters, BrokerSender(stack.broker), SystemClock(), fallback=fallback)
+    assert service.restore() == (1, 0) and stack.letters.get(letter.id) is not None
