@@ -3,16 +3,26 @@
 route_message(message_id) is what the outbox routes ``message.created`` to (bootstrap/routing.py);
 it plans the deliveries and sends deliver_message(message_id, channel) once per channel.
 deliver_message sends one delivery; the service never sends a delivery that is already SENT,
-so the broker redelivering either message sends nothing twice.
+so the broker redelivering either message sends nothing twice. When the channel accepted a send
+whose SENT record failed (the database down), the receipt rides on the message in the
+``delivery_receipt`` option: the retry, and a replay of its dead letter, record it instead of
+sending again.
 """
+
+from typing import Any
 
 import dramatiq
 import structlog
+from dramatiq.middleware import CurrentMessage
 
 from actors import settings
 from bootstrap import get_container, queue
-from domain.models import parse_id
+from domain.errors import SendNotRecorded
+from domain.models import SendReceipt, parse_id
 from domain.services.messaging import parse_channel
+
+#: Message option carrying the receipt of a send that was accepted but not recorded.
+RECEIPT_OPTION = "delivery_receipt"
 
 # Middleware options: route_message runs once per message id within 24 h (Dedup); each channel's
 # deliveries go through its circuit breaker, parked on the channel's fallback queue while it is open.
@@ -37,4 +47,22 @@ def deliver_message(message_id: str, channel: str) -> None:
     message_id = parse_id(message_id, "message_id")
     channel_ = parse_channel(channel, concrete=True)
     structlog.contextvars.bind_contextvars(outbound_message_id=message_id, channel=channel_.value)
-    get_container().messaging.deliver(message_id, channel_)
+    message = CurrentMessage.get_current_message()
+    options: dict[str, Any] = message.options if message is not None else {}
+    try:
+        get_container().messaging.deliver(message_id, channel_, sent=carried_receipt(options, message_id,
+                                                                                    channel_.value))
+    except SendNotRecorded as exc:
+        # Retries re-enqueue this message with its options, and a dead letter keeps them.
+        options[RECEIPT_OPTION] = {"message_id": message_id, "channel": channel_.value,
+                                   "provider_message_id": exc.receipt.provider_message_id}
+        raise
+
+
+def carried_receipt(options: dict[str, Any], message_id: str, channel: str) -> SendReceipt | None:
+    """The receipt an earlier run of this delivery left on the message, if it is for this delivery."""
+    carried = options.get(RECEIPT_OPTION)
+    if not isinstance(carried, dict) or carried.get("message_id") != message_id or carried.get("channel") != channel:
+        return None
+    provider_id = carried.get("provider_message_id")
+    return SendReceipt(provider_id if isinstance(provider_id, str) else None)

@@ -210,3 +210,68 @@ def test_delivery_reports_move_sent_to_delivered(world):
         service.record_status(WA, "wamid.unknown", MessageStatus.DELIVERED)
     with pytest.raises(InvalidPayload):
         service.record_status(WA, wa.provider_message_id, MessageStatus.FAILED)
+
+
+class _RecordingFails:
+    """Wraps the unit of work factory: the next ``n`` commits of a delivery outcome fail, as with
+    the database down right after the channel accepted the message."""
+
+    def __init__(self, rows, events, n: int = 1) -> None:
+        self.rows, self.events, self.left = rows, events, n
+        self.armed = False
+
+    def __call__(self):
+        uow = FakeMessagingUnitOfWork(self.rows, self.events)
+        if self.armed and self.left > 0:
+            self.left -= 1
+
+            def down() -> None:
+                raise ConnectionError("database of record unreachable")
+
+            uow.commit = down  # type: ignore[method-assign]
+        return uow
+
+
+def test_a_send_whose_record_failed_hands_back_its_receipt_and_is_never_sent_again(world):
+    """Issue 16, hole 1: the channel accepted the message, recording SENT failed. The retry must
+    record the receipt, not send a second time, even once the lease has expired."""
+    from domain.errors import SendNotRecorded
+
+    _, rows, events, gateways, clock = world
+    factory = _RecordingFails(rows, events)
+    service = MessagingService(factory, gateways, lease_seconds=30, clock=clock)
+    message, _ = service.create(channel="whatsapp", recipient="ann", text="hi")
+    service.route(message.id)
+
+    def database_goes_down() -> None:
+        factory.armed = True  # after the lease was taken, before the outcome is recorded
+
+    gateways[WA].during_send = database_goes_down
+    with pytest.raises(SendNotRecorded) as failed:
+        service.deliver(message.id, WA)
+    receipt = failed.value.receipt
+    assert receipt.provider_message_id == "wa-1" and len(gateways[WA].sent) == 1
+    assert rows[message.id].delivery(WA).status is MessageStatus.PENDING  # nothing recorded
+
+    clock.t += timedelta(seconds=31)  # the lease of the first run has expired
+    delivery = service.deliver(message.id, WA, sent=receipt)
+    assert delivery.status is MessageStatus.SENT and delivery.provider_message_id == "wa-1"
+    assert len(gateways[WA].sent) == 1, "sent twice"
+    assert _statuses(events) == [("whatsapp", "SENT")]
+    # Carried again later (a replayed dead letter): already SENT, nothing happens.
+    assert service.deliver(message.id, WA, sent=receipt).status is MessageStatus.SENT
+    assert len(gateways[WA].sent) == 1
+
+
+def test_a_carried_receipt_is_recorded_even_while_the_lease_is_held(world):
+    """The lease left by the run whose record failed must not make the retry wait for it: the
+    receipt says the send is done."""
+    from domain.models import SendReceipt
+
+    service, rows, _, gateways, clock = world
+    message, _ = service.create(channel="whatsapp", recipient="ann", text="hi")
+    service.route(message.id)
+    rows[message.id].delivery(WA).start_attempt(clock.t, clock.t + timedelta(seconds=30))
+    delivery = service.deliver(message.id, WA, sent=SendReceipt("wamid.1"))
+    assert delivery.status is MessageStatus.SENT and delivery.sending_until is None
+    assert gateways[WA].sent == []
