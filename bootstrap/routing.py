@@ -9,6 +9,12 @@ carries dedup_key "<event id>:<actor>", so a subscriber runs once per event.
 Only name actors that this code base declares: a route to an unknown actor fails the event,
 which is retried and then marked dead. Adding a subscriber is one line, e.g.
     Route("image.processed", "embed_image", args=lambda e: (e["aggregate_id"],)),
+
+ANNOUNCED lists the event types recorded with no subscriber on purpose: they are published (and
+announced on pub/sub) with no delivery. A type in neither table is one this version does not know
+(recorded by a newer one during a rolling deploy): the relay leaves it due for a relay that knows
+it, and marks it dead after OUTBOX_UNROUTED_GRACE_S. A new event type therefore gets a line in one
+of the two tables in the same change that records it.
 """
 
 from domain.services.outbox import Route
@@ -20,4 +26,12 @@ ROUTES: list[Route] = [
     Route("message.created", "route_message", args=lambda e: (e["aggregate_id"],)),
     # --- media: embeddings ---
     Route("image.processed", "embed_image", args=lambda e: (e["aggregate_id"],)),
+]
+
+ANNOUNCED: list[str] = [
+    "image.uploaded",
+    "image.failed",
+    "upload.completed",
+    "upload.failed",
+    "message.status",
 ]
