@@ -25,8 +25,9 @@ def collect_abandoned_uploads() -> None:
     get_container().uploads.collect_abandoned()
 
 
-# Subscribed to upload.completed (bootstrap/routing.py): an image upload was registered as an image
-# in the COMPLETED transaction; this processes it. Other uploads have no image_id: nothing to do.
+# No longer routed: image.uploaded -> process_image (bootstrap/routing.py) covers image uploads.
+# Kept declared for messages a relay of the previous version sent on upload.completed (a rolling
+# deploy); process_image leaves an image already processed as it is. Other uploads: nothing to do.
 @dramatiq.actor(queue_name=queue(settings, "media"), time_limit=300_000)
 def process_uploaded_image(event: dict[str, Any]) -> None:
     if not isinstance(event, dict) or not isinstance(event.get("payload"), dict):

@@ -20,8 +20,9 @@ of the two tables in the same change that records it.
 from domain.services.outbox import Route
 
 ROUTES: list[Route] = [
-    # --- uploads --- an image upload's image is processed once its upload is COMPLETED.
-    Route("upload.completed", "process_uploaded_image"),
+    # --- media --- an image is processed once it is registered: register_image and a completed
+    # image upload both record image.uploaded in the transaction that records the image.
+    Route("image.uploaded", "process_image", args=lambda e: (e["aggregate_id"],)),
     # --- messaging ---
     Route("message.created", "route_message", args=lambda e: (e["aggregate_id"],)),
     # --- media: embeddings ---
@@ -29,7 +30,6 @@ ROUTES: list[Route] = [
 ]
 
 ANNOUNCED: list[str] = [
-    "image.uploaded",
     "image.failed",
     "upload.completed",
     "upload.failed",
