@@ -16,6 +16,7 @@ import structlog
 from dramatiq.middleware import CurrentMessage
 
 from actors import settings
+from actors.ticks import run_tick
 from bootstrap import get_container, queue
 from domain.errors import SendNotRecorded
 from domain.models import SendReceipt, parse_id
@@ -66,3 +67,15 @@ def carried_receipt(options: dict[str, Any], message_id: str, channel: str) -> S
         return None
     provider_id = carried.get("provider_message_id")
     return SendReceipt(provider_id if isinstance(provider_id, str) else None)
+
+
+# Sent by the scheduler every MESSAGE_SWEEP_INTERVAL_S (schedules/jobs.py): deliveries left PENDING
+# with nothing sending them (their message lost with a circuit's fallback list, say) are routed
+# again from the database of record; deliver_message sends each at most once whatever runs it.
+# A tick like relay_outbox: no retries, a failed one logged (actors/ticks.py), stale ones dropped.
+@dramatiq.actor(queue_name=queue(settings, "messages"), max_retries=0, dead_letter_expired=False,
+                max_age=int(max(60_000, 10_000 * settings.message_sweep_interval_s)), time_limit=120_000)
+def sweep_deliveries() -> None:
+    run_tick("sweep_deliveries", lambda: get_container().messaging.sweep_stale(
+        lambda message_id, channel: deliver_message.send(message_id, channel.value),
+        pending_for=settings.message_sweep_after_s, unknown_for=settings.message_sweep_unknown_after_s))

@@ -9,6 +9,12 @@
   DELIVERED or FAILED is never sent again; a run finding another run's lease unexpired raises
   DeliveryInFlight instead of sending in parallel. Every attempt is counted.
 - record_status: a channel's report (DELIVERED) for a delivery, found by the channel's message id.
+- sweep_stale: routes again deliveries left PENDING with nothing sending them (their message was
+  lost: a circuit's fallback list lives in Redis, which a flush or a failover to a lagging
+  replica empties), from the database of record. Safe to route a delivery twice: deliver sends
+  it once. A delivery being sent (live lease) is never touched; one whose last attempt has an
+  unknown outcome (lease expired, nothing recorded: the channel may have accepted it and the
+  receipt be riding on a retry) waits for the much longer ``unknown_for``.
 
 Every delivery status change commits with a ``message.status`` event (uow.add_event).
 
@@ -232,6 +238,27 @@ class MessagingService:
         log.info("delivery %s/%s: recording the receipt of an earlier send (%s), not sending again",
                  message_id, channel.value, sent.provider_message_id)
         return self._finish(message_id, channel, record, plan=True)
+
+    def sweep_stale(self, dispatch: Callable[[str, MessageChannel], object], *, pending_for: float,
+                    unknown_for: float, limit: int = 500) -> int:
+        """Route again (``dispatch(message_id, channel)``: send deliver_message) every delivery
+        PENDING with nothing sending it for ``pending_for`` seconds (``unknown_for`` when its last
+        attempt's outcome is unknown); mark them routed, so the next sweep waits another bound.
+        Dispatched inside the transaction: if dispatching fails, nothing is marked and the next
+        sweep tries again. Returns how many were routed."""
+        with self._uow() as uow:
+            now = self._clock.now()
+            stale = uow.messages.stale_deliveries(now=now, idle_before=now - timedelta(seconds=pending_for),
+                                                  unknown_before=now - timedelta(seconds=unknown_for), limit=limit)
+            if not stale:
+                return 0
+            for message_id, channel in stale:
+                dispatch(message_id, channel)
+            uow.messages.touch_deliveries(stale, now)
+            uow.commit()
+        log.warning("sweep: %d delivery(ies) left PENDING with nothing sending them routed again: %s", len(stale),
+                    ", ".join(f"{m}/{c.value}" for m, c in stale[:20]) + (" ..." if len(stale) > 20 else ""))
+        return len(stale)
 
     def record_status(self, channel: MessageChannel, provider_message_id: str,
                       status: MessageStatus) -> ChannelDelivery:

@@ -117,3 +117,52 @@ def test_a_carried_receipt_survives_into_the_replay_of_a_dead_letter():
                         failed_at=datetime.now(UTC))
     options = DeadLetterService(None, None, None).replay_options(letter)  # type: ignore[arg-type]
     assert options["delivery_receipt"] == receipt and "retries" not in options
+
+
+def test_a_delivery_lost_with_the_fallback_list_is_sent_by_the_sweep_once(world):
+    """Issue 16, hole 2: the circuit's fallback list held the only copy of an acked delivery and
+    Redis lost it (flush, failover). The sweep routes it again from the database of record, and
+    the parked copy coming back after all sends nothing twice."""
+    from datetime import timedelta
+
+    from adapters.state.memory import InMemoryBreakerStore, InMemoryFallbackQueue
+    from domain.models import utcnow
+    from middleware.circuit import CircuitBreaker
+
+    actors, _, rows, gateways = world
+
+    class Clock:
+        t = utcnow()
+
+        def now(self):  # type: ignore[no-untyped-def]
+            return self.t
+
+    clock = Clock()
+    service = MessagingService(lambda: FakeMessagingUnitOfWork(rows, []), gateways, clock=clock)
+    get_container().__dict__["messaging"] = service
+    breaker = next(m for m in actors.broker.middleware if isinstance(m, CircuitBreaker))
+    saved = breaker._store, breaker._fallback
+    breaker._store, breaker._fallback = InMemoryBreakerStore(), InMemoryFallbackQueue()
+    try:
+        for _ in range(breaker.policy.failure_threshold):  # the channel is failing: open
+            breaker.store.record_failure("channel:whatsapp", int(clock.t.timestamp() * 1000), breaker.policy)
+        message, _ = service.create(channel="whatsapp", recipient="ann", text="hi")
+        service.route(message.id)
+        actors.messaging.deliver_message.send(message.id, "whatsapp")
+        actors.broker.join(actors.messaging.deliver_message.queue_name, fail_fast=True)
+        (parked,) = breaker.fallback.claim("channel:whatsapp", 10)  # its only copy
+        breaker._store, breaker._fallback = InMemoryBreakerStore(), InMemoryFallbackQueue()  # Redis flushed
+
+        actors.messaging.sweep_deliveries.send()
+        actors.broker.join(actors.messaging.deliver_message.queue_name, fail_fast=True)
+        assert rows[message.id].delivery(MessageChannel.WHATSAPP).status is MessageStatus.PENDING  # too soon
+        clock.t += timedelta(seconds=actors.settings.message_sweep_after_s + 1)
+        actors.messaging.sweep_deliveries.send()
+        actors.broker.join(actors.messaging.deliver_message.queue_name, fail_fast=True)
+        assert rows[message.id].delivery(MessageChannel.WHATSAPP).status is MessageStatus.SENT
+        # Had the parked copy survived after all, draining it sends nothing twice.
+        actors.broker.enqueue(dramatiq.Message.decode(parked))
+        actors.broker.join(actors.messaging.deliver_message.queue_name, fail_fast=True)
+        assert len(gateways[MessageChannel.WHATSAPP].sent) == 1
+    finally:
+        breaker._store, breaker._fallback = saved

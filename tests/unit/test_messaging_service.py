@@ -275,3 +275,74 @@ def test_a_carried_receipt_is_recorded_even_while_the_lease_is_held(world):
     delivery = service.deliver(message.id, WA, sent=SendReceipt("wamid.1"))
     assert delivery.status is MessageStatus.SENT and delivery.sending_until is None
     assert gateways[WA].sent == []
+
+
+# --- the sweep of deliveries left PENDING (issue 16, hole 2) ---
+
+def _sweep(service, dispatched, **kw):  # type: ignore[no-untyped-def]
+    kw = {"pending_for": 900, "unknown_for": 86_400, **kw}
+    return service.sweep_stale(lambda message_id, channel: dispatched.append((message_id, channel)), **kw)
+
+
+def test_a_delivery_left_pending_is_routed_again_once_per_bound(world):
+    """Its message was lost (a circuit's fallback list flushed, say): nothing would ever send it."""
+    service, rows, _, gateways, clock = world
+    message, _ = service.create(channel="all", recipient="ann", text="hi")
+    service.route(message.id)
+    service.deliver(message.id, WA)  # whatsapp went out; instagram's message is lost
+    dispatched: list = []
+    assert _sweep(service, dispatched) == 0  # not stale yet
+    clock.t += timedelta(seconds=901)
+    assert _sweep(service, dispatched) == 1 and dispatched == [(message.id, IG)]
+    assert _sweep(service, dispatched) == 1 - 1  # touched: not routed again on the next tick
+    clock.t += timedelta(seconds=901)
+    assert _sweep(service, dispatched) == 1  # still pending a bound later: once more
+    # What it dispatches is an ordinary delivery: sent once, whatever runs it twice.
+    for message_id, channel in dispatched:
+        service.deliver(message_id, channel)
+    assert len(gateways[IG].sent) == 1 and len(gateways[WA].sent) == 1
+
+
+def test_the_sweep_leaves_a_delivery_being_sent_alone(world):
+    service, rows, _, _, clock = world
+    message, _ = service.create(channel="whatsapp", recipient="ann", text="hi")
+    service.route(message.id)
+    rows[message.id].delivery(WA).start_attempt(clock.t, clock.t + timedelta(days=2))  # a live lease
+    clock.t += timedelta(days=1)
+    dispatched: list = []
+    assert _sweep(service, dispatched, unknown_for=3600) == 0 and dispatched == []
+
+
+def test_an_attempt_whose_outcome_is_unknown_waits_for_the_long_bound(world):
+    """Its lease expired with nothing recorded: the send may have been accepted and its receipt be
+    riding on a retry (SendNotRecorded). Sent again only after unknown_for."""
+    service, rows, _, _, clock = world
+    message, _ = service.create(channel="whatsapp", recipient="ann", text="hi")
+    service.route(message.id)
+    rows[message.id].delivery(WA).start_attempt(clock.t, clock.t + timedelta(seconds=60))
+    dispatched: list = []
+    clock.t += timedelta(hours=2)
+    assert _sweep(service, dispatched, unknown_for=86_400) == 0
+    clock.t += timedelta(days=1)
+    assert _sweep(service, dispatched, unknown_for=86_400) == 1 and dispatched == [(message.id, WA)]
+
+
+def test_final_deliveries_are_never_swept_and_a_failed_dispatch_touches_nothing(world):
+    service, rows, _, gateways, clock = world
+    sent, _ = service.create(channel="whatsapp", recipient="ann", text="hi")
+    service.deliver(sent.id, WA)
+    failed, _ = service.create(channel="whatsapp", recipient="bob", text="hi")
+    gateways[WA].fail_with = [PermanentError("400")]
+    with pytest.raises(PermanentError):
+        service.deliver(failed.id, WA)
+    pending, _ = service.create(channel="instagram", recipient="cy", text="hi")
+    service.route(pending.id)
+    clock.t += timedelta(days=3)
+
+    def broker_down(message_id, channel):  # type: ignore[no-untyped-def]
+        raise ConnectionError("broker down")
+
+    with pytest.raises(ConnectionError):
+        service.sweep_stale(broker_down, pending_for=900, unknown_for=86_400)
+    dispatched: list = []
+    assert _sweep(service, dispatched) == 1 and dispatched == [(pending.id, IG)]

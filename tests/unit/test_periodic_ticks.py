@@ -49,7 +49,7 @@ def world():
     set_container(previous)
 
 
-@pytest.mark.parametrize("name", ["outbox.relay_outbox", "fallback.drain_fallback"])
+@pytest.mark.parametrize("name", ["outbox.relay_outbox", "fallback.drain_fallback", "messaging.sweep_deliveries"])
 def test_a_tick_failing_on_an_outage_is_not_dead_lettered(world, name, caplog):
     actors, letters = world
     module, actor_name = name.split(".")
