@@ -24,6 +24,9 @@ from domain.services.messaging import parse_channel
 
 #: Message option carrying the receipt of a send that was accepted but not recorded.
 RECEIPT_OPTION = "delivery_receipt"
+#: Retries of a message carrying a receipt: about 3 days at the longest backoff (5 min), so the
+#: receipt outlives a long database outage instead of resting in a dead letter until replayed.
+RECEIPT_MAX_RETRIES = 1000
 
 # Middleware options: route_message runs once per message id within 24 h (Dedup); each channel's
 # deliveries go through its circuit breaker, parked on the channel's fallback queue while it is open.
@@ -54,10 +57,17 @@ def deliver_message(message_id: str, channel: str) -> None:
         get_container().messaging.deliver(message_id, channel_, sent=carried_receipt(options, message_id,
                                                                                     channel_.value))
     except SendNotRecorded as exc:
-        # Retries re-enqueue this message with its options, and a dead letter keeps them.
-        options[RECEIPT_OPTION] = {"message_id": message_id, "channel": channel_.value,
-                                   "provider_message_id": exc.receipt.provider_message_id}
+        carry_receipt(options, message_id, channel_.value, exc.receipt)
         raise
+
+
+def carry_receipt(options: dict[str, Any], message_id: str, channel: str, receipt: SendReceipt) -> None:
+    """Put the receipt on the running message: Retries re-enqueues it with its options, and a dead
+    letter keeps them. While it rides, the message retries for days: only the database is missing."""
+    options[RECEIPT_OPTION] = {"message_id": message_id, "channel": channel,
+                               "provider_message_id": receipt.provider_message_id}
+    retries = options.get("max_retries")
+    options["max_retries"] = max(retries if isinstance(retries, int) else 0, RECEIPT_MAX_RETRIES)
 
 
 def carried_receipt(options: dict[str, Any], message_id: str, channel: str) -> SendReceipt | None:

@@ -166,3 +166,17 @@ def test_a_delivery_lost_with_the_fallback_list_is_sent_by_the_sweep_once(world)
         assert len(gateways[MessageChannel.WHATSAPP].sent) == 1
     finally:
         breaker._store, breaker._fallback = saved
+
+
+def test_a_carried_receipt_keeps_its_message_retrying_through_a_long_outage():
+    """The receipt must outlive the database outage: with the default 10 retries it would rest in
+    a dead letter after about half an hour, until someone replays it."""
+    import actors
+    from domain.models import SendReceipt
+
+    options: dict = {"max_retries": 5}
+    actors.messaging.carry_receipt(options, "m-1", "whatsapp", SendReceipt("wamid.1"))
+    assert options["max_retries"] == actors.messaging.RECEIPT_MAX_RETRIES >= 1000
+    assert actors.messaging.carried_receipt(options, "m-1", "whatsapp") == SendReceipt("wamid.1")
+    assert actors.messaging.carried_receipt(options, "m-1", "instagram") is None  # another delivery's
+    assert actors.messaging.carried_receipt({"delivery_receipt": "junk"}, "m-1", "whatsapp") is None
