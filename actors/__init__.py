@@ -16,4 +16,9 @@ broker = get_broker()
 # The broker must exist before actors are declared.
 from actors import fallback, media, messaging, outbox, uploads  # noqa: E402
 
+if settings.broker_kind == "rabbitmq":
+    from bootstrap.broker import check_consumer_timeout
+
+    check_consumer_timeout(broker, settings)  # every actor fits RabbitMQ's consumer_timeout
+
 __all__ = ["broker", "fallback", "media", "messaging", "outbox", "settings", "uploads"]

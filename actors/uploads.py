@@ -11,8 +11,11 @@ from domain.errors import InvalidPayload
 from domain.models import parse_id
 
 
-# Merging 10 GB server side takes a while; streaming small chunks longer still.
-@dramatiq.actor(queue_name=queue(settings, "uploads"), time_limit=3_600_000)
+# Merging 10 GB server side takes minutes (a composed merge moves no bytes through the worker;
+# verifying reads the object once). 20 min, not more: with the 5 min margin it stays inside
+# RabbitMQ's 30 min consumer_timeout (bootstrap.broker.check_consumer_timeout); a merge cut short
+# is retried and merges again from the start (it is idempotent), then dead-lettered.
+@dramatiq.actor(queue_name=queue(settings, "uploads"), time_limit=1_200_000)
 def merge_upload(upload_id: str) -> None:
     upload_id = parse_id(upload_id, "upload_id")
     structlog.contextvars.bind_contextvars(upload_id=upload_id)
@@ -20,13 +23,15 @@ def merge_upload(upload_id: str) -> None:
 
 
 # Sent by the scheduler (GC_CRON) and runnable by hand (`atelier gc`); safe to run twice at once.
-@dramatiq.actor(queue_name=queue(settings, "uploads"), time_limit=3_600_000, max_retries=3)
+# It commits a batch at a time: a run cut short by its 20 min limit leaves the rest to the retry.
+@dramatiq.actor(queue_name=queue(settings, "uploads"), time_limit=1_200_000, max_retries=3)
 def collect_abandoned_uploads() -> None:
     get_container().uploads.collect_abandoned()
 
 
-# Subscribed to upload.completed (bootstrap/routing.py): an image upload was registered as an image
-# in the COMPLETED transaction; this processes it. Other uploads have no image_id: nothing to do.
+# No longer routed: image.uploaded -> process_image (bootstrap/routing.py) covers image uploads.
+# Kept declared for messages a relay of the previous version sent on upload.completed (a rolling
+# deploy); process_image leaves an image already processed as it is. Other uploads: nothing to do.
 @dramatiq.actor(queue_name=queue(settings, "media"), time_limit=300_000)
 def process_uploaded_image(event: dict[str, Any]) -> None:
     if not isinstance(event, dict) or not isinstance(event.get("payload"), dict):

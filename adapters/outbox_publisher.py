@@ -7,8 +7,15 @@ Every message carries the options of the message contract: ``dedup_key`` = "<eve
 with ``dedup_window``, ``correlation_id`` from the event, and ``causation_id`` = the event id.
 
 A batch goes to the broker through brokers.batch.enqueue_batch: on Redis in one MULTI/EXEC
-transaction (all of it or none of it lands), elsewhere message by message (RabbitMQ with
-publisher confirms).
+transaction, elsewhere message by message (RabbitMQ with publisher confirms).
+
+One poisoned message never holds back the batch. A message that cannot be built or encoded fails
+its event alone. When the broker refuses the batch as a whole (Redis answers an error for one
+command of the transaction; RabbitMQ closes the channel for one message, which Dramatiq reports
+as a closed connection, like an outage), the broker is asked whether it is up: if it is not,
+that is an outage (TransientError: nothing is charged to the events); if it is, the messages are
+sent one at a time, and those it refuses again fail their events alone, while the others go out
+(some perhaps a second time: their dedup keys absorb the repeat).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import dramatiq
 import redis
 from dramatiq import Broker, Message
 
-from brokers.batch import BROKER_OUTAGE, enqueue_batch
+from brokers.batch import BROKER_OUTAGE, enqueue_batch, reachable
 from domain.errors import TransientError
 from domain.models import Delivery, OutboxEvent
 
@@ -58,20 +65,41 @@ class DramatiqPublisher:
         messages: list[Message[Any]] = []
         for d in deliveries:
             try:
-                messages.append(self._message(d))
-                owners.append(d.event.id)
+                message = self._message(d)
+                message.encode()  # arguments the encoder refuses are this event's fault, found here
             except dramatiq.errors.ActorNotFound:
                 failures[d.event.id] = f"no actor named {d.actor!r} is declared"
-            except Exception as exc:  # e.g. arguments the encoder refuses
+                continue
+            except Exception as exc:
                 failures[d.event.id] = f"{type(exc).__name__}: {exc}"
+                continue
+            messages.append(message)
+            owners.append(d.event.id)
+        if not messages:
+            return failures
         try:
             errors = enqueue_batch(self.broker, messages)
-        except BROKER_OUTAGE as exc:
-            raise TransientError(f"broker unavailable: {exc}") from exc
+        except Exception as exc:
+            self._outage_unless_reachable(exc)
+            log.warning("outbox publisher: the broker refused the batch but is up (%s: %s); sending its %d "
+                        "messages one at a time", type(exc).__name__, exc, len(messages))
+            errors = [self._enqueue_alone(m) for m in messages]
         for event_id, error in zip(owners, errors, strict=True):
             if error is not None:
                 failures.setdefault(event_id, error)
         return failures
+
+    def _outage_unless_reachable(self, exc: Exception) -> None:
+        if isinstance(exc, BROKER_OUTAGE) and not reachable(self.broker):
+            raise TransientError(f"broker unavailable: {exc}") from exc
+
+    def _enqueue_alone(self, message: Message[Any]) -> str | None:
+        """None, or why the broker refused this one message (raises TransientError if it went down)."""
+        try:
+            return enqueue_batch(self.broker, [message])[0]
+        except Exception as exc:
+            self._outage_unless_reachable(exc)
+            return f"refused by the broker: {type(exc).__name__}: {exc}"
 
     def notify(self, events: Sequence[OutboxEvent]) -> None:
         """One PUBLISH per relayed batch: a JSON array of the events' messages, in claim order."""

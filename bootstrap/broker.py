@@ -64,6 +64,53 @@ def build_broker(settings: Settings) -> Broker:
     return broker
 
 
+#: Room kept beside an actor's time limit under RabbitMQ's consumer_timeout: the middleware's hooks
+#: before and after the actor (each bounded by its own I/O timeouts), a message's wait for a free
+#: worker thread after it was fetched, and the ack's way back to the consumer thread.
+CONSUMER_TIMEOUT_MARGIN_MS = 300_000
+#: Room beside a delay: Dramatiq's consumer thread holds a delayed message unacked until its eta,
+#: then re-enqueues it on its queue and acks it, without waiting for a worker thread.
+DELAY_MARGIN_MS = 60_000
+
+
+def check_consumer_timeout(broker: Broker, settings: Settings) -> None:
+    """Raise ConfigError (naming RABBITMQ_CONSUMER_TIMEOUT_S and each actor at fault) unless every
+    declared actor's time limit plus CONSUMER_TIMEOUT_MARGIN_MS, and every delay a worker holds a
+    message for (retry backoffs, the circuit breaker's and dead letters' parks) plus
+    DELAY_MARGIN_MS, fit in RabbitMQ's consumer_timeout. Past it, RabbitMQ closes the channel and
+    redelivers everything on it: a long run starts over, and the messages prefetched beside it run
+    twice. Call it once every actor is declared."""
+    from dramatiq.middleware import Retries, TimeLimit
+    from dramatiq.middleware.retries import DEFAULT_MAX_BACKOFF
+
+    from brokers.park import MAX_DELAY_MS
+    from middleware.deadletters import WRITE_RETRY_MAX_MS
+
+    timeout_ms = settings.rabbitmq_consumer_timeout_s * 1000
+    default_limit = next((m.time_limit for m in broker.middleware if isinstance(m, TimeLimit)), 600_000)
+    default_backoff = next((m.max_backoff for m in broker.middleware if isinstance(m, Retries)), DEFAULT_MAX_BACKOFF)
+    problems = []
+    for name in sorted(broker.get_declared_actors()):
+        options = broker.get_actor(name).options
+        limit = options.get("time_limit", default_limit)
+        if limit + CONSUMER_TIMEOUT_MARGIN_MS > timeout_ms:
+            problems.append(f"actor {name}: time_limit {limit / 1000:g} s + {CONSUMER_TIMEOUT_MARGIN_MS // 1000} s")
+        backoff = min(options.get("max_backoff", default_backoff), DEFAULT_MAX_BACKOFF)
+        if options.get("max_retries", 1) != 0 and backoff + DELAY_MARGIN_MS > timeout_ms:
+            problems.append(f"actor {name}: max_backoff {backoff / 1000:g} s + {DELAY_MARGIN_MS // 1000} s")
+    parks = max(MAX_DELAY_MS, WRITE_RETRY_MAX_MS)
+    if parks + DELAY_MARGIN_MS > timeout_ms:
+        problems.append(f"parks (circuit breaker, dead-letter writes) of {parks / 1000:g} s + "
+                        f"{DELAY_MARGIN_MS // 1000} s")
+    if problems:
+        timeout = settings.rabbitmq_consumer_timeout_s
+        error = ConfigError(f"configuration error: RABBITMQ_CONSUMER_TIMEOUT_S: {timeout:g} s is shorter than "
+                            f"{'; '.join(problems)} (raise RabbitMQ's consumer_timeout and this variable together, "
+                            "or shorten those)")
+        print(error.message, file=sys.stderr)
+        raise error
+
+
 def setup_broker(settings: Settings) -> Broker:
     broker = build_broker(settings)
     dramatiq.set_broker(broker)

@@ -16,11 +16,25 @@ from uuid import uuid4
 import dramatiq
 import redis
 from dramatiq import Broker, Message
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 
 #: What a broker raises when it cannot be reached (not a fault of one message).
 BROKER_OUTAGE = (redis.ConnectionError, redis.TimeoutError, dramatiq.errors.ConnectionError, ConnectionError,
                  OSError)
+
+
+def reachable(broker: Broker) -> bool:
+    """Whether the broker answers now (Redis: PING; RabbitMQ: a connection and channel opened
+    afresh). Tells an outage from an error the broker raised for one message while up."""
+    try:
+        if isinstance(broker, RedisBroker):
+            return bool(broker.client.ping())
+        if isinstance(broker, RabbitmqBroker):
+            return bool(broker.channel.is_open)  # Dramatiq drops a failed connection; this opens one
+        return True
+    except Exception:
+        return False
 
 
 def enqueue_batch(broker: Broker, messages: Sequence[Message[Any]]) -> list[str | None]:

@@ -48,6 +48,16 @@ class DeliveryInFlight(DomainError):
     Neither permanent nor a dependency failure: retried later, and a circuit breaker does not
     count it, since the channel did nothing wrong.
     """
+
+
+class SendNotRecorded(DomainError):
+    """The channel accepted the message but its SENT record could not be committed (the database
+    of record is down). ``receipt`` is the channel's answer (a SendReceipt): the retry carries it
+    and records it instead of sending again. Not a failure of the channel: its circuit ignores it."""
+
+    def __init__(self, message: str, receipt: object) -> None:
+        super().__init__(message)
+        self.receipt = receipt
 # --- media: embeddings ---
 class ModelUnavailable(TransientError):
     """The embedding model cannot be loaded (weights missing, unknown model, no GPU). Messages

@@ -96,8 +96,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         for path in inputs:
             data = path.read_bytes()
             image = media.register_image(data, _media_type(data), owner="demo")
-            actors.media.process_image.send(image.id)
             sent.append((path, image.id))
+        # Registering is all a producer does; the outbox relay sends process_image for each.
+        while get_container().outbox_relay.relay(5.0).more_due:
+            pass
         actors.broker.join(actors.media.process_image.queue_name, fail_fast=False)
         worker.join()
         # --- media: embeddings and search ---
@@ -128,18 +130,58 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def cmd_images_add(args: argparse.Namespace) -> int:
-    """Producer: store originals, record them PENDING, send process_image for each."""
-    import actors
+    """Producer: store originals and record them PENDING, each with its image.uploaded event; the
+    outbox routes those to process_image. Prints each id on stdout, then one line on stderr.
+
+    It relays the outbox once (unless --no-relay) so processing starts without waiting for the
+    scheduler's relay; if the broker is down the images stay registered and a later relay sends
+    them. Exit 0 once every image is registered, even then: a non-zero exit would invite running
+    the command again, which would register the same files again as new images."""
+    import actors  # noqa: F401  (declares process_image on the broker the relay sends to)
     from bootstrap import get_container
 
-    media = get_container().media
-    for name in args.files:
+    container = get_container()
+    registered = 0
+    failed = 0
+    for number, name in enumerate(args.files):
         path = Path(name)
-        data = path.read_bytes()
-        image = media.register_image(data, _media_type(data), args.owner)
-        actors.media.process_image.send(image.id)
-        print(image.id)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            print(f"error: {name}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+            failed += 1
+            continue
+        try:
+            image = container.media.register_image(data, _media_type(data), args.owner)
+        except Exception as exc:  # the database or the object store: the next files would fail too
+            print(f"error: {name}: not registered: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+                  file=sys.stderr)
+            failed += len(args.files) - number
+            break
+        print(image.id, flush=True)
+        registered += 1
+    if failed:
+        print(f"error: {failed} of {_plural(len(args.files), 'image')} not registered", file=sys.stderr)
+        return 1
+    if args.no_relay:
+        print(f"registered {_plural(registered, 'image')}; the outbox relay sends their processing",
+              file=sys.stderr)
+        return 0
+    try:
+        stats = container.outbox_relay.relay(container.settings.outbox_relay_budget_ms / 1000)
+        problem = f"broker unreachable: {stats.errors[-1]}" if stats.broker_down else None
+    except Exception as exc:
+        problem = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+    if problem:
+        print(f"registered {_plural(registered, 'image')}; processing not sent yet ({problem}); the outbox "
+              f"relay sends it once that is back", file=sys.stderr)
+    else:
+        print(f"registered {_plural(registered, 'image')}; processing sent", file=sys.stderr)
     return 0
 
 
@@ -173,9 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     images = sub.add_parser("images", help="register and inspect images").add_subparsers(
         dest="images_command", required=True)
-    p = images.add_parser("add", help="store images and send process_image for each")
+    p = images.add_parser("add", help="register images (the outbox sends process_image for each)")
     p.add_argument("files", nargs="+")
     p.add_argument("--owner", default=None)
+    p.add_argument("--no-relay", action="store_true",
+                   help="only register: leave sending process_image to the scheduler's outbox relay")
     p.set_defaults(func=cmd_images_add)
     p = images.add_parser("show", help="print an image's status, metadata and thumbnails")
     p.add_argument("image_id")

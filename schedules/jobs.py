@@ -62,6 +62,7 @@ def build_jobs(settings: Settings) -> list[Job]:
         Job("relay_outbox", "relay_outbox", interval=settings.outbox_poll_interval_ms / 1000),
         Job("collect_abandoned_uploads", "collect_abandoned_uploads", cron=settings.gc_cron),
         Job("drain_fallback", "drain_fallback", interval=settings.fallback_poll_interval),
+        Job("sweep_deliveries", "sweep_deliveries", interval=settings.message_sweep_interval_s),
     ]
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import insert, select, update
+from datetime import datetime
+
+from sqlalchemy import and_, insert, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -64,6 +66,23 @@ class SqlMessageRepository:
     def find_by_provider_id(self, channel: str, provider_message_id: str) -> str | None:
         return self._s.scalar(select(_d.c.message_id).where(
             _d.c.channel == channel, _d.c.provider_message_id == provider_message_id).limit(1))
+
+    def stale_deliveries(self, *, now: datetime, idle_before: datetime, unknown_before: datetime,
+                         limit: int) -> list[tuple[str, MessageChannel]]:
+        q = (select(_d.c.message_id, _d.c.channel)
+             .where(_d.c.status == MessageStatus.PENDING.value,  # ix_message_deliveries_status
+                    or_(and_(_d.c.sending_until.is_(None), _d.c.updated_at < idle_before),
+                        and_(_d.c.sending_until <= now, _d.c.updated_at < unknown_before)))
+             .order_by(_d.c.updated_at)
+             .limit(limit))
+        if self._dialect == "postgresql":
+            q = q.with_for_update(skip_locked=True)  # two sweeps never route the same delivery
+        return [(r.message_id, MessageChannel(r.channel)) for r in self._s.execute(q)]
+
+    def touch_deliveries(self, keys: list[tuple[str, MessageChannel]], now: datetime) -> None:
+        if keys:
+            self._s.execute(update(_d).where(tuple_(_d.c.message_id, _d.c.channel).in_(
+                [(m, c.value) for m, c in keys])).values(updated_at=now))
 
     def _load(self, message_id: str, *, lock: bool) -> OutboundMessage | None:
         q = select(_m).where(_m.c.id == message_id)

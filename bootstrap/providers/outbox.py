@@ -29,11 +29,13 @@ class OutboxProviders:
 
     @cached_property
     def outbox_relay(self) -> OutboxRelay:
-        from bootstrap.routing import ROUTES
+        from bootstrap.routing import ANNOUNCED, ROUTES
+        from domain.services.outbox import Router
 
         s = self.settings
-        return OutboxRelay(self.uow, self.outbox_publisher, ROUTES, batch_size=s.outbox_batch_size,
-                           max_retries=s.outbox_max_retries, backoff_ms=s.outbox_backoff_ms)
+        return OutboxRelay(self.uow, self.outbox_publisher, Router(ROUTES, ANNOUNCED), batch_size=s.outbox_batch_size,
+                           max_retries=s.outbox_max_retries, backoff_ms=s.outbox_backoff_ms,
+                           unrouted_grace_s=s.outbox_unrouted_grace_s)
 
     def capability_metrics(self) -> list[MetricSpec]:
         from adapters.metrics import MetricSpec

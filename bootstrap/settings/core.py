@@ -21,6 +21,11 @@ class CoreSettings(Group):
     # At most 15 minutes: RabbitMQ redelivers a delayed message its consumer holds past the server's
     # consumer_timeout (30 minutes by default), which would run it twice (brokers/park.py caps too).
     retry_max_backoff_ms: int = Field(300_000, ge=1, le=900_000, description="Longest retry delay (at most 15 min).")
+    rabbitmq_consumer_timeout_s: float = Field(
+        1800, gt=0,
+        description="RabbitMQ's consumer_timeout (rabbitmq.conf; 30 min by default): a delivery left unacked longer "
+                    "is taken back and its channel closed. A RabbitMQ worker refuses to start if an actor's time "
+                    "limit (plus 5 min) or a delay it holds messages for (plus 1 min) would not fit.")
     database_url: str = Field("sqlite:///var/atelier.db", description="postgresql:// or sqlite:// database of record.")
     minio_endpoint: str | None = Field(None, description="host:port of MinIO/S3; unset = a local directory.")
     minio_access_key: str = Field("minioadmin", description="MinIO/S3 access key.")

@@ -19,6 +19,16 @@ class MessagingSettings(Group):
     message_send_lease_s: float = Field(
         60.0, gt=0, description="How long a delivery stays claimed by the run sending it; a run that died mid-send "
                                 "blocks its delivery this long. Must exceed CHANNEL_TIMEOUT_S.")
+    message_sweep_after_s: float = Field(
+        900, gt=0,
+        description="A delivery still PENDING this long after its last change, with nothing sending it, is routed "
+                    "again from the database (its message was lost, e.g. with a circuit's fallback list in Redis). "
+                    "Keep it above RETRY_MAX_BACKOFF_MS and the longest Retry-After honoured.")
+    message_sweep_unknown_after_s: float = Field(
+        86_400, gt=0,
+        description="A delivery whose last send has no recorded outcome (its lease expired: the channel may have "
+                    "accepted it, its receipt riding on a retry) is routed again only after this.")
+    message_sweep_interval_s: float = Field(60, gt=0, description="How often the scheduler sends sweep_deliveries.")
     channel_webhook_verify_token: str | None = Field(
         None, description="Meta's webhook verification token (`atelier messages webhooks`).")
     channel_webhook_secret: str | None = Field(

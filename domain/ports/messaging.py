@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Protocol
 
-from domain.models import OutboundMessage, SendReceipt
+from domain.models import MessageChannel, OutboundMessage, SendReceipt
 from domain.ports.common import UnitOfWork
 
 
@@ -28,6 +29,18 @@ class MessageRepository(Protocol):
 
     def find_by_provider_id(self, channel: str, provider_message_id: str) -> str | None:
         """The id of the message whose delivery on ``channel`` the channel calls this."""
+        ...
+
+    def stale_deliveries(self, *, now: datetime, idle_before: datetime, unknown_before: datetime,
+                         limit: int) -> list[tuple[str, MessageChannel]]:
+        """(message id, channel) of PENDING deliveries that nothing is sending: no lease and not
+        changed since ``idle_before``, or a lease expired with no outcome recorded and not changed
+        since ``unknown_before``. Never one whose lease runs past ``now``. The rows stay locked
+        until the transaction ends; rows another transaction holds are skipped."""
+        ...
+
+    def touch_deliveries(self, keys: list[tuple[str, MessageChannel]], now: datetime) -> None:
+        """Set the deliveries' updated_at to ``now`` (routed again: not stale for another bound)."""
         ...
 
 

@@ -56,7 +56,9 @@ class MediaService:
     def register_image(
         self, data: bytes, content_type: str | None = None, owner: str | None = None
     ) -> Image:
-        """Store an original and record it PENDING. The caller then sends process_image."""
+        """Store an original and record it PENDING with its ``image.uploaded`` event, in one
+        transaction: the outbox routes the event to process_image (bootstrap/routing.py), so
+        registering is all a producer does."""
         image_id = new_id()
         key = original_key(image_id)
         self._store.put(key, data, content_type or "application/octet-stream")

@@ -9,15 +9,24 @@
   DELIVERED or FAILED is never sent again; a run finding another run's lease unexpired raises
   DeliveryInFlight instead of sending in parallel. Every attempt is counted.
 - record_status: a channel's report (DELIVERED) for a delivery, found by the channel's message id.
+- sweep_stale: routes again deliveries left PENDING with nothing sending them (their message was
+  lost: a circuit's fallback list lives in Redis, which a flush or a failover to a lagging
+  replica empties), from the database of record. Safe to route a delivery twice: deliver sends
+  it once. A delivery being sent (live lease) is never touched; one whose last attempt has an
+  unknown outcome (lease expired, nothing recorded: the channel may have accepted it and the
+  receipt be riding on a retry) waits for the much longer ``unknown_for``.
 
 Every delivery status change commits with a ``message.status`` event (uow.add_event).
 
 What "sent once" means: a delivery is marked SENT in the transaction after the channel accepted
-it, and a SENT delivery is never sent again, whatever the broker redelivers. One window stays: the
-channel accepted a request whose answer never reached us (timeout, connection reset after the
-request went out, or a crash before SENT committed). The retry then sends again, with the same
-idempotency key; a channel that deduplicates on it (the mock channels do) shows it once, one that
-does not may show it twice. That is at-least-once, narrowed to that window.
+it, and a SENT delivery is never sent again, whatever the broker redelivers. When that transaction
+cannot commit (the database of record is down), deliver raises SendNotRecorded carrying the
+channel's receipt; the actor puts it on the message, so the retry (or a replay of its dead letter)
+calls deliver(..., sent=receipt), which records it and never calls the channel again. One window
+stays: the channel accepted a request whose answer never reached us (timeout, connection reset
+after the request went out, or a crash of the process before SENT committed). The retry then sends
+again, with the same idempotency key; a channel that deduplicates on it (the mock channels do)
+shows it once, one that does not may show it twice. That is at-least-once, narrowed to that window.
 """
 
 from __future__ import annotations
@@ -28,13 +37,14 @@ from datetime import timedelta
 from typing import Any
 
 from domain.clock import SystemClock
-from domain.errors import DeliveryInFlight, InvalidPayload, NotFound, PermanentError
+from domain.errors import DeliveryInFlight, InvalidPayload, NotFound, PermanentError, SendNotRecorded
 from domain.models import (
     ChannelDelivery,
     DomainEvent,
     MessageChannel,
     MessageStatus,
     OutboundMessage,
+    SendReceipt,
     new_id,
     parse_id,
 )
@@ -160,11 +170,18 @@ class MessagingService:
         log.info("message %s routed: %s", message_id, ", ".join(c.value for c in to_send) or "nothing left to send")
         return to_send
 
-    def deliver(self, message_id: str, channel: MessageChannel) -> ChannelDelivery:
-        """Send the delivery of ``message_id`` on ``channel`` unless it was sent already."""
+    def deliver(self, message_id: str, channel: MessageChannel, *, sent: SendReceipt | None = None
+                ) -> ChannelDelivery:
+        """Send the delivery of ``message_id`` on ``channel`` unless it was sent already.
+
+        ``sent``: the receipt of an earlier run whose send the channel accepted but whose record
+        failed (SendNotRecorded.receipt): it is recorded, and the channel is not called again.
+        The lease that run left behind does not matter then: the send is done."""
         gateway = self._gateways.get(channel)
         if gateway is None:
             raise InvalidPayload(f"no gateway for channel {channel.value!r}")
+        if sent is not None:
+            return self._record_receipt(message_id, channel, sent)
         with self._uow() as uow:
             now = self._clock.now()
             message = uow.messages.get_for_update(message_id)
@@ -196,7 +213,52 @@ class MessagingService:
             error = f"{type(exc).__name__}: {exc}"
             self._finish(message_id, channel, lambda d, now: d.attempt_failed(error, now))
             raise
-        return self._finish(message_id, channel, lambda d, now: d.mark_sent(receipt.provider_message_id, now))
+        try:
+            return self._finish(message_id, channel, lambda d, now: d.mark_sent(receipt.provider_message_id, now))
+        except Exception as exc:
+            # Sent, not recorded: the retry must record this receipt, not send again.
+            raise SendNotRecorded(
+                f"delivery {message_id}/{channel.value} was accepted by the channel (id "
+                f"{receipt.provider_message_id}) but could not be recorded: {type(exc).__name__}: {exc}",
+                receipt) from exc
+
+    def _record_receipt(self, message_id: str, channel: MessageChannel, sent: SendReceipt) -> ChannelDelivery:
+        def record(delivery: ChannelDelivery, now: Any) -> None:
+            if delivery.final:
+                log.info("delivery %s/%s already %s: carried receipt not needed", message_id, channel.value,
+                         delivery.status.value)
+            delivery.mark_sent(sent.provider_message_id, now)  # a final delivery keeps its record
+
+        with self._uow() as uow:
+            message = uow.messages.get(message_id)
+        if message is None:
+            raise NotFound(f"message {message_id} does not exist")
+        if channel not in message.channels:
+            raise InvalidPayload(f"message {message_id} is for {message.channel.value}, not {channel.value}")
+        log.info("delivery %s/%s: recording the receipt of an earlier send (%s), not sending again",
+                 message_id, channel.value, sent.provider_message_id)
+        return self._finish(message_id, channel, record, plan=True)
+
+    def sweep_stale(self, dispatch: Callable[[str, MessageChannel], object], *, pending_for: float,
+                    unknown_for: float, limit: int = 500) -> int:
+        """Route again (``dispatch(message_id, channel)``: send deliver_message) every delivery
+        PENDING with nothing sending it for ``pending_for`` seconds (``unknown_for`` when its last
+        attempt's outcome is unknown); mark them routed, so the next sweep waits another bound.
+        Dispatched inside the transaction: if dispatching fails, nothing is marked and the next
+        sweep tries again. Returns how many were routed."""
+        with self._uow() as uow:
+            now = self._clock.now()
+            stale = uow.messages.stale_deliveries(now=now, idle_before=now - timedelta(seconds=pending_for),
+                                                  unknown_before=now - timedelta(seconds=unknown_for), limit=limit)
+            if not stale:
+                return 0
+            for message_id, channel in stale:
+                dispatch(message_id, channel)
+            uow.messages.touch_deliveries(stale, now)
+            uow.commit()
+        log.warning("sweep: %d delivery(ies) left PENDING with nothing sending them routed again: %s", len(stale),
+                    ", ".join(f"{m}/{c.value}" for m, c in stale[:20]) + (" ..." if len(stale) > 20 else ""))
+        return len(stale)
 
     def record_status(self, channel: MessageChannel, provider_message_id: str,
                       status: MessageStatus) -> ChannelDelivery:
@@ -211,14 +273,16 @@ class MessagingService:
         return self._finish(message_id, channel, lambda d, now: d.mark_delivered(now))
 
     def _finish(self, message_id: str, channel: MessageChannel,
-                change: Callable[[ChannelDelivery, Any], object]) -> ChannelDelivery:
+                change: Callable[[ChannelDelivery, Any], object], *, plan: bool = False) -> ChannelDelivery:
         """Apply one delivery change in its own transaction, with a message.status event when
-        the delivery's status moves."""
+        the delivery's status moves. ``plan``: create the delivery first if it was never planned."""
         with self._uow() as uow:
             now = self._clock.now()
             message = uow.messages.get_for_update(message_id)
             if message is None:
                 raise NotFound(f"message {message_id} vanished")
+            if plan:
+                message.plan_deliveries(now)
             delivery = message.delivery(channel)
             assert delivery is not None
             before = delivery.status

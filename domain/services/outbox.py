@@ -8,9 +8,18 @@ carries the same dedup key per (event, subscriber), so the dedup middleware runs
 Failures:
 - the broker cannot be reached (TransientError from the publisher): the transaction rolls back
   and the run stops; the events keep their attempts and wait, so an outage loses nothing.
-- a delivery fails on its own (e.g. the route names an actor no worker declares): the event gets
-  attempts + 1 and is due again after backoff_ms * 2**(attempts - 1); once attempts exceed
-  max_retries it is marked dead and listed by the dead-letter commands.
+- a delivery fails on its own (the route names an actor no worker declares, its ``args`` raise,
+  the encoder or the broker refuses that one message): the event gets attempts + 1 and is due
+  again after backoff_ms * 2**(attempts - 1); once attempts exceed max_retries it is marked dead
+  and listed by the dead-letter commands. The other events of the batch go out: one poisoned
+  event never holds the batch back, and its backoff moves it behind them.
+- an event whose type the routing table does not know (no route, not declared announce-only):
+  this relay's code is older than the code that recorded it (a rolling deploy). It is neither
+  published nor charged an attempt: it stays due, checked again every ``unrouted_recheck_s``, so
+  a relay that knows the type sends it; ``unrouted_grace_s`` after it was recorded it is marked
+  dead with the reason (a type no relay knows: a typo, or a route removed), where `atelier dlq`
+  shows it and `atelier outbox retry` revives it. Why not published: a published event is never
+  looked at again, so its subscribers would never get it.
 """
 
 from __future__ import annotations
@@ -50,10 +59,15 @@ class Route:
 
 
 class Router:
-    """Resolves an event type to its routes, in table order, each actor once."""
+    """Resolves an event type to its routes, in table order, each actor once.
 
-    def __init__(self, routes: Sequence[Route]) -> None:
+    ``announced``: patterns of event types that have no subscriber on purpose: they are published
+    (announced on pub/sub) with no delivery. A type matching neither is unknown to this table.
+    """
+
+    def __init__(self, routes: Sequence[Route], announced: Sequence[str] = ()) -> None:
         self._routes = tuple(routes)
+        self._announced = tuple(announced)
         self._cache: dict[str, tuple[Route, ...]] = {}
 
     @property
@@ -75,6 +89,11 @@ class Router:
     def subscribers(self, event_type: str) -> tuple[str, ...]:
         return tuple(r.actor for r in self.routes_for(event_type))
 
+    def knows(self, event_type: str) -> bool:
+        """True if the table routes this type or declares it announce-only."""
+        return bool(self.routes_for(event_type)) or any(
+            fnmatch.fnmatchcase(event_type, pattern) for pattern in self._announced)
+
 
 @dataclass
 class RelayStats:
@@ -84,6 +103,7 @@ class RelayStats:
     deliveries: int = 0
     failed: int = 0
     dead: int = 0
+    unrouted: int = 0  # left due: their type is unknown to this relay's routing table
     broker_down: bool = False
     more_due: bool = False  # the run's budget ran out while full batches were still coming
     errors: list[str] = field(default_factory=list)
@@ -95,6 +115,7 @@ class RelayStats:
         self.deliveries += other.deliveries
         self.failed += other.failed
         self.dead += other.dead
+        self.unrouted += other.unrouted
         self.broker_down = self.broker_down or other.broker_down
         self.errors.extend(other.errors)
 
@@ -109,6 +130,8 @@ class OutboxRelay:
         batch_size: int = 100,
         max_retries: int = 3,
         backoff_ms: int = 1000,
+        unrouted_grace_s: float = 86_400,
+        unrouted_recheck_s: float = 30,
         clock: Clock | None = None,
     ) -> None:
         self._uow = uow
@@ -117,6 +140,8 @@ class OutboxRelay:
         self.batch_size = batch_size
         self.max_retries = max_retries
         self.backoff_ms = backoff_ms
+        self.unrouted_grace = timedelta(seconds=unrouted_grace_s)
+        self.unrouted_recheck = timedelta(seconds=unrouted_recheck_s)
         self._clock = clock or SystemClock()
 
     def backoff(self, attempts: int) -> timedelta:
@@ -133,12 +158,21 @@ class OutboxRelay:
                 return stats
             stats.batches = 1
             stats.claimed = len(events)
-            deliveries = [
-                Delivery(event, route.actor, route.args(message))
-                for event in events
-                for message in (event.message(),)
-                for route in self.router.routes_for(event.type)
-            ]
+            deliveries: list[Delivery] = []
+            unrouted: list[OutboxEvent] = []
+            refused: dict[str, str] = {}  # event id -> why one of its deliveries could not be built
+            for event in events:
+                routes = self.router.routes_for(event.type)
+                if not routes and not self.router.knows(event.type):
+                    unrouted.append(event)
+                    continue
+                message = event.message()
+                for route in routes:
+                    try:
+                        deliveries.append(Delivery(event, route.actor, route.args(message)))
+                    except Exception as exc:  # this event's data, not the batch's fault
+                        refused.setdefault(event.id, f"route {route.pattern} -> {route.actor}: its args "
+                                                     f"failed: {type(exc).__name__}: {exc}")
             try:
                 failures = self._publisher.enqueue(deliveries) if deliveries else {}
             except TransientError as exc:
@@ -147,9 +181,14 @@ class OutboxRelay:
                 stats.broker_down = True
                 stats.errors.append(str(exc))
                 return stats
-            published = [e for e in events if e.id not in failures]
+            failures = {**failures, **refused}
+            waiting = {e.id for e in unrouted}
+            published = [e for e in events if e.id not in failures and e.id not in waiting]
             if published:
                 uow.outbox.mark_published([e.id for e in published], now)
+            for event in unrouted:
+                stats.unrouted += 1
+                stats.dead += self._unrouted(uow, event, now)
             for event in events:
                 error = failures.get(event.id)
                 if error is None:
@@ -165,14 +204,27 @@ class OutboxRelay:
                             "is dead" if dead else "failed", attempts, error)
             uow.commit()
         stats.published = len(published)
-        stats.deliveries = len(deliveries) - sum(
-            1 for d in deliveries if d.event.id in failures)
+        stats.deliveries = len(deliveries) - sum(1 for d in deliveries if d.event.id in failures)
         if published:
             try:
                 self._publisher.notify(published)
             except Exception as exc:  # pub/sub is best effort; the events are already delivered
                 log.warning("outbox relay: notification failed: %s", exc)
         return stats
+
+    def _unrouted(self, uow: UnitOfWork, event: OutboxEvent, now: Any) -> bool:
+        """Leave an event of a type this relay does not know due for a relay that does; dead
+        once unrouted_grace has passed since it was recorded. Returns True if it died."""
+        waited = now - event.created_at
+        dead = waited >= self.unrouted_grace
+        error = (f"no route for event type {event.type!r} in this relay's routing table (an older version?); "
+                 + (f"dead after waiting {int(waited.total_seconds())} s for a relay that knows it" if dead
+                    else "left due for a relay that knows it"))
+        # No attempt is spent: the event is not at fault, this relay's table is.
+        uow.outbox.mark_failed(event.id, attempts=event.attempts + dead, error=error,
+                               next_attempt_at=now + self.unrouted_recheck, dead=dead)
+        log.log(logging.ERROR if dead else logging.WARNING, "outbox event %s: %s", event.id, error)
+        return dead
 
     def relay(self, budget_seconds: float = 5.0) -> RelayStats:
         """Relay batches until nothing more is due, the broker is down, or the budget is spent."""
@@ -187,8 +239,9 @@ class OutboxRelay:
                 total.more_due = True
                 break
         if total.claimed:
-            log.info("outbox relay: %d events published, %d deliveries, %d failed, %d dead in %d batches",
-                     total.published, total.deliveries, total.failed, total.dead, total.batches)
+            log.info("outbox relay: %d events published, %d deliveries, %d failed, %d unrouted, %d dead in "
+                     "%d batches", total.published, total.deliveries, total.failed, total.unrouted, total.dead,
+                     total.batches)
         return total
 
     # Operations on what the relay left behind.

@@ -80,7 +80,7 @@ def _queued(env: dict[str, str], queue: str) -> list[Message]:
 def _record_event(database_url: str) -> str:
     engine = make_engine(database_url)
     uow = uow_factory(engine)
-    event = DomainEvent("test.scheduled", "test", new_id(), {"n": 1})
+    event = DomainEvent("message.status", "test", new_id(), {"n": 1})  # announced only: no subscriber runs
     with uow() as u:
         u.add_event(event)
         u.commit()

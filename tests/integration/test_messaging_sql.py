@@ -150,3 +150,52 @@ def test_migration_msg1_goes_down_and_up(backend, tmp_path):
     finally:
         if backend == "postgresql":
             services.drop_pg_database(url)
+
+
+def test_stale_deliveries_on_sql_and_two_sweeps_never_take_the_same_one(uow, engine):
+    """The sweep's query (issue 16, hole 2): PENDING with no lease and idle, or an expired lease
+    and idle for the long bound; never a live lease, never a final delivery. On PostgreSQL a
+    second sweep running meanwhile skips the rows the first holds."""
+    t0 = utcnow() - timedelta(hours=3)
+    idle, leased, unknown, sent = (_message(channel=WA) for _ in range(4))
+    with uow() as u:
+        for m in (idle, leased, unknown, sent):
+            m.plan_deliveries(t0)
+            u.messages.add(m)
+        leased.delivery(WA).start_attempt(t0, t0 + timedelta(days=1))
+        unknown.delivery(WA).start_attempt(t0, t0 + timedelta(seconds=60))
+        sent.delivery(WA).mark_sent("wamid.x", t0)
+        for m in (leased, unknown, sent):
+            u.messages.save(m)
+        u.commit()
+    ours = {idle.id, leased.id, unknown.id, sent.id}
+    now = utcnow()
+
+    def stale(u, unknown_for: timedelta) -> list:  # type: ignore[no-untyped-def]
+        found = u.messages.stale_deliveries(now=now, idle_before=now - timedelta(hours=1),
+                                            unknown_before=now - unknown_for, limit=10_000)
+        return [(m, c) for m, c in found if m in ours]
+
+    with uow() as u:
+        assert stale(u, timedelta(days=1)) == [(idle.id, WA)]
+        assert sorted(stale(u, timedelta(hours=2))) == sorted([(idle.id, WA), (unknown.id, WA)])
+        u.messages.touch_deliveries([(idle.id, WA)], now)
+        u.commit()
+    with uow() as u:
+        assert stale(u, timedelta(days=1)) == []
+        assert u.messages.get(idle.id).delivery(WA).updated_at == now
+
+    if engine.dialect.name != "postgresql":
+        return
+    with uow() as first:
+        assert stale(first, timedelta(hours=2)) == [(unknown.id, WA)]
+        taken: list = []
+
+        def second_sweep() -> None:
+            with uow() as u:
+                taken.extend(stale(u, timedelta(hours=2)))
+
+        thread = threading.Thread(target=second_sweep)
+        thread.start()
+        thread.join(30)
+        assert not thread.is_alive() and taken == []  # skipped, not waited for

@@ -320,7 +320,7 @@ class FakeUploadUnitOfWork:
 # --- messaging ---
 import threading  # noqa: E402
 
-from domain.models import OutboundMessage, SendReceipt  # noqa: E402
+from domain.models import MessageStatus, OutboundMessage, SendReceipt  # noqa: E402
 
 
 class FakeMessageRepository:
@@ -345,6 +345,17 @@ class FakeMessageRepository:
     def find_by_provider_id(self, channel: str, provider_message_id: str) -> str | None:
         return next((m.id for m in self.rows.values() for d in m.deliveries
                      if d.channel.value == channel and d.provider_message_id == provider_message_id), None)
+
+    def stale_deliveries(self, *, now, idle_before, unknown_before, limit: int) -> list:  # type: ignore[no-untyped-def]
+        found = [d for m in self.rows.values() for d in m.deliveries
+                 if d.status is MessageStatus.PENDING
+                 and ((d.sending_until is None and d.updated_at < idle_before)
+                      or (d.sending_until is not None and d.sending_until <= now and d.updated_at < unknown_before))]
+        return [(d.message_id, d.channel) for d in sorted(found, key=lambda d: d.updated_at)[:limit]]
+
+    def touch_deliveries(self, keys, now) -> None:  # type: ignore[no-untyped-def]
+        for message_id, channel in keys:
+            self.rows[message_id].delivery(channel).updated_at = now
 
 
 class FakeMessagingUnitOfWork:

@@ -90,3 +90,36 @@ def test_transient_store_failure_leaves_image_processing_for_the_retry(world):
     assert rows[image.id].status is ImageStatus.PROCESSING
     store.put = real_put
     assert service.process_image(image.id).status is ImageStatus.READY
+
+
+def test_a_redelivery_running_beside_the_first_run_records_one_outcome(world):
+    """process_image is what the outbox sends on image.uploaded: a redelivery may run while the
+    first run is still rendering (RabbitMQ redelivers an unacked message; a relay resends after a
+    crash before its commit). Both write the same objects under the same keys; the outcome and
+    its image.processed event are recorded once."""
+    service, rows, store, imaging = world
+    image = service.register_image(b"pixels")
+    real_render = imaging.render
+    nested: list = []
+
+    def render_with_a_redelivery_meanwhile(*args):  # type: ignore[no-untyped-def]
+        if not nested:
+            nested.append(None)
+            nested[0] = service.process_image(image.id)  # the redelivery runs to its end first
+        return real_render(*args)
+
+    imaging.render = render_with_a_redelivery_meanwhile
+    first = service.process_image(image.id)
+    assert first.status is nested[0].status is ImageStatus.READY
+    assert [e.type for e in service.events] == ["image.uploaded", "image.processed"]
+    assert sorted(store.list("thumbnails/")) == [thumbnail_key(image.id, s, "webp") for s in (128, 64)]
+
+
+def test_image_uploaded_is_routed_to_process_image_by_its_id():
+    """Registering is enough: the routing table sends process_image(image id) for image.uploaded."""
+    from bootstrap.routing import ANNOUNCED, ROUTES
+    from domain.services.outbox import Router
+
+    (route,) = Router(ROUTES, ANNOUNCED).routes_for("image.uploaded")
+    assert route.actor == "process_image"
+    assert route.args({"aggregate_id": "i-1", "payload": {"image_id": "i-1"}}) == ("i-1",)

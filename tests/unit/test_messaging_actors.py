@@ -71,3 +71,112 @@ def test_the_actors_carry_the_middleware_options_of_the_contract(world):
     assert actors.messaging.ROUTE_OPTIONS["dedup_window"] == 86400
     assert actors.messaging.DELIVER_OPTIONS["circuit"]("m-1", "whatsapp") == "channel:whatsapp"
     assert actors.messaging.DELIVER_OPTIONS["circuit_fallback"] is True
+
+
+def test_a_send_whose_record_failed_is_recorded_by_the_retry_not_sent_again(world):
+    """Issue 16, hole 1, through the actor: the retry carries the receipt in its options."""
+    actors, _, rows, gateways = world
+    events: list = []
+    armed = []
+
+    def uow():
+        unit = FakeMessagingUnitOfWork(rows, events)
+        if armed and armed.pop():
+            def down() -> None:
+                raise ConnectionError("database of record unreachable")
+
+            unit.commit = down  # the outcome's commit fails once
+        return unit
+
+    # A short lease: without the receipt the retry would find it expired and send again.
+    service = MessagingService(uow, gateways, lease_seconds=0.2)
+    get_container().__dict__["messaging"] = service
+    message, _ = service.create(channel="whatsapp", recipient="ann", text="hi")
+    service.route(message.id)
+    gateways[MessageChannel.WHATSAPP].during_send = lambda: armed.append(True)
+    actors.messaging.deliver_message.send_with_options(args=(message.id, "whatsapp"), min_backoff=300,
+                                                       max_backoff=400)
+    actors.broker.join(actors.messaging.deliver_message.queue_name, fail_fast=True)
+    delivery = rows[message.id].delivery(MessageChannel.WHATSAPP)
+    assert delivery.status is MessageStatus.SENT and delivery.provider_message_id == "wa-1"
+    assert len(gateways[MessageChannel.WHATSAPP].sent) == 1, "sent twice"
+    assert actors.broker.dead_letters == []
+
+
+def test_a_carried_receipt_survives_into_the_replay_of_a_dead_letter():
+    """A retry that could not record the receipt either ends dead-lettered; its replay carries it."""
+    from datetime import UTC, datetime
+
+    from domain.resilience import DeadLetter
+    from domain.services.deadletters import DeadLetterService
+
+    receipt = {"message_id": "m", "channel": "whatsapp", "provider_message_id": "wamid.1"}
+    letter = DeadLetter(id="l-1", message_id="x", actor="deliver_message", queue="messages", args=["m", "whatsapp"],
+                        kwargs={}, options={"delivery_receipt": receipt, "retries": 10}, error_type="E", error="e",
+                        traceback="", reason="retries_exhausted", attempts=11, enqueued_at=datetime.now(UTC),
+                        failed_at=datetime.now(UTC))
+    options = DeadLetterService(None, None, None).replay_options(letter)  # type: ignore[arg-type]
+    assert options["delivery_receipt"] == receipt and "retries" not in options
+
+
+def test_a_delivery_lost_with_the_fallback_list_is_sent_by_the_sweep_once(world):
+    """Issue 16, hole 2: the circuit's fallback list held the only copy of an acked delivery and
+    Redis lost it (flush, failover). The sweep routes it again from the database of record, and
+    the parked copy coming back after all sends nothing twice."""
+    from datetime import timedelta
+
+    from adapters.state.memory import InMemoryBreakerStore, InMemoryFallbackQueue
+    from domain.models import utcnow
+    from middleware.circuit import CircuitBreaker
+
+    actors, _, rows, gateways = world
+
+    class Clock:
+        t = utcnow()
+
+        def now(self):  # type: ignore[no-untyped-def]
+            return self.t
+
+    clock = Clock()
+    service = MessagingService(lambda: FakeMessagingUnitOfWork(rows, []), gateways, clock=clock)
+    get_container().__dict__["messaging"] = service
+    breaker = next(m for m in actors.broker.middleware if isinstance(m, CircuitBreaker))
+    saved = breaker._store, breaker._fallback
+    breaker._store, breaker._fallback = InMemoryBreakerStore(), InMemoryFallbackQueue()
+    try:
+        for _ in range(breaker.policy.failure_threshold):  # the channel is failing: open
+            breaker.store.record_failure("channel:whatsapp", int(clock.t.timestamp() * 1000), breaker.policy)
+        message, _ = service.create(channel="whatsapp", recipient="ann", text="hi")
+        service.route(message.id)
+        actors.messaging.deliver_message.send(message.id, "whatsapp")
+        actors.broker.join(actors.messaging.deliver_message.queue_name, fail_fast=True)
+        (parked,) = breaker.fallback.claim("channel:whatsapp", 10)  # its only copy
+        breaker._store, breaker._fallback = InMemoryBreakerStore(), InMemoryFallbackQueue()  # Redis flushed
+
+        actors.messaging.sweep_deliveries.send()
+        actors.broker.join(actors.messaging.deliver_message.queue_name, fail_fast=True)
+        assert rows[message.id].delivery(MessageChannel.WHATSAPP).status is MessageStatus.PENDING  # too soon
+        clock.t += timedelta(seconds=actors.settings.message_sweep_after_s + 1)
+        actors.messaging.sweep_deliveries.send()
+        actors.broker.join(actors.messaging.deliver_message.queue_name, fail_fast=True)
+        assert rows[message.id].delivery(MessageChannel.WHATSAPP).status is MessageStatus.SENT
+        # Had the parked copy survived after all, draining it sends nothing twice.
+        actors.broker.enqueue(dramatiq.Message.decode(parked))
+        actors.broker.join(actors.messaging.deliver_message.queue_name, fail_fast=True)
+        assert len(gateways[MessageChannel.WHATSAPP].sent) == 1
+    finally:
+        breaker._store, breaker._fallback = saved
+
+
+def test_a_carried_receipt_keeps_its_message_retrying_through_a_long_outage():
+    """The receipt must outlive the database outage: with the default 10 retries it would rest in
+    a dead letter after about half an hour, until someone replays it."""
+    import actors
+    from domain.models import SendReceipt
+
+    options: dict = {"max_retries": 5}
+    actors.messaging.carry_receipt(options, "m-1", "whatsapp", SendReceipt("wamid.1"))
+    assert options["max_retries"] == actors.messaging.RECEIPT_MAX_RETRIES >= 1000
+    assert actors.messaging.carried_receipt(options, "m-1", "whatsapp") == SendReceipt("wamid.1")
+    assert actors.messaging.carried_receipt(options, "m-1", "instagram") is None  # another delivery's
+    assert actors.messaging.carried_receipt({"delivery_receipt": "junk"}, "m-1", "whatsapp") is None

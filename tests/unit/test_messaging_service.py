@@ -210,3 +210,139 @@ def test_delivery_reports_move_sent_to_delivered(world):
         service.record_status(WA, "wamid.unknown", MessageStatus.DELIVERED)
     with pytest.raises(InvalidPayload):
         service.record_status(WA, wa.provider_message_id, MessageStatus.FAILED)
+
+
+class _RecordingFails:
+    """Wraps the unit of work factory: the next ``n`` commits of a delivery outcome fail, as with
+    the database down right after the channel accepted the message."""
+
+    def __init__(self, rows, events, n: int = 1) -> None:
+        self.rows, self.events, self.left = rows, events, n
+        self.armed = False
+
+    def __call__(self):
+        uow = FakeMessagingUnitOfWork(self.rows, self.events)
+        if self.armed and self.left > 0:
+            self.left -= 1
+
+            def down() -> None:
+                raise ConnectionError("database of record unreachable")
+
+            uow.commit = down  # type: ignore[method-assign]
+        return uow
+
+
+def test_a_send_whose_record_failed_hands_back_its_receipt_and_is_never_sent_again(world):
+    """Issue 16, hole 1: the channel accepted the message, recording SENT failed. The retry must
+    record the receipt, not send a second time, even once the lease has expired."""
+    from domain.errors import SendNotRecorded
+
+    _, rows, events, gateways, clock = world
+    factory = _RecordingFails(rows, events)
+    service = MessagingService(factory, gateways, lease_seconds=30, clock=clock)
+    message, _ = service.create(channel="whatsapp", recipient="ann", text="hi")
+    service.route(message.id)
+
+    def database_goes_down() -> None:
+        factory.armed = True  # after the lease was taken, before the outcome is recorded
+
+    gateways[WA].during_send = database_goes_down
+    with pytest.raises(SendNotRecorded) as failed:
+        service.deliver(message.id, WA)
+    receipt = failed.value.receipt
+    assert receipt.provider_message_id == "wa-1" and len(gateways[WA].sent) == 1
+    assert rows[message.id].delivery(WA).status is MessageStatus.PENDING  # nothing recorded
+
+    clock.t += timedelta(seconds=31)  # the lease of the first run has expired
+    delivery = service.deliver(message.id, WA, sent=receipt)
+    assert delivery.status is MessageStatus.SENT and delivery.provider_message_id == "wa-1"
+    assert len(gateways[WA].sent) == 1, "sent twice"
+    assert _statuses(events) == [("whatsapp", "SENT")]
+    # Carried again later (a replayed dead letter): already SENT, nothing happens.
+    assert service.deliver(message.id, WA, sent=receipt).status is MessageStatus.SENT
+    assert len(gateways[WA].sent) == 1
+
+
+def test_a_carried_receipt_is_recorded_even_while_the_lease_is_held(world):
+    """The lease left by the run whose record failed must not make the retry wait for it: the
+    receipt says the send is done."""
+    from domain.models import SendReceipt
+
+    service, rows, _, gateways, clock = world
+    message, _ = service.create(channel="whatsapp", recipient="ann", text="hi")
+    service.route(message.id)
+    rows[message.id].delivery(WA).start_attempt(clock.t, clock.t + timedelta(seconds=30))
+    delivery = service.deliver(message.id, WA, sent=SendReceipt("wamid.1"))
+    assert delivery.status is MessageStatus.SENT and delivery.sending_until is None
+    assert gateways[WA].sent == []
+
+
+# --- the sweep of deliveries left PENDING (issue 16, hole 2) ---
+
+def _sweep(service, dispatched, **kw):  # type: ignore[no-untyped-def]
+    kw = {"pending_for": 900, "unknown_for": 86_400, **kw}
+    return service.sweep_stale(lambda message_id, channel: dispatched.append((message_id, channel)), **kw)
+
+
+def test_a_delivery_left_pending_is_routed_again_once_per_bound(world):
+    """Its message was lost (a circuit's fallback list flushed, say): nothing would ever send it."""
+    service, rows, _, gateways, clock = world
+    message, _ = service.create(channel="all", recipient="ann", text="hi")
+    service.route(message.id)
+    service.deliver(message.id, WA)  # whatsapp went out; instagram's message is lost
+    dispatched: list = []
+    assert _sweep(service, dispatched) == 0  # not stale yet
+    clock.t += timedelta(seconds=901)
+    assert _sweep(service, dispatched) == 1 and dispatched == [(message.id, IG)]
+    assert _sweep(service, dispatched) == 1 - 1  # touched: not routed again on the next tick
+    clock.t += timedelta(seconds=901)
+    assert _sweep(service, dispatched) == 1  # still pending a bound later: once more
+    # What it dispatches is an ordinary delivery: sent once, whatever runs it twice.
+    for message_id, channel in dispatched:
+        service.deliver(message_id, channel)
+    assert len(gateways[IG].sent) == 1 and len(gateways[WA].sent) == 1
+
+
+def test_the_sweep_leaves_a_delivery_being_sent_alone(world):
+    service, rows, _, _, clock = world
+    message, _ = service.create(channel="whatsapp", recipient="ann", text="hi")
+    service.route(message.id)
+    rows[message.id].delivery(WA).start_attempt(clock.t, clock.t + timedelta(days=2))  # a live lease
+    clock.t += timedelta(days=1)
+    dispatched: list = []
+    assert _sweep(service, dispatched, unknown_for=3600) == 0 and dispatched == []
+
+
+def test_an_attempt_whose_outcome_is_unknown_waits_for_the_long_bound(world):
+    """Its lease expired with nothing recorded: the send may have been accepted and its receipt be
+    riding on a retry (SendNotRecorded). Sent again only after unknown_for."""
+    service, rows, _, _, clock = world
+    message, _ = service.create(channel="whatsapp", recipient="ann", text="hi")
+    service.route(message.id)
+    rows[message.id].delivery(WA).start_attempt(clock.t, clock.t + timedelta(seconds=60))
+    dispatched: list = []
+    clock.t += timedelta(hours=2)
+    assert _sweep(service, dispatched, unknown_for=86_400) == 0
+    clock.t += timedelta(days=1)
+    assert _sweep(service, dispatched, unknown_for=86_400) == 1 and dispatched == [(message.id, WA)]
+
+
+def test_final_deliveries_are_never_swept_and_a_failed_dispatch_touches_nothing(world):
+    service, rows, _, gateways, clock = world
+    sent, _ = service.create(channel="whatsapp", recipient="ann", text="hi")
+    service.deliver(sent.id, WA)
+    failed, _ = service.create(channel="whatsapp", recipient="bob", text="hi")
+    gateways[WA].fail_with = [PermanentError("400")]
+    with pytest.raises(PermanentError):
+        service.deliver(failed.id, WA)
+    pending, _ = service.create(channel="instagram", recipient="cy", text="hi")
+    service.route(pending.id)
+    clock.t += timedelta(days=3)
+
+    def broker_down(message_id, channel):  # type: ignore[no-untyped-def]
+        raise ConnectionError("broker down")
+
+    with pytest.raises(ConnectionError):
+        service.sweep_stale(broker_down, pending_for=900, unknown_for=86_400)
+    dispatched: list = []
+    assert _sweep(service, dispatched) == 1 and dispatched == [(pending.id, IG)]

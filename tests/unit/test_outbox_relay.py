@@ -79,13 +79,74 @@ def test_route_can_map_the_event_to_actor_arguments(world):
     assert [d.args for d in publisher.sent] == [(e.id,)]
 
 
-def test_events_without_subscribers_are_still_published_and_announced(world):
+def test_events_announced_only_are_published_and_announced(world):
+    """A type the table declares with no subscriber (Router(..., announced=...)) is published."""
     store, _, publisher, relay, add = world
     e = _event("nobody.listens")
     add(e)
-    stats = relay(routes=[Route("image.*", "a")]).relay()
+    stats = relay(routes=Router([Route("image.*", "a")], announced=["nobody.*"])).relay()
     assert stats.published == 1 and publisher.sent == [] and publisher.notified == [e.id]
     assert store[e.id].published_at is not None
+
+
+def test_an_event_of_a_type_this_relay_does_not_know_waits_for_a_relay_that_does(world):
+    """Issue 16, hole 3: a relay of an older version (its table lacks the new route) must not mark
+    the event published with no delivery. It leaves it due, without spending an attempt, and
+    after unrouted_grace it is dead with the reason; a relay that knows the type sends it."""
+    store, clock, publisher, relay, add = world
+    new_kind, known = _event("invoice.created"), _event("image.processed")
+    add(new_kind, known)
+    old = relay(routes=[Route("image.*", "a")], unrouted_grace_s=600, unrouted_recheck_s=30)
+    stats = old.relay()
+    assert (stats.published, stats.unrouted) == (1, 1)
+    row = store[new_kind.id]
+    assert row.published_at is None and not row.dead and row.attempts == 0
+    assert "no route for event type 'invoice.created'" in row.last_error
+    assert row.next_attempt_at == T0 + timedelta(seconds=30)  # not claimed first on every run
+    assert publisher.notified == [known.id]
+    # The new version's relay knows the type: it goes out.
+    clock.t = T0 + timedelta(seconds=30)
+    assert relay(routes=[Route("invoice.*", "bill")]).relay().published == 1
+    assert [d.actor for d in publisher.sent if d.event.id == new_kind.id] == ["bill"]
+
+
+def test_an_event_no_relay_knows_ends_dead_with_its_reason(world):
+    store, clock, publisher, relay, add = world
+    e = _event("typo.created")
+    add(e)
+    r = relay(routes=[Route("image.*", "a")], unrouted_grace_s=60, unrouted_recheck_s=30)
+    for _ in range(2):
+        r.relay()
+        assert not store[e.id].dead
+        clock.t = store[e.id].next_attempt_at
+    stats = r.relay()  # 60 s after it was created
+    assert stats.dead == 1 and store[e.id].dead and store[e.id].published_at is None
+    assert "no route for event type 'typo.created'" in store[e.id].last_error
+    assert [x.id for x in r.list_dead()] == [e.id] and publisher.notified == []
+
+
+def test_a_route_whose_args_raise_fails_its_event_alone(world):
+    """Issue 16, hole 6: an exception in one route's args must not roll back the batch for ever
+    (that batch would be claimed first again on every run): the event gets its attempt counted,
+    backs off, ends dead with the reason; the others go out."""
+    store, clock, publisher, relay, add = world
+    bad, good = _event("image.processed", at=T0 - timedelta(seconds=1)), _event("image.processed")
+    bad.payload = {"k": "not a number"}
+    add(bad, good)
+
+    def args(message):
+        return (int(message["payload"]["k"]),)
+
+    r = relay(routes=[Route("image.*", "a", args=args), Route("*", "audit")], max_retries=1, backoff_ms=1000)
+    stats = r.relay()
+    assert (stats.published, stats.failed) == (1, 1)
+    assert store[good.id].published_at is not None
+    row = store[bad.id]
+    assert row.attempts == 1 and not row.dead and row.published_at is None
+    assert "ValueError" in row.last_error and "image.* -> a" in row.last_error
+    assert row.next_attempt_at == T0 + timedelta(seconds=1)
+    clock.t = row.next_attempt_at
+    assert r.relay().dead == 1 and store[bad.id].dead
 
 
 def test_relay_keeps_claiming_batches_until_nothing_is_due(world):
@@ -204,3 +265,21 @@ def test_parallel_relays_do_not_claim_the_same_events(world):
     first = relay(batch_size=3).relay_batch()
     assert (first.claimed, inner) == (3, [1])
     assert sorted(d.event.id for d in publisher.sent if d.actor == "a") == sorted(store)
+
+
+def test_every_event_type_the_code_records_is_in_the_routing_tables():
+    """A type missing from both tables would wait for a relay that knows it, then die."""
+    import ast
+
+    from bootstrap.routing import ANNOUNCED, ROUTES
+    from tests.services import ROOT
+
+    recorded = set()
+    for path in (ROOT / "domain").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "DomainEvent" and node.args
+                    and isinstance(node.args[0], ast.Constant)):
+                recorded.add(node.args[0].value)
+    assert {"image.uploaded", "message.created", "upload.completed"} <= recorded
+    router = Router(ROUTES, ANNOUNCED)
+    assert [t for t in sorted(recorded) if not router.knows(t)] == []
