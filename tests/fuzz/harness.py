@@ -23,7 +23,6 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dramatiq
@@ -95,6 +94,9 @@ class Verdict:
         return not self.violations
 
     def explain(self) -> str:
+        return printable(self._explain())
+
+    def _explain(self) -> str:
         lines = [f"{self.delivery!r}", f"  decided in {self.seconds:.2f}s; outcomes {self.outcomes}"]
         lines += [f"  VIOLATION: {v}" for v in self.violations]
         lines += [f"  letter: reason={x.reason!r} actor={x.actor!r} error={x.error[:160]!r}" for x in self.letters]
@@ -112,7 +114,7 @@ class Tally:
     def add(self, verdict: Verdict) -> None:
         self.counts["deliveries"] += 1
         self.counts.update(verdict.outcomes)
-        self.counts.update(f"VIOLATION {v.split(':')[0]}" for v in verdict.violations)
+        self.counts.update(f"VIOLATION {re.split(r'[:;(]', v)[0].strip()}" for v in verdict.violations)
         for violation in verdict.violations:
             sig = signature(violation)
             self.failures.setdefault(sig, []).append(verdict.explain())
@@ -124,11 +126,16 @@ class Tally:
         for sig, examples in sorted(self.failures.items(), key=lambda kv: -len(kv[1])):
             kinds = ", ".join(f"{k} x{n}" for k, n in self.triggers[sig].most_common(6))
             out += [f"--- x{len(examples)}  {sig}", f"  with: {kinds}", *examples[:SURVEY_EXAMPLES]]
-        return "\n".join(out)
+        return printable("\n".join(out))
 
     def __str__(self) -> str:
         width = max((len(k) for k in self.counts), default=10)
-        return "fuzz outcomes:\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in sorted(self.counts.items()))
+        return printable("fuzz outcomes:\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in sorted(self.counts.items())))
+
+
+def printable(text: str) -> str:
+    """Text a terminal can take: junk carries lone surrogates."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def signature(violation: str) -> str:
@@ -198,12 +205,17 @@ class World:
     def dedup_skips(self) -> float:
         return sum(self.container.metrics_store.read(DEDUP_SKIPS).values())
 
-    def new_letters(self, since: datetime) -> list[Any]:
+    def new_letters(self) -> list[Any]:
+        """Letters written since the last call, whatever their times say (a forged letter's may be old)."""
+        from sqlalchemy import select
+
+        from adapters.sql import tables as t
+
+        with self.container.engine.connect() as conn:
+            ids = set(conn.execute(select(t.dead_letters.c.id)).scalars()) - self._seen_letters
+        self._seen_letters.update(ids)
         store = self.container.dead_letter_store
-        found = [x for x in store.list(newer_than=since - timedelta(seconds=5), limit=1000)
-                 if x.id not in self._seen_letters]
-        self._seen_letters.update(x.id for x in found)
-        return found
+        return [store.get(i) for i in sorted(ids)]
 
     @staticmethod
     def _letter_id_of(message: Any) -> str:
@@ -218,16 +230,19 @@ class World:
 
         from adapters.sql import tables as t
 
-        with self.container.engine.connect() as conn:
-            query = select(func.count()).select_from(t.dead_letters).where(t.dead_letters.c.message_id == message_id)
-            return bool(conn.execute(query).scalar())
+        try:
+            with self.container.engine.connect() as conn:
+                letters = t.dead_letters
+                query = select(func.count()).select_from(letters).where(letters.c.message_id == message_id)
+                return bool(conn.execute(query).scalar())
+        except Exception:  # an id no letter could have been stored under (PostgreSQL refuses it)
+            return False
 
     # --- one delivery ---
     def deliver(self, delivery: Delivery) -> Verdict:
         obs = self.observer
         obs.reset()
         skips_before = self.dedup_skips()
-        since = datetime.now(UTC)
         started = time.monotonic()
         if delivery.queue not in self.broker.queues:
             self.broker.declare_queue(delivery.queue.removesuffix(".DQ"))
@@ -250,7 +265,7 @@ class World:
         if not decided:
             verdict.violations.append(
                 f"not decided: {obs.settled} of {1 + obs.enqueued} deliveries settled after {verdict.seconds:.1f}s")
-        self._classify(verdict, events, delayed, skips_before, since)
+        self._classify(verdict, events, delayed, skips_before)
         dead = self.dead_threads()
         if dead:
             verdict.violations.append(f"thread died: {len(dead)} of the worker's threads are dead ({dead})")
@@ -259,15 +274,14 @@ class World:
         self.tally.add(verdict)
         return verdict
 
-    def _classify(self, verdict: Verdict, events: list, delayed: list, skips_before: float,
-                  since: datetime) -> None:
+    def _classify(self, verdict: Verdict, events: list, delayed: list, skips_before: float) -> None:
         runs: dict[int, dict[str, Any]] = {}
         for kind, message, detail in events:
             if kind == "enqueue":
                 continue
             state = runs.setdefault(id(message), {"message": message})
             state[kind] = detail if kind == "ran" else True
-        letters = self.new_letters(since)
+        letters = self.new_letters()
         verdict.letters = letters
         skipped = [s for s in runs.values() if "skipped" in s and ("ack" in s or "nack" in s)]
         nacked = [s for s in runs.values() if "nack" in s]

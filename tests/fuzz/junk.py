@@ -131,7 +131,7 @@ OPTION_JUNK: dict[str, list[Any]] = {
     "max_retries": [-1.5, "abc", 2**70, float("inf"), [0]],
     "min_backoff": ["x", -1.5, 2**70, {}],
     "max_backoff": ["x", 1e400, [1]],
-    "eta": ["x", 1.5, 2**70, None, {}, [now_ms]],
+    "eta": ["x", 1.5, 2**70, None, {}, [0]],
     "max_age": ["x", float("nan"), [1], {}],
     "time_limit": ["slow", float("nan"), float("inf"), [1]],
     "dedup_key": [5, ["k"], {"k": 1}, 1.5],

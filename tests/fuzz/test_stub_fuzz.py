@@ -11,7 +11,7 @@ own: its column limits are the strict ones), dedup keys, breakers and metrics in
 prefix of this run. Nothing reaches the outside: objects go to a temporary directory, the channel
 gateways are in-memory fakes, Qdrant is local, no CLIP weights exist to load.
 
-Bounded: FUZZ_EXAMPLES (default 150) structured junk messages and a third as many raw bodies; each
+Bounded: FUZZ_EXAMPLES (default 300) structured junk messages and a third as many raw bodies; each
 is decided within FUZZ_DECIDE_S (5 s) or fails. `pytest -s` prints the counts by outcome and reason.
 """
 
@@ -42,7 +42,7 @@ from tests.fuzz.junk import (
 )
 from tests.unit.fakes import FakeChannelGateway
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
 #: FUZZ_SURVEY=1: record every failure instead of stopping at the first (no shrinking), and print
 #: the distinct ones at the end: a map of what is broken, for whoever fixes it.
 SURVEY = os.environ.get("FUZZ_SURVEY") == "1"
