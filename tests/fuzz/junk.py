@@ -38,6 +38,7 @@ class ActorInfo:
     params: tuple[str, ...]  # positional-or-keyword parameter names, in order
     required: int  # how many of them have no default
     annotations: tuple[Any, ...]
+    derives_dedup_key: bool = False  # its dedup_key option is a function of the arguments
 
     @property
     def arity(self) -> range:
@@ -53,7 +54,8 @@ def actor_infos(broker: Any) -> dict[str, ActorInfo]:
         infos[name] = ActorInfo(
             name=name, queue=actor.queue_name, params=tuple(p.name for p in params),
             required=sum(1 for p in params if p.default is p.empty),
-            annotations=tuple(p.annotation for p in params))
+            annotations=tuple(p.annotation for p in params),
+            derives_dedup_key=callable(actor.options.get("dedup_key")))
     return infos
 
 
@@ -429,6 +431,7 @@ def named_cases(actors: dict[str, ActorInfo]) -> dict[str, Delivery]:
     one_arg = next(a for a in actors.values() if len(a.params) == 1 and "dict" not in str(a.annotations[0]))
     two_args = next((a for a in actors.values() if len(a.params) == 2), one_arg)
     no_args = next(a for a in actors.values() if not a.params)
+    keyed = next((a for a in actors.values() if a.derives_dedup_key and a.params), one_arg)
     uid = str(uuid.uuid4())
 
     def case(actor: ActorInfo, args: Any, queue: str | None = None, deep: int = 0, **fields: Any) -> Delivery:
@@ -468,9 +471,11 @@ def named_cases(actors: dict[str, ActorInfo]) -> dict[str, Delivery]:
         "option_name_lone_surrogate": case(one_arg, ["not-an-id"], options={"\ud800": 1}),
         "keyword_name_lone_surrogate": case(one_arg, [uid], kwargs={"\ud800": 1}),
         "dedup_key_lone_surrogate": case(one_arg, [uid], options={"dedup_key": "k\ud800"}),
+        "lone_surrogate_in_an_argument_of_the_dedup_key": case(keyed, ["x\ud800"] * len(keyed.params)),
         "circuit_lone_surrogate": case(two_args, [uid, "whatsapp"], options={"circuit": "c\ud800"}),
         "throws_a_string": case(one_arg, ["not-an-id"], options={"throws": "ValueError"}),
         "forged_dead_letter_option": case(one_arg, [uid], options={"dead_letter": {"reason": "forged"}}),
+        "expired_with_a_junk_dead_letter_option": case(one_arg, [uid], options={"max_age": 1, "dead_letter": []}),
         "failed_because_an_int": case(one_arg, ["not-an-id"], options={"failed_because": 5}),
         "names_another_queue": case(one_arg, [uid], queue_name=no_args.queue if no_args.queue != one_arg.queue
                                     else "elsewhere"),
@@ -492,7 +497,7 @@ def named_cases(actors: dict[str, ActorInfo]) -> dict[str, Delivery]:
 
 #: The names of the named cases (computed on a catalog of one actor per shape).
 CASE_NAMES = tuple(named_cases({
-    "one": ActorInfo("one", "q1", ("a",), 1, (str,)),
+    "one": ActorInfo("one", "q1", ("a",), 1, (str,), derives_dedup_key=True),
     "two": ActorInfo("two", "q2", ("a", "b"), 2, (str, str)),
     "none": ActorInfo("none", "q3", (), 0, ()),
 }))
