@@ -183,7 +183,6 @@ def _png() -> bytes:
 
 
 def test_junk_from_any_producer_ends_as_one_dead_letter_each_and_good_messages_still_run(env, tmp_path):
-    from adapters.sql.deadletters import SqlDeadLetterStore
     from bootstrap import Container
     from bootstrap.settings import load_settings
     from domain.models import ImageStatus, UploadStatus
@@ -194,7 +193,7 @@ def test_junk_from_any_producer_ends_as_one_dead_letter_each_and_good_messages_s
     image = container.media.register_image(_png(), "image/png")
     upload = container.uploads.create_upload("hello.txt", 1, "text/plain")
     container.uploads.upload_chunk(upload.id, 0, b"hello, world")
-    letters = SqlDeadLetterStore(container.engine)
+    letters = container.dead_letter_store
 
     def ours() -> list[Any]:  # this run's letters: the database is shared by the session
         return [x for x in letters.list(limit=10_000) if x.queue.startswith(prefix)]
