@@ -50,6 +50,9 @@ _OPTIONAL_INT_OPTIONS = ("max_retries",)
 _NUMBER_OPTIONS = ("max_age", "time_limit", "dedup_window", "retry_after_ms", "circuit_failure_threshold",
                    "circuit_window", "circuit_reset_timeout", "circuit_half_open_trials")
 _STR_OPTIONS = ("correlation_id", "causation_id", "dedup_key", "circuit", "redis_message_id")
+#: Options the middleware write when a message fails; a producer's copy would give its letter a
+#: made-up reason.
+_FORGED = frozenset({"failed_because", "failed_detail", "retry_enqueue_error"})
 #: Longest message id the dead-letter store keeps (adapters/sql/tables.py); longer ones cannot be
 #: acknowledged reliably everywhere either, so they are refused at the door.
 MAX_ID_LENGTH = 64
@@ -90,6 +93,15 @@ def check(broker: Broker, message: Message) -> None:
     options = message.options
     if not isinstance(options, dict):
         raise Junk("invalid_options", f"options must be an object, not {type(options).__name__}")
+    if "throws" in options:
+        # Dramatiq's worker runs isinstance(exception, throws): JSON cannot carry a class, and
+        # anything else kills the worker thread.
+        raise Junk("invalid_options", "option throws cannot be set by a producer (it names exception classes)")
+    if "dead_letter" in options:
+        try:
+            DeadLetter.fromdict(options["dead_letter"])
+        except Exception as exc:
+            raise Junk("invalid_options", f"option dead_letter is not a dead letter: {exc!r:.120}") from None
     for name in _INT_OPTIONS:
         if name in options and not _is_int(options[name]):
             raise Junk("invalid_options", f"option {name} must be an integer, not {options[name]!r:.80}")
@@ -122,9 +134,17 @@ def letter_for(queue_name: str, message: Message, junk: Junk) -> DeadLetter:
     options = message.options if isinstance(message.options, dict) else {"options": message.options}
     args = list(message.args) if isinstance(message.args, list | tuple) else [message.args]
     kwargs = dict(message.kwargs) if isinstance(message.kwargs, dict) else {"kwargs": message.kwargs}
+    message_id = message.message_id
+    if not isinstance(message_id, str) or not 0 < len(message_id) <= MAX_ID_LENGTH:
+        # Letters are unique per (message id, attempts): an id that is no id (null, "", 0) would
+        # make every such message after the first look like a redelivery of it. The broker's id
+        # for the delivery stays the same on a redelivery; without one, a fresh id.
+        options = {**options, "original_message_id": repr(message_id)[:200]}
+        redis_id = options.get("redis_message_id")
+        message_id = f"redis:{redis_id}" if isinstance(redis_id, str) else f"junk:{uuid.uuid4()}"
     return bounded_letter(DeadLetter(
         id=str(uuid.uuid4()),
-        message_id=str(message.message_id),
+        message_id=message_id,
         actor=str(message.actor_name),
         queue=q_name(queue_name),
         args=args,
@@ -208,12 +228,10 @@ def admit(broker: Broker, queue_name: str, proxy: Any) -> Any:
     put on ``queue_name`` if it named another queue, or replaced by a carrier of its dead letter.
     Returns the same proxy."""
     message: Message = proxy._message
-    if message.actor_name == CARRIER_ACTOR:
-        if message.queue_name != queue_name:
-            proxy._message = dataclasses.replace(message, queue_name=queue_name)
-        return proxy
     try:
         check(broker, message)
+        if message.actor_name == CARRIER_ACTOR and "dead_letter" not in message.options:
+            raise Junk("invalid_message", f"{CARRIER_ACTOR} is reserved for atelier's dead-letter carriers")
     except Junk as junk:
         letter = letter_for(queue_name, message, junk)
         keep = {}
@@ -225,4 +243,8 @@ def admit(broker: Broker, queue_name: str, proxy: Any) -> Any:
         return proxy
     if message.queue_name != queue_name:
         proxy._message = dataclasses.replace(message, queue_name=queue_name)
+    forged = _FORGED.intersection(message.options)
+    if forged:  # what only this worker's middleware writes, as it decides a failure
+        for name in forged:
+            del message.options[name]
     return proxy

@@ -117,7 +117,14 @@ class Dedup(Middleware):
             window = actor_options.get("dedup_window", self.default_window)
         # Written into the options (of this delivery, and of its retries and dead letter), so a
         # replay carries the same key even though the actor derived it.
-        options.setdefault("dedup_key", str(key))
+        key = str(key)
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate: Redis cannot take the key, which would read as the store being down
+            # and defer the message for ever. Raised from the before-hook, it fails the message.
+            raise ValueError(f"dedup key {key!r:.100} is not valid UTF-8") from None
+        options.setdefault("dedup_key", key)
         options.setdefault("dedup_window", window)
         return f"{message.actor_name}:{key}", float(window)
 

@@ -186,14 +186,17 @@ def test_good_messages_after_the_junk_are_processed_and_the_worker_kept_its_thre
         (_plain(world, "route_message", message.id), ["processed"] * 3),
         # The same message routed again by a producer: a duplicate within the dedup window.
         (_plain(world, "route_message", message.id), ["skipped as a duplicate"]),
-        # The relay sends route_message for message.created (its own dedup key): it finds nothing to send.
-        (_plain(world, "relay_outbox"), ["processed"] * 2),
+        # The relay sends route_message for message.created (its own dedup key), which finds nothing to
+        # send, and process_image for image.uploaded.
+        (_plain(world, "relay_outbox"), ["processed"] * 3),
         (_plain(world, "deliver_message", message.id, "whatsapp"), ["processed"]),  # already sent: not again
         (_plain(world, "process_image", image.id), ["processed"]),
         (_plain(world, "merge_upload", upload.id), ["processed"]),
         (_plain(world, "process_uploaded_image", {"payload": {}}), ["processed"]),
         (_plain(world, "drain_fallback"), ["processed"]),
         (_plain(world, "collect_abandoned_uploads"), ["processed"]),
+        # Nothing is stuck: the sweep finds no delivery to send again.
+        (_plain(world, "sweep_deliveries"), ["processed"]),
     ]
     covered = {d.actor for d, _ in good}
     missing = set(actor_infos(world.broker)) - covered - set(NO_GOOD_MESSAGE)
