@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import io
 import struct
+from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image
 
 SIZE = 256  # the default reference thumbnail size
 H, W = 300, 400  # the default test image size
@@ -178,3 +179,41 @@ def heic_samples(data: bytes) -> np.ndarray:
     import pillow_heif
 
     return np.asarray(pillow_heif.open_heif(io.BytesIO(data), convert_hdr_to_8bit=True))
+
+
+# --- a phone's photo: HEIC or AVIF, Display P3, EXIF orientation and camera fields ----------------
+
+#: np.rot90's k that shows pixels stored under an EXIF orientation upright (no mirrored ones here).
+UPRIGHT_TURNS = {1: 0, 3: 2, 6: -1, 8: 1}
+
+
+def camera_exif(make: str, model: str, orientation: int = 1, taken_at: str | None = None) -> Image.Exif:
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    exif[ExifTags.Base.Make], exif[ExifTags.Base.Model] = make, model
+    if taken_at:
+        exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.DateTimeOriginal] = taken_at
+    return exif
+
+
+@dataclass(frozen=True)
+class PhonePhoto:
+    data: bytes
+    srgb: np.ndarray  # the reference: upright, converted to sRGB from Display P3 (float 0-255)
+    untagged: np.ndarray  # the same samples taken as sRGB, as a renderer ignoring the profile shows them
+
+
+def phone_photo(fmt: str, exif: Image.Exif, h: int = 600, w: int = 800) -> PhonePhoto:
+    """colourful() as a HEIC (pillow-heif) or an AVIF (Pillow), tagged Display P3, with ``exif``."""
+    im = Image.fromarray(colourful(h, w))
+    if fmt == "HEIF":
+        data = heic(im, exif=exif, icc_profile=DISPLAY_P3_ICC, quality=90)
+        samples = heic_samples(data)  # pillow-heif writes the orientation as irot, libheif applies it
+    elif fmt == "AVIF":
+        data = save(im, "AVIF", quality=90, subsampling="4:4:4", icc_profile=DISPLAY_P3_ICC, exif=exif.tobytes())
+        samples = np.rot90(np.asarray(Image.open(io.BytesIO(data))), UPRIGHT_TURNS[exif[ExifTags.Base.Orientation]])
+    else:
+        raise ValueError(fmt)
+    turned = exif[ExifTags.Base.Orientation] in (6, 8)
+    assert samples.shape[:2] == ((w, h) if turned else (h, w)), samples.shape  # upright, as a viewer shows it
+    return PhonePhoto(data, wide_to_srgb(samples, DISPLAY_P3, srgb_decode), samples.astype(float))

@@ -27,3 +27,16 @@ def broker_env(request, base_env, pg_url, s3_server) -> Iterator[dict[str, str]]
     })
     yield env
     services.purge_queues(env["BROKER_URL"], env["QUEUE_PREFIX"], ("media", "default", "fallback"))
+
+
+@pytest.fixture(scope="session")
+def phone_photos():  # type: ignore[no-untyped-def]
+    """What phones write (made once: x265 takes a second): a HEIC as an iPhone's (Display P3, EXIF
+    orientation 6, camera fields) and an AVIF (Display P3, orientation 8). tests/imaging_support.py
+    has each one's sRGB reference."""
+    from tests.imaging_support import camera_exif, phone_photo
+
+    return {
+        "heic": phone_photo("HEIF", camera_exif("Apple", "iPhone 15 Pro", 6, "2025:06:01 12:30:00")),
+        "avif": phone_photo("AVIF", camera_exif("Google", "Pixel 9", 8, "2025:07:02 08:15:00")),
+    }
