@@ -2,7 +2,8 @@
 worker renders thumbnails; the outbox relay routes image.processed to embed_image; the worker
 embeds with the tiny open_clip model (loaded from a checkpoint file, like real weights) into
 Qdrant local mode; after the worker stops (local mode is one process), `atelier search` finds
-each image first by itself. Without weights, the message is kept and retried, with one clear line."""
+each image first by itself, a HEIC and an AVIF among them. Without weights, the message is kept and
+retried, with one clear line."""
 
 from __future__ import annotations
 
@@ -41,12 +42,18 @@ def _send_embed(env: dict[str, str], image_id: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def test_embed_through_the_outbox_then_search(env, tmp_path):
+def test_embed_through_the_outbox_then_search(env, phone_photos, tmp_path):
     files = []
     for seed in range(3):
         path = tmp_path / f"photo{seed}.jpg"
         path.write_bytes(make_image(1200, 900, seed=seed))
         files.append(str(path))
+    media_types = {}  # what the phones wrote goes the same way (thumbnails from HEIC and AVIF, embeddings)
+    for name, media_type in (("IMG_0001.HEIC", "image/heic"), ("PXL_0002.avif", "image/avif")):
+        path = tmp_path / name
+        path.write_bytes(phone_photos[media_type.split("/")[1]].data)
+        files.append(str(path))
+        media_types[len(files) - 1] = media_type
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not a jpeg")
     engine = make_engine(env["DATABASE_URL"])
@@ -61,6 +68,7 @@ def test_embed_through_the_outbox_then_search(env, tmp_path):
         added = services.run_cli(["images", "add", *files, str(bad)], env)
         assert added.returncode == 0, added.stderr
         *ids, bad_id = added.stdout.split()
+        phone_ids = {ids[n]: media_type for n, media_type in media_types.items()}
         services.wait_for(lambda: all(status(i) is ImageStatus.READY for i in ids)
                           and status(bad_id) is ImageStatus.FAILED, timeout=120, message="thumbnails")
         relayed = services.run_cli(["outbox", "relay", "--once"], env)
@@ -84,15 +92,20 @@ def test_embed_through_the_outbox_then_search(env, tmp_path):
     assert sorted(r["image_id"] for r in embedded) == sorted(ids)  # one relay run: one message each
     assert sum("CLIP model loaded" in r.get("event", "") for r in records) == 1  # once per process
 
-    for image_id in ids:
+    # Each kind (a JPEG, the HEIC, the AVIF) finds itself first: its vector is its own. One CLI run
+    # each (a few seconds of torch start-up): the JPEGs are alike, the first one stands for them.
+    for image_id in [ids[0], *phone_ids]:
         found = services.run_cli(["search", "--like", image_id, "--limit", "3", "--json"], env, timeout=120)
         assert found.returncode == 0, found.stderr
         rows = [json.loads(line) for line in found.stdout.splitlines()]
         assert rows[0]["image_id"] == image_id and rows[0]["score"] == pytest.approx(1.0, abs=1e-4)
         assert bad_id not in [r["image_id"] for r in rows]
-    text = services.run_cli(["search", "a red bicycle", "--limit", "10"], env, timeout=120)
+    text = services.run_cli(["search", "a red bicycle", "--limit", "10", "--json"], env, timeout=120)
     assert text.returncode == 0, text.stderr
-    assert sorted(line.split()[1] for line in text.stdout.splitlines()) == sorted(ids)
+    rows = [json.loads(line) for line in text.stdout.splitlines()]
+    assert sorted(r["image_id"] for r in rows) == sorted(ids)
+    # The payload's media type is the one decided by content when the producer registered the file.
+    assert {r["image_id"]: r["content_type"] for r in rows} == {i: phone_ids.get(i, "image/jpeg") for i in ids}
 
 
 def test_without_weights_messages_are_kept_and_retried(env, tmp_path):
