@@ -193,7 +193,8 @@ def cmd_images_show(args: argparse.Namespace) -> int:
 
     image = get_container().media.get_image(parse_id(args.image_id, "image id"))
     print(json.dumps({
-        "id": image.id, "status": image.status.value, "failure_reason": image.failure_reason,
+        "id": image.id, "content_type": image.content_type, "status": image.status.value,
+        "failure_reason": image.failure_reason,
         "metadata": image.metadata,
         "thumbnails": [t.__dict__ for t in image.thumbnails],
     }, indent=2, default=str))

@@ -5,6 +5,8 @@ sent by a later relay. It ends with one clear line, and a non-zero exit when any
 
 from __future__ import annotations
 
+import json
+
 import redis
 from dramatiq import Message
 
@@ -109,3 +111,36 @@ def test_the_database_down_fails_the_command_with_one_line(tmp_path):
     lines = added.stderr.strip().splitlines()
     assert "photo.jpg: not registered: OperationalError" in lines[0]
     assert lines[-1] == "error: 2 of 2 images not registered"
+
+
+def test_phone_formats_are_taken_and_the_content_decides_the_media_type(tmp_path):
+    from PIL import Image
+
+    from tests.imaging_support import colourful, heic, save
+
+    env = _env(tmp_path, "stub://")
+    assert services.run_cli(["migrate"], env).returncode == 0
+    photo = Image.fromarray(colourful(48, 64))
+    heic_data = heic(photo)
+    files = {  # name: (content, the media type its content says)
+        "IMG_0001.HEIC": (heic_data, "image/heic"),
+        "IMG_0002.heif": (heic_data, "image/heic"),
+        "PXL_0003.AVIF": (save(photo, "AVIF", quality=80), "image/avif"),
+        "IMG_0004.jpg": (heic_data, "image/heic"),  # a HEIC under a JPEG's name
+        "scan.heic": (save(photo, "PNG"), "image/png"),  # and the other way round
+        "notes.avif": (b"not an image at all\n", None),  # registered: process_image fails it with the reason
+    }
+    for name, (data, _) in files.items():
+        (tmp_path / name).write_bytes(data)
+    added = services.run_cli(["images", "add", *(str(tmp_path / name) for name in files), "--no-relay"], env)
+    assert added.returncode == 0, added.stderr
+    ids = added.stdout.split()
+    assert len(ids) == len(files)
+    for (name, (_, media_type)), image_id in zip(files.items(), ids, strict=True):
+        image, events = _image(env, image_id)
+        assert image.content_type == media_type, name
+        assert [(e.type, e.payload["content_type"]) for e in events] == [("image.uploaded", media_type)], name
+
+    shown = services.run_cli(["images", "show", ids[3]], env)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["content_type"] == "image/heic"
