@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 #: Modules that add their own subcommands: each has register(subparsers).
 COMMAND_MODULES: list[str] = ["entrypoints.commands.ops", "entrypoints.commands.outbox",
@@ -172,6 +173,9 @@ def cmd_images_add(args: argparse.Namespace) -> int:
         print(f"registered {_plural(registered, 'image')}; the outbox relay sends their processing",
               file=sys.stderr)
         return 0
+    if container.settings.broker_kind == "stub":
+        # An in-process broker: what the relay hands it would die with this command. Run it here.
+        return _process_here(container, registered)
     try:
         stats = container.outbox_relay.relay(container.settings.outbox_relay_budget_ms / 1000)
         problem = f"broker unreachable: {stats.errors[-1]}" if stats.broker_down else None
@@ -182,6 +186,26 @@ def cmd_images_add(args: argparse.Namespace) -> int:
               f"relay sends it once that is back", file=sys.stderr)
     else:
         print(f"registered {_plural(registered, 'image')}; processing sent", file=sys.stderr)
+    return 0
+
+
+def _process_here(container: Any, registered: int) -> int:
+    """The embedded default (BROKER_URL=stub://): relay and run the work in this process, as the
+    demo does, so the images end READY or FAILED before the command returns."""
+    import dramatiq
+
+    import actors
+
+    worker = dramatiq.Worker(actors.broker, worker_threads=2)
+    worker.start()
+    try:
+        while container.outbox_relay.relay(container.settings.outbox_relay_budget_ms / 1000).more_due:
+            pass
+        actors.broker.join(actors.media.process_image.queue_name, fail_fast=False)
+        worker.join()
+    finally:
+        worker.stop()
+    print(f"registered {_plural(registered, 'image')}; processed here (BROKER_URL is stub://)", file=sys.stderr)
     return 0
 
 

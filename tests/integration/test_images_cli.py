@@ -144,3 +144,18 @@ def test_phone_formats_are_taken_and_the_content_decides_the_media_type(tmp_path
     shown = services.run_cli(["images", "show", ids[3]], env)
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["content_type"] == "image/heic"
+
+
+def test_on_the_embedded_stub_broker_the_command_processes_the_images_itself(tmp_path):
+    """stub:// is an in-process broker: what the relay hands it dies with the command. The command
+    runs the work itself then, so an image added on the embedded default ends READY, not PENDING
+    behind an event marked published."""
+    env = _env(tmp_path, "stub://")
+    assert services.run_cli(["migrate"], env).returncode == 0
+    added = services.run_cli(["images", "add", str(_photo(tmp_path)), str(_photo(tmp_path, "b.jpg"))], env)
+    assert added.returncode == 0, added.stderr
+    assert added.stderr.strip().splitlines()[-1] == "registered 2 images; processed here (BROKER_URL is stub://)"
+    for image_id in added.stdout.split():
+        image, events = _image(env, image_id)
+        assert image.status is ImageStatus.READY and len(image.thumbnails) == 3
+        assert ("image.uploaded", True) in [(e.type, e.published_at is not None) for e in events]
