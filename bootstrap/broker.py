@@ -49,6 +49,9 @@ def build_broker(settings: Settings) -> Broker:
         breaker_policy=settings.breaker_policy,
         dead_letter_store=_from_container("dead_letter_store"),
         letter_fallback=_from_container("letter_fallback"),
+        job_store=_from_container("job_store") if settings.jobs_enabled else None,
+        jobs_flush_interval=settings.jobs_flush_interval_s,
+        jobs_heartbeat=settings.jobs_heartbeat_s,
     )
     kind = settings.broker_kind
     broker: Broker

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 
 from bootstrap.providers.core import CoreProviders
+from bootstrap.providers.jobs import JobsProviders
 from bootstrap.providers.media import MediaProviders
 from bootstrap.providers.messaging import MessagingProviders
 from bootstrap.providers.operations import OperationsProviders
@@ -19,7 +20,7 @@ from bootstrap.settings import Settings, get_settings
 
 
 class Container(CoreProviders, OutboxProviders, UploadProviders, MessagingProviders, ResilienceProviders,
-                MediaProviders, OperationsProviders):
+                JobsProviders, MediaProviders, OperationsProviders):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 

@@ -66,3 +66,8 @@ class ModelUnavailable(TransientError):
 
 class IndexUnavailable(TransientError):
     """The vector index cannot be reached or opened (server down, local path held by another process)."""
+
+
+class Cancelled(DomainError):
+    """The job was cancelled while it ran (raised at its next progress point). Not a failure:
+    it is not retried and leaves no dead letter; its job record says ``cancelled``."""

@@ -16,6 +16,12 @@ before_process_message hook stops the hooks after it (but every after_skip_messa
    enqueue hooks does not matter, no other middleware reads them there) and notes the running
    message for the causation id of what it sends. After LogContext, whose before-hook clears the
    context (Correlation binds a fresh id for a message that carries none).
+4b. Jobs: a record per message (status, attempts, times, progress) and cancellation. Before
+   DeadLetters and Retries, so its after-hooks run after theirs: it records the outcome they
+   decided (failed for good with the letter's id, or re-enqueued for a retry). Its before-hook
+   skips a cancelled message before Dedup takes a key or CircuitBreaker a half-open trial. A
+   running job cancelled raises domain.errors.Cancelled at its next progress point, which
+   ClassifiedRetries neither retries nor fails (so no dead letter) and Jobs records as cancelled.
 5. DeadLetters: before Retries in the list, so its after_process_message runs AFTER Retries':
    it sees message.failed as Retries decided it (permanent, retries exhausted, or a retry that
    could not be enqueued: issue 545) and stores the final failure, never an attempt that will be
@@ -43,7 +49,7 @@ that implement it, in this same order. Their consumers (brokers/consumers.py) al
 on the consumer thread with each fetched batch, before any of it runs (after_fetch(broker,
 messages)): Dedup takes the batch's free keys there, in one round trip.
 
-Dedup, CircuitBreaker and DeadLetters take their state ports as callables resolved on first use
+Dedup, CircuitBreaker, DeadLetters and Jobs take their state ports as callables resolved on first use
 (build_stack connects to nothing); without them those middleware are left out of the stack.
 """
 
@@ -59,12 +65,21 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
-from domain.ports import BreakerStore, DeadLetterStore, DedupStore, FallbackQueue, LetterFallback, MetricsStore
+from domain.ports import (
+    BreakerStore,
+    DeadLetterStore,
+    DedupStore,
+    FallbackQueue,
+    JobStore,
+    LetterFallback,
+    MetricsStore,
+)
 from domain.resilience import BreakerPolicy
 from middleware.circuit import CircuitBreaker
 from middleware.correlation import Correlation
 from middleware.deadletters import DeadLetters
 from middleware.dedup import Dedup
+from middleware.jobs import Jobs
 from middleware.logcontext import LogContext
 from middleware.metrics import Metrics
 from middleware.retries import ClassifiedRetries
@@ -80,7 +95,9 @@ def build_stack(*, max_retries: int = 20, min_backoff_ms: int = 1000,
                 fallback_queue: Callable[[], FallbackQueue] | None = None,
                 breaker_policy: BreakerPolicy | None = None,
                 dead_letter_store: Callable[[], DeadLetterStore] | None = None,
-                letter_fallback: Callable[[], LetterFallback] | None = None) -> list[Middleware]:
+                letter_fallback: Callable[[], LetterFallback] | None = None,
+                job_store: Callable[[], JobStore] | None = None, jobs_flush_interval: float = 0.2,
+                jobs_heartbeat: float = 5.0) -> list[Middleware]:
     """The middleware list every broker in atelier is built with (order: see the module docstring)."""
     stack: list[Middleware] = [
         AgeLimit(),
@@ -92,6 +109,10 @@ def build_stack(*, max_retries: int = 20, min_backoff_ms: int = 1000,
         LogContext(),
         Correlation(),
     ]
+    if job_store is not None:
+        stack.append(Jobs(job_store, flush_interval=jobs_flush_interval, heartbeat_interval=jobs_heartbeat,
+                          dedup=dedup_store is not None,
+                          circuit=breaker_store is not None and fallback_queue is not None))
     if dead_letter_store is not None:
         stack.append(DeadLetters(dead_letter_store, metrics=metrics_store, fallback=letter_fallback))
     stack.append(ClassifiedRetries(max_retries=max_retries, min_backoff=min_backoff_ms, max_backoff=max_backoff_ms))
@@ -103,5 +124,5 @@ def build_stack(*, max_retries: int = 20, min_backoff_ms: int = 1000,
     return stack
 
 
-__all__ = ["CircuitBreaker", "ClassifiedRetries", "Correlation", "DeadLetters", "Dedup", "LogContext", "Metrics",
-           "build_stack", "correlation_scope", "current_correlation_id", "message_context"]
+__all__ = ["CircuitBreaker", "ClassifiedRetries", "Correlation", "DeadLetters", "Dedup", "Jobs", "LogContext",
+           "Metrics", "build_stack", "correlation_scope", "current_correlation_id", "message_context"]

@@ -211,6 +211,7 @@ class DeadLetters(Middleware):
             return
         if not stored:
             return  # written before (a redelivery of the same failure)
+        message.options["dead_letter_id"] = letter.id  # for the job record (middleware/jobs.py)
         self.logger.warning("Dead-lettered message %r (%s, %s after %d attempt(s)): letter %s.",
                             message.message_id, letter.actor, letter.reason, letter.attempts, letter.id)
         self._count(DEAD_LETTERS, (letter.queue, letter.actor, letter.reason))

@@ -11,7 +11,7 @@ from dramatiq import Broker, Message, Retry
 from dramatiq.middleware import Retries, SkipMessage
 
 from brokers.park import MAX_DELAY_MS, park
-from domain.errors import PermanentError, TransientError
+from domain.errors import Cancelled, PermanentError, TransientError
 
 #: The longest wait a dependency's Retry-After is honoured for; longer (or an HTTP date in year
 #: 9999) is cut to this. A wait past MAX_DELAY_MS is served in parks of at most MAX_DELAY_MS.
@@ -89,6 +89,8 @@ class ClassifiedRetries(Retries):
         raise SkipMessage(f"parked again: the dependency asked to wait {wait} ms more")
 
     def after_process_message(self, broker: Broker, message: Message, *, result=None, exception=None) -> None:
+        if isinstance(exception, Cancelled):
+            return  # cancelled on request (middleware/jobs.py): neither retried nor failed, so no dead letter
         if isinstance(exception, PermanentError):
             self.logger.warning(
                 "Permanent failure of message %r, not retried: %s", message.message_id, exception

@@ -12,6 +12,7 @@ from functools import lru_cache
 from pydantic import ValidationError
 
 from bootstrap.settings.core import CoreSettings
+from bootstrap.settings.jobs import JobsSettings
 from bootstrap.settings.media import MediaSettings
 from bootstrap.settings.messaging import MessagingSettings
 from bootstrap.settings.operations import OperationsSettings
@@ -32,7 +33,7 @@ class ConfigError(SystemExit):
 
 
 class Settings(MediaSettings, MessagingSettings, UploadSettings, OutboxSettings, ResilienceSettings,
-               OperationsSettings, CoreSettings):
+               JobsSettings, OperationsSettings, CoreSettings):
     """Every variable atelier reads, grouped per capability (one module each beside this one).
     A capability adds a group module and one base here."""
 

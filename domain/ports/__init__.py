@@ -5,6 +5,7 @@ state ports in resilience. Everything is re-exported here: ``from domain.ports i
 """
 
 from domain.ports.common import Clock, ObjectStore, UnitOfWork
+from domain.ports.jobs import JobStore
 from domain.ports.media import ImageEmbedder, ImageProcessor, ImageRepository, VectorIndex
 from domain.ports.messaging import ChannelGateway, MessageRepository, MessagingUnitOfWork
 from domain.ports.outbox import EventPublisher, OutboxRepository
@@ -30,6 +31,7 @@ __all__ = [
     "ImageEmbedder",
     "ImageProcessor",
     "ImageRepository",
+    "JobStore",
     "LetterFallback",
     "MessageRepository",
     "MessageSender",

@@ -1,0 +1,259 @@
+"""Job records, cancellations and worker heartbeats: in Redis (every process sees them), or in this
+process's memory (the StubBroker, the embedded default).
+
+Redis keys under ``atelier:<QUEUE_PREFIX>jobs:``: ``j:<message id>`` a hash per job (expires after
+the retention window), ``index`` a sorted set of message ids by last update (trimmed to the
+window), ``cancel`` a sorted set of message ids by when their cancellation was asked, ``workers`` a
+hash of worker heartbeats (JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from domain.jobs import CANCELLED, FINAL, WAITING
+
+#: Jobs per script call: a long script blocks Redis for everyone.
+CHUNK = 300
+
+# KEYS[1] index, KEYS[2..] job hashes; ARGV[1] now, ARGV[2] retention ms, then per job:
+# message id, order, field count, field, value, ...
+_WRITE = """
+local now = tonumber(ARGV[1])
+local ret = tonumber(ARGV[2])
+local i = 3
+for k = 2, #KEYS do
+  local key = KEYS[k]
+  local id = ARGV[i]
+  local order = tonumber(ARGV[i + 1])
+  local n = tonumber(ARGV[i + 2])
+  i = i + 3
+  local cur = redis.call('HMGET', key, 'order', 'status')
+  local newer = (not cur[1]) or order >= tonumber(cur[1])
+  local sets = {}
+  for j = 0, n - 1 do
+    local f = ARGV[i + 2 * j]
+    local v = ARGV[i + 2 * j + 1]
+    if newer then
+      if not (f == 'status' and cur[2] == 'cancelled' and (v == 'queued' or v == 'delayed' or v == 'retrying')) then
+        sets[#sets + 1] = f
+        sets[#sets + 1] = v
+      end
+    else
+      redis.call('HSETNX', key, f, v)
+    end
+  end
+  if newer then
+    sets[#sets + 1] = 'order'
+    sets[#sets + 1] = tostring(order)
+    redis.call('HSET', key, unpack(sets))
+  end
+  redis.call('PEXPIRE', key, ret)
+  redis.call('ZADD', KEYS[1], now, id)
+  i = i + 2 * n
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ret)
+return 1
+"""
+
+# KEYS[1] job hash, KEYS[2] cancel set; ARGV[1] message id, ARGV[2] now, ARGV[3] retention ms
+_CANCEL = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local st = redis.call('HGET', KEYS[1], 'status') or ''
+if st == 'done' or st == 'failed' or st == 'skipped' or st == 'cancelled' then return st end
+redis.call('HSET', KEYS[1], 'cancel_requested_at', ARGV[2], 'updated_at', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[3]))
+if st == 'queued' or st == 'delayed' or st == 'retrying' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2], 'reason', 'cancelled before it ran')
+end
+return st
+"""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _ms() -> int:
+    return int(time.time() * 1000)
+
+
+class RedisJobStore:
+    """JobStore in Redis: each write of a batch is one script call per CHUNK jobs, pipelined."""
+
+    def __init__(self, client: Any, namespace: str, *, retention_s: float = 86_400) -> None:
+        self.client = client
+        self.namespace = namespace  # e.g. "atelier:<prefix>jobs:"
+        self.retention_ms = int(retention_s * 1000)
+        self._write = client.register_script(_WRITE)
+        self._cancel = client.register_script(_CANCEL)
+
+    def _key(self, message_id: str) -> str:
+        return f"{self.namespace}j:{message_id}"
+
+    def write(self, updates: Sequence[tuple[str, int, dict[str, str]]]) -> None:
+        if not updates:
+            return
+        now = _ms()
+        pipe = self.client.pipeline(transaction=False)
+        for start in range(0, len(updates), CHUNK):
+            chunk = updates[start:start + CHUNK]
+            keys = [f"{self.namespace}index", *(self._key(mid) for mid, _, _ in chunk)]
+            args: list[Any] = [now, self.retention_ms]
+            for mid, order, fields in chunk:
+                args += [mid, order, len(fields)]
+                for name, value in fields.items():
+                    args += [name, value]
+            self._write(keys=keys, args=args, client=pipe)
+        pipe.execute()
+
+    def get(self, message_id: str) -> dict[str, str] | None:
+        raw = self.client.hgetall(self._key(message_id))
+        return {_text(k): _text(v) for k, v in raw.items()} or None
+
+    def recent(self, limit: int, *, actor: str | None = None, status: str | None = None,
+               scan: int = 10_000) -> list[tuple[str, dict[str, str]]]:
+        out: list[tuple[str, dict[str, str]]] = []
+        step = max(limit, 200)
+        for start in range(0, scan, step):
+            ids = [_text(m) for m in self.client.zrevrange(f"{self.namespace}index", start, start + step - 1)]
+            if not ids:
+                break
+            pipe = self.client.pipeline(transaction=False)
+            for mid in ids:
+                pipe.hgetall(self._key(mid))
+            for mid, raw in zip(ids, pipe.execute(), strict=True):
+                record = {_text(k): _text(v) for k, v in raw.items()}
+                if not record or (actor and record.get("actor") != actor) or (
+                        status and record.get("status") != status):
+                    continue
+                out.append((mid, record))
+                if len(out) >= limit:
+                    return out
+        return out
+
+    def request_cancel(self, message_id: str, now_ms: int) -> str | None:
+        previous = self._cancel(keys=[self._key(message_id), f"{self.namespace}cancel"],
+                                args=[message_id, now_ms, self.retention_ms])
+        return None if previous is None else _text(previous)
+
+    def cancelled_since(self, since_ms: int) -> tuple[list[str], int]:
+        rows = self.client.zrangebyscore(f"{self.namespace}cancel", since_ms, "+inf", withscores=True)
+        cursor = max((int(score) for _, score in rows), default=since_ms)
+        return [_text(mid) for mid, _ in rows], cursor
+
+    def heartbeat(self, worker_id: str, info: dict[str, Any], ttl_ms: int) -> None:
+        self.client.hset(f"{self.namespace}workers", worker_id,
+                         json.dumps({**info, "expires_at": _ms() + ttl_ms}))
+
+    def remove_worker(self, worker_id: str) -> None:
+        self.client.hdel(f"{self.namespace}workers", worker_id)
+
+    def workers(self) -> list[dict[str, Any]]:
+        now = _ms()
+        out, stale = [], []
+        for worker_id, raw in self.client.hgetall(f"{self.namespace}workers").items():
+            try:
+                info = json.loads(raw)
+            except ValueError:
+                info = {}
+            if int(info.get("expires_at", 0)) < now:
+                stale.append(worker_id)
+            else:
+                out.append(info)
+        if stale:
+            self.client.hdel(f"{self.namespace}workers", *stale)
+        return sorted(out, key=lambda w: (str(w.get("host")), int(w.get("pid") or 0)))
+
+
+class InMemoryJobStore:
+    """JobStore in this process's memory, with the same rules as the Redis one."""
+
+    def __init__(self, *, retention_s: float = 86_400) -> None:
+        self.retention_ms = int(retention_s * 1000)
+        self._lock = threading.Lock()
+        self._jobs: dict[str, dict[str, str]] = {}
+        self._touched: dict[str, int] = {}
+        self._cancels: dict[str, int] = {}
+        self._workers: dict[str, dict[str, Any]] = {}
+
+    def _expire(self, now: int) -> None:
+        for mid in [m for m, t in self._touched.items() if t < now - self.retention_ms]:
+            self._jobs.pop(mid, None)
+            self._touched.pop(mid, None)
+
+    def write(self, updates: Sequence[tuple[str, int, dict[str, str]]]) -> None:
+        now = _ms()
+        with self._lock:
+            for mid, order, fields in updates:
+                record = self._jobs.setdefault(mid, {})
+                current = record.get("order")
+                if current is None or order >= int(current):
+                    for name, value in fields.items():
+                        if name == "status" and record.get("status") == CANCELLED and value in WAITING:
+                            continue
+                        record[name] = value
+                    record["order"] = str(order)
+                else:
+                    for name, value in fields.items():
+                        record.setdefault(name, value)
+                self._touched.pop(mid, None)
+                self._touched[mid] = now
+            self._expire(now)
+
+    def get(self, message_id: str) -> dict[str, str] | None:
+        with self._lock:
+            record = self._jobs.get(message_id)
+            return dict(record) if record else None
+
+    def recent(self, limit: int, *, actor: str | None = None, status: str | None = None,
+               scan: int = 10_000) -> list[tuple[str, dict[str, str]]]:
+        with self._lock:
+            ids = list(reversed(self._touched))[:scan]
+            out = []
+            for mid in ids:
+                record = self._jobs[mid]
+                if (actor and record.get("actor") != actor) or (status and record.get("status") != status):
+                    continue
+                out.append((mid, dict(record)))
+                if len(out) >= limit:
+                    break
+            return out
+
+    def request_cancel(self, message_id: str, now_ms: int) -> str | None:
+        with self._lock:
+            record = self._jobs.get(message_id)
+            if record is None:
+                return None
+            status = record.get("status", "")
+            if status in FINAL:
+                return status
+            record["cancel_requested_at"] = record["updated_at"] = str(now_ms)
+            self._cancels[message_id] = now_ms
+            if status in WAITING:
+                record.update(status=CANCELLED, finished_at=str(now_ms), reason="cancelled before it ran")
+            return status
+
+    def cancelled_since(self, since_ms: int) -> tuple[list[str], int]:
+        with self._lock:
+            rows = [(m, t) for m, t in self._cancels.items() if t >= since_ms]
+        return [m for m, _ in rows], max((t for _, t in rows), default=since_ms)
+
+    def heartbeat(self, worker_id: str, info: dict[str, Any], ttl_ms: int) -> None:
+        with self._lock:
+            self._workers[worker_id] = {**info, "expires_at": _ms() + ttl_ms}
+
+    def remove_worker(self, worker_id: str) -> None:
+        with self._lock:
+            self._workers.pop(worker_id, None)
+
+    def workers(self) -> list[dict[str, Any]]:
+        now = _ms()
+        with self._lock:
+            return sorted((w for w in self._workers.values() if w["expires_at"] >= now),
+                          key=lambda w: (str(w.get("host")), int(w.get("pid") or 0)))

@@ -1,0 +1,81 @@
+"""Job records: what became of each message, from its enqueue to its end.
+
+A record is a flat mapping of strings (how the JobStore keeps it); ``job_view`` turns it into the
+JSON shape the ops server and the CLI both print.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+QUEUED = "queued"
+DELAYED = "delayed"
+RUNNING = "running"
+RETRYING = "retrying"
+DONE = "done"
+FAILED = "failed"
+SKIPPED = "skipped"
+CANCELLED = "cancelled"
+
+STATUSES = (QUEUED, DELAYED, RUNNING, RETRYING, DONE, FAILED, SKIPPED, CANCELLED)
+#: Statuses a job does not leave by itself (a replay is a new run of the same message id).
+FINAL = frozenset({DONE, FAILED, SKIPPED, CANCELLED})
+#: Statuses in which a cancel takes effect at once: the message has not started.
+WAITING = frozenset({QUEUED, DELAYED, RETRYING})
+
+_TIMES = ("enqueued_at", "started_at", "finished_at", "next_attempt_at", "cancel_requested_at", "updated_at")
+
+
+def _iso(millis: Any) -> str | None:
+    try:
+        return datetime.fromtimestamp(int(millis) / 1000, UTC).isoformat(timespec="milliseconds")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def job_view(message_id: str, record: dict[str, Any]) -> dict[str, Any]:
+    """The JSON shape of one job (times as ISO 8601 UTC, absent ones null)."""
+    fraction = _float(record.get("progress"))
+    attempts = record.get("attempts")
+    view: dict[str, Any] = {
+        "message_id": message_id,
+        "actor": record.get("actor"),
+        "queue": record.get("queue"),
+        "status": record.get("status"),
+        "attempts": int(attempts) if str(attempts or "").isdigit() else 0,
+        "correlation_id": record.get("correlation_id"),
+        "progress": None if fraction is None else {"fraction": fraction, "note": record.get("note") or ""},
+        "reason": record.get("reason"),
+        "error": record.get("error"),
+        "dead_letter_id": record.get("dead_letter_id"),
+        "cancel_requested": bool(record.get("cancel_requested_at")),
+    }
+    for name in _TIMES:
+        if name == "cancel_requested_at":
+            continue
+        view[name] = _iso(record.get(name))
+    return view
+
+
+def worker_view(worker: dict[str, Any], now_ms: int, heartbeat_ms: int) -> dict[str, Any]:
+    """The JSON shape of one worker process; ``alive`` while its heartbeats keep coming."""
+    last_seen = int(worker.get("last_seen", 0) or 0)
+    return {
+        "id": worker.get("id"),
+        "host": worker.get("host"),
+        "pid": worker.get("pid"),
+        "queues": list(worker.get("queues") or []),
+        "threads": worker.get("threads"),
+        "busy": worker.get("busy"),
+        "started_at": _iso(worker.get("started_at")),
+        "last_seen": _iso(last_seen),
+        "alive": now_ms - last_seen <= 3 * heartbeat_ms,
+    }

@@ -1,0 +1,253 @@
+"""The Jobs middleware on the StubBroker with the whole stack and in-memory state: records from
+enqueue to end, progress, cancellation (queued, delayed, running), worker heartbeats."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import dramatiq
+import pytest
+
+import middleware
+from adapters.metrics import InMemoryMetricsStore
+from adapters.state.jobs import InMemoryJobStore
+from adapters.state.memory import InMemoryBreakerStore, InMemoryDedupStore, InMemoryFallbackQueue
+from brokers.dispatch import AtelierStubBroker
+from domain.errors import InvalidPayload
+from domain.services.jobs import JobService
+from middleware.jobs import Jobs
+from runtime.jobs import report_progress
+from tests.unit.fakes import FakeDeadLetterStore
+from tests.unit.stack import POLICY
+
+
+class Env:
+    def __init__(self) -> None:
+        self.store = InMemoryJobStore()
+        self.letters = FakeDeadLetterStore()
+        self.dedup = InMemoryDedupStore()
+        self.broker = AtelierStubBroker(middleware=middleware.build_stack(
+            max_retries=2, min_backoff_ms=1, max_backoff_ms=20, metrics_store=InMemoryMetricsStore,
+            dedup_store=lambda: self.dedup, breaker_store=InMemoryBreakerStore, fallback_queue=InMemoryFallbackQueue,
+            breaker_policy=POLICY, dead_letter_store=lambda: self.letters, job_store=lambda: self.store,
+            jobs_flush_interval=0.02, jobs_heartbeat=0.05))
+        self.broker.emit_after("process_boot")
+        self.jobs = next(m for m in self.broker.middleware if isinstance(m, Jobs))
+        self.service = JobService(self.store, heartbeat_s=0.05)
+        self.worker: dramatiq.Worker | None = None
+
+    def start(self) -> None:
+        self.worker = dramatiq.Worker(self.broker, worker_threads=2, worker_timeout=20)
+        self.worker.start()
+
+    def join(self) -> None:
+        self.broker.join("q", fail_fast=False)
+        assert self.worker is not None
+        self.worker.join()
+        self.jobs.flush()
+
+    def show(self, message_id: str) -> dict[str, Any]:
+        self.jobs.flush()
+        view = self.service.show(message_id)
+        assert view is not None
+        return view
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+def env() -> Iterator[Env]:
+    e = Env()
+    yield e
+    if e.worker is not None:
+        e.worker.stop()
+    e.broker.close()
+
+
+def test_a_message_is_followed_from_queued_to_done(env: Env) -> None:
+    @dramatiq.actor(broker=env.broker, queue_name="q")
+    def work(x: int) -> None:
+        report_progress(0.5, "half")
+
+    message = work.send_with_options(args=(1,), correlation_id="corr-1")
+    queued = env.show(message.message_id)
+    assert queued["status"] == "queued" and queued["actor"] == "work" and queued["queue"] == "q"
+    assert queued["correlation_id"] == "corr-1" and queued["enqueued_at"] and queued["started_at"] is None
+    env.start()
+    env.join()
+    done = env.show(message.message_id)
+    assert done["status"] == "done" and done["attempts"] == 1
+    assert done["started_at"] and done["finished_at"] and done["progress"] == {"fraction": 0.5, "note": "half"}
+
+
+def test_a_permanent_failure_records_its_reason_and_dead_letter_id(env: Env) -> None:
+    @dramatiq.actor(broker=env.broker, queue_name="q")
+    def bad() -> None:
+        raise InvalidPayload("nope")
+
+    env.start()
+    message = bad.send()
+    env.join()
+    view = env.show(message.message_id)
+    (letter,) = env.letters.letters.values() if isinstance(env.letters.letters, dict) else env.letters.letters
+    assert view["status"] == "failed" and view["reason"] == "permanent" and "nope" in view["error"]
+    assert view["dead_letter_id"] == letter.id
+
+
+def test_a_retried_message_counts_its_attempts(env: Env) -> None:
+    calls = []
+
+    @dramatiq.actor(broker=env.broker, queue_name="q")
+    def flaky() -> None:
+        calls.append(1)
+        if len(calls) < 2:
+            raise RuntimeError("once")
+
+    env.start()
+    message = flaky.send()
+    env.join()
+    view = env.show(message.message_id)
+    assert view["status"] == "done" and view["attempts"] == 2
+
+
+def test_a_retry_is_recorded_as_retrying_with_its_next_attempt_time(env: Env) -> None:
+    @dramatiq.actor(broker=env.broker, queue_name="q", max_retries=1, min_backoff=60_000, max_backoff=60_000)
+    def later() -> None:
+        raise RuntimeError("again later")
+
+    env.start()
+    message = later.send()
+    view = wait_for(lambda: (v := env.show(message.message_id))["status"] == "retrying" and v)
+    assert view["next_attempt_at"] and "again later" in view["error"]
+
+
+def test_a_queued_message_cancelled_never_runs(env: Env) -> None:
+    ran = []
+
+    @dramatiq.actor(broker=env.broker, queue_name="q")
+    def work() -> None:
+        ran.append(1)
+
+    message = work.send()
+    env.jobs.flush()
+    cancelled = env.service.cancel(message.message_id)
+    assert cancelled is not None and cancelled["status"] == "cancelled" and cancelled["cancel"] == "cancelled"
+    assert env.service.cancel(message.message_id)["status"] == "cancelled"  # idempotent
+    env.start()
+    env.join()
+    assert ran == [] and env.show(message.message_id)["status"] == "cancelled"
+    assert env.letters.count() == 0
+
+
+def test_a_delayed_message_cancelled_never_runs(env: Env) -> None:
+    ran = []
+
+    @dramatiq.actor(broker=env.broker, queue_name="q")
+    def work() -> None:
+        ran.append(1)
+
+    env.start()
+    message = work.send_with_options(delay=300)
+    assert env.show(message.message_id)["status"] == "delayed"
+    assert env.service.cancel(message.message_id)["cancel"] == "cancelled"
+    env.join()
+    assert ran == [] and env.show(message.message_id)["status"] == "cancelled"
+
+
+def test_a_running_message_cancelled_stops_at_its_next_progress_point(env: Env) -> None:
+    started, steps = threading.Event(), []
+
+    @dramatiq.actor(broker=env.broker, queue_name="q", max_retries=3)
+    def long() -> None:
+        started.set()
+        for i in range(500):
+            steps.append(i)
+            report_progress(i / 500, f"step {i}")
+            time.sleep(0.01)
+
+    env.start()
+    message = long.send()
+    assert started.wait(5)
+    wait_for(lambda: env.show(message.message_id)["status"] == "running")
+    assert env.service.cancel(message.message_id)["cancel"] == "requested"
+    env.join()
+    view = env.show(message.message_id)
+    assert view["status"] == "cancelled" and view["reason"] == "cancelled while running"
+    assert view["attempts"] == 1 and len(steps) < 500  # stopped, and not retried
+    assert env.letters.count() == 0
+
+
+def test_a_finished_job_cannot_be_cancelled_and_an_unknown_one_is_none(env: Env) -> None:
+    @dramatiq.actor(broker=env.broker, queue_name="q")
+    def work() -> None:
+        pass
+
+    env.start()
+    message = work.send()
+    env.join()
+    assert env.service.cancel(message.message_id)["cancel"] == "too_late"
+    assert env.show(message.message_id)["status"] == "done"
+    assert env.service.cancel("no-such-id") is None and env.service.show("no-such-id") is None
+
+
+def test_a_duplicate_is_recorded_as_skipped(env: Env) -> None:
+    @dramatiq.actor(broker=env.broker, queue_name="q", dedup_key=lambda k: k)
+    def once(k: str) -> None:
+        pass
+
+    env.start()
+    first = once.send("k")
+    env.join()
+    second = once.send("k")
+    env.join()
+    assert env.show(first.message_id)["status"] == "done"
+    view = env.show(second.message_id)
+    assert view["status"] == "skipped" and view["reason"] == "duplicate"
+
+
+def test_list_filters_by_actor_and_status(env: Env) -> None:
+    @dramatiq.actor(broker=env.broker, queue_name="q")
+    def good() -> None:
+        pass
+
+    @dramatiq.actor(broker=env.broker, queue_name="q")
+    def bad() -> None:
+        raise InvalidPayload("x")
+
+    env.start()
+    ids = [good.send().message_id, bad.send().message_id, good.send().message_id]
+    env.join()
+    assert {j["message_id"] for j in env.service.list(actor="good")} == {ids[0], ids[2]}
+    assert [j["message_id"] for j in env.service.list(status="failed")] == [ids[1]]
+    assert len(env.service.list(limit=1)) == 1
+    with pytest.raises(ValueError, match="status must be one of"):
+        env.service.list(status="bogus")
+
+
+def test_workers_heartbeat_while_they_run_and_leave_when_they_stop(env: Env) -> None:
+    @dramatiq.actor(broker=env.broker, queue_name="q")
+    def work() -> None:
+        pass
+
+    env.start()
+    (worker,) = wait_for(env.service.workers)
+    assert worker["alive"] and worker["threads"] == 2 and "q" in worker["queues"] and worker["pid"]
+    assert env.worker is not None
+    env.worker.stop()
+    env.worker = None
+    assert env.service.workers() == []
+
+
+def test_report_progress_outside_a_job_does_nothing() -> None:
+    report_progress(0.3, "not in a job")
