@@ -9,6 +9,7 @@ from actors import settings
 from bootstrap import get_container, queue
 from domain.errors import InvalidPayload
 from domain.models import parse_id
+from runtime.jobs import report_progress
 
 
 # Merging 10 GB server side takes minutes (a composed merge moves no bytes through the worker;
@@ -19,7 +20,7 @@ from domain.models import parse_id
 def merge_upload(upload_id: str) -> None:
     upload_id = parse_id(upload_id, "upload_id")
     structlog.contextvars.bind_contextvars(upload_id=upload_id)
-    get_container().uploads.merge_upload(upload_id)
+    get_container().uploads.merge_upload(upload_id, progress=report_progress)  # per part; cancellable there
 
 
 # Sent by the scheduler (GC_CRON) and runnable by hand (`atelier gc`); safe to run twice at once.

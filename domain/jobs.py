@@ -59,9 +59,14 @@ def job_view(message_id: str, record: dict[str, Any]) -> dict[str, Any]:
         "cancel_requested": bool(record.get("cancel_requested_at")),
     }
     for name in _TIMES:
-        if name == "cancel_requested_at":
+        if name in ("cancel_requested_at", "updated_at"):
             continue
         view[name] = _iso(record.get(name))
+    # The order of the last update is its time in ms * 8 (+ a phase): middleware/jobs.py.
+    order = record.get("order")
+    updated = max(int(order) // 8 if str(order or "").isdigit() else 0,
+                  int(record["updated_at"]) if str(record.get("updated_at") or "").isdigit() else 0)
+    view["updated_at"] = _iso(updated) if updated else None
     return view
 
 

@@ -13,7 +13,7 @@ from typing import Any
 COMMAND_MODULES: list[str] = ["entrypoints.commands.ops", "entrypoints.commands.outbox",
                               "entrypoints.commands.uploads",  # --- uploads ---
                               "entrypoints.commands.messages", "entrypoints.commands.mock_channels",  # messaging
-                              "entrypoints.commands.dlq",  # --- middleware ---
+                              "entrypoints.commands.dlq", "entrypoints.commands.jobs",  # --- middleware ---
                               "entrypoints.commands.search"]  # --- media: embeddings and search ---
 
 #: A folder's files offered to the demo: these suffixes (so a broken .jpg is reported, not skipped)

@@ -7,6 +7,8 @@ is probes, scrapes and an operator's browser, so no extra server dependency is w
 - /readyz    every readiness check, concurrently, each within a timeout: 200 or 503, JSON
 - /metrics   Prometheus text format (adapters.metrics.AtelierCollector)
 - /dashboard dramatiq-dashboard on a Redis broker; on RabbitMQ a page pointing at its management UI
+- /jobs/{message_id}  GET a job's record (404 unknown), DELETE asks for its cancellation (202)
+- /jobs?actor=&status=&limit=  the most recent jobs, filtered; /workers the worker processes
 
 Everything but /healthz needs HTTP basic auth (OPS_USERNAME/OPS_PASSWORD) or a bearer token
 (OPS_TOKEN) when they are set, the dashboard's requeue and delete actions included.
@@ -27,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from socketserver import ThreadingMixIn
 from typing import Any
+from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import structlog
@@ -125,8 +128,9 @@ def rabbitmq_dashboard_page(management_url: str) -> str:
 
 class OpsApp:
     def __init__(self, *, auth: Auth, readiness: Readiness, registry: CollectorRegistry,
-                 dashboard: WSGIApp | None = None, dashboard_page: str | None = None) -> None:
+                 dashboard: WSGIApp | None = None, dashboard_page: str | None = None, jobs: Any = None) -> None:
         self.auth = auth
+        self.jobs = jobs  # a domain.services.jobs.JobService, or None: no /jobs and /workers
         self.readiness = readiness
         self.registry = registry
         self.dashboard = dashboard
@@ -145,6 +149,8 @@ class OpsApp:
                               json.dumps(body, indent=2).encode() + b"\n", "application/json")
         if path == "/metrics":
             return self._send(start_response, "200 OK", generate_latest(self.registry), CONTENT_TYPE_LATEST)
+        if self.jobs is not None and (path == "/workers" or path == "/jobs" or path.startswith("/jobs/")):
+            return self._jobs(environ, path, start_response)
         if path == DASHBOARD_PREFIX:
             return self._send(start_response, "302 Found", b"", "text/plain",
                               [("Location", DASHBOARD_PREFIX + "/")])
@@ -154,10 +160,39 @@ class OpsApp:
             return self.dashboard({**environ, "PATH_INFO": path[len(DASHBOARD_PREFIX):]}, start_response)
         if path == "/":
             links = "".join(f'<li><a href="{p}">{p}</a></li>' for p in ("/healthz", "/readyz", "/metrics",
-                                                                       "/dashboard/"))
+                                                                       "/dashboard/", "/jobs", "/workers"))
             return self._send(start_response, "200 OK", f"<!doctype html><h1>atelier ops</h1><ul>{links}</ul>"
                               .encode(), "text/html; charset=utf-8")
         return self._send(start_response, "404 Not Found", b"not found\n", "text/plain; charset=utf-8")
+
+    def _jobs(self, environ: dict[str, Any], path: str, start_response: StartResponse) -> list[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+
+        def reply(status: str, body: Any) -> list[bytes]:
+            return self._send(start_response, status, json.dumps(body, indent=2).encode() + b"\n", "application/json")
+
+        if path == "/workers" or path == "/jobs":
+            if method != "GET":
+                return reply("405 Method Not Allowed", {"error": "GET only"})
+            if path == "/workers":
+                return reply("200 OK", {"workers": self.jobs.workers()})
+            query = {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+            try:
+                limit = int(query.get("limit", "50"))
+                jobs = self.jobs.list(actor=query.get("actor"), status=query.get("status"), limit=limit)
+            except ValueError as exc:
+                return reply("400 Bad Request", {"error": str(exc)})
+            return reply("200 OK", {"jobs": jobs})
+        message_id = path[len("/jobs/"):]
+        if not message_id or "/" in message_id:
+            return reply("404 Not Found", {"error": "not found"})
+        if method == "GET":
+            view = self.jobs.show(message_id)
+            return reply("200 OK", view) if view else reply("404 Not Found", {"error": f"no job {message_id}"})
+        if method == "DELETE":
+            view = self.jobs.cancel(message_id)
+            return reply("202 Accepted", view) if view else reply("404 Not Found", {"error": f"no job {message_id}"})
+        return reply("405 Method Not Allowed", {"error": "GET or DELETE"})
 
     @staticmethod
     def _send(start_response: StartResponse, status: str, body: bytes, content_type: str,

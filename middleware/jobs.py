@@ -131,8 +131,7 @@ class Jobs(Middleware):
             pending, self._pending = self._pending, {}
         if not pending:
             return
-        updates = [(mid, order, {k: str(v) for k, v in fields.items() if v is not None})
-                   for mid, (order, fields) in pending.items()]
+        updates = [(mid, order, fields) for mid, (order, fields) in pending.items()]
         try:
             self.store.write(updates)
         except Exception:
@@ -213,7 +212,7 @@ class Jobs(Middleware):
         fields = {"actor": message.actor_name, "queue": q_name(message.queue_name),
                   "status": DELAYED if delay else QUEUED, "enqueued_at": message.message_timestamp,
                   "next_attempt_at": now + delay if delay else "",
-                  "correlation_id": message.options.get("correlation_id"), "updated_at": now}
+                  "correlation_id": message.options.get("correlation_id")}
         self._put(mid, now * 8, fields)
 
     # -- processing --------------------------------------------------------------------------
@@ -236,11 +235,12 @@ class Jobs(Middleware):
         CURRENT_JOB.set(job)
         self._running[mid] = job
         now = _ms()
-        self._put(mid, now * 8 + 1, {
-            "actor": message.actor_name, "queue": q_name(message.queue_name), "status": RUNNING,
-            "attempts": attempt, "started_at": now, "finished_at": "", "next_attempt_at": "",
-            "progress": "", "note": "", "enqueued_at": message.message_timestamp,
-            "correlation_id": options.get("correlation_id"), "updated_at": now})
+        fields = {"actor": message.actor_name, "queue": q_name(message.queue_name), "status": RUNNING,
+                  "attempts": attempt, "started_at": now, "enqueued_at": message.message_timestamp,
+                  "correlation_id": options.get("correlation_id")}
+        if attempt > 1:  # what the previous attempt left
+            fields.update(finished_at="", next_attempt_at="", progress="", note="")
+        self._put(mid, now * 8 + 1, fields)
 
     def progress(self, job: _Job, fraction: float, note: str) -> None:
         if job.message_id in self._cancelled:
@@ -250,8 +250,7 @@ class Jobs(Middleware):
         except (TypeError, ValueError):
             fraction = 0.0
         now = _ms()
-        self._put(job.message_id, now * 8 + 2, {"progress": f"{fraction:.4f}", "note": str(note)[:200],
-                                                "updated_at": now})
+        self._put(job.message_id, now * 8 + 2, {"progress": f"{fraction:.4f}", "note": str(note)[:200]})
 
     def _end(self, message: Message) -> _Job | None:
         job = CURRENT_JOB.get()
@@ -267,7 +266,7 @@ class Jobs(Middleware):
         if "dead_letter" in options:
             return
         now = _ms()
-        fields: dict[str, Any] = {"finished_at": now, "updated_at": now}
+        fields: dict[str, Any] = {"finished_at": now}
         if exception is None:
             fields["status"] = DONE
         elif isinstance(exception, Cancelled):
@@ -277,8 +276,7 @@ class Jobs(Middleware):
                           error=f"{type(exception).__name__}: {exception}"[:500],
                           dead_letter_id=options.get("dead_letter_id"))
         elif job is not None and job.reenqueued:
-            self._put(message.message_id, now * 8 + 3, {"error": f"{type(exception).__name__}: {exception}"[:500],
-                                                        "updated_at": now})
+            self._put(message.message_id, now * 8 + 3, {"error": f"{type(exception).__name__}: {exception}"[:500]})
             return
         else:
             fields.update(status=FAILED, reason="not_retried", error=f"{type(exception).__name__}: {exception}"[:500])
@@ -297,18 +295,18 @@ class Jobs(Middleware):
             self._cancel_skips.discard(mid)
             self._put(mid, now * 8 + 4, {"status": CANCELLED, "reason": "cancelled before it ran",
                                          "actor": message.actor_name, "queue": q_name(message.queue_name),
-                                         "finished_at": now, "updated_at": now})
+                                         "finished_at": now})
             return
         if job is not None and job.reenqueued:
             return  # parked: it runs later, as its record says
         if message.failed:
             self._put(mid, now * 8 + 4, {"status": FAILED, "reason": options.get("failed_because") or "failed",
                                          "dead_letter_id": options.get("dead_letter_id"),
-                                         "finished_at": now, "updated_at": now})
+                                         "finished_at": now})
             return
         actor_options = broker.get_actor(message.actor_name).options if message.actor_name in broker.actors else {}
         deduped = self._dedup and ("dedup_key" in options or "dedup_key" in actor_options)
         guarded = self._circuit and "circuit" in actor_options
         reason = ("duplicate or circuit_open" if deduped and guarded else "duplicate" if deduped
                   else "circuit_open" if guarded else "skipped")
-        self._put(mid, now * 8 + 4, {"status": SKIPPED, "reason": reason, "finished_at": now, "updated_at": now})
+        self._put(mid, now * 8 + 4, {"status": SKIPPED, "reason": reason, "finished_at": now})

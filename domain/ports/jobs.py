@@ -10,10 +10,10 @@ class JobStore(Protocol):
     """One record per message id (flat string fields, see domain.jobs), kept for a retention
     window; cancellation requests; worker heartbeats."""
 
-    def write(self, updates: Sequence[tuple[str, int, dict[str, str]]]) -> None:
-        """Apply (message id, order, fields) updates. An update older (lower order) than what the
-        record already holds only fills fields it lacks; a cancelled record keeps its status
-        against later queued/delayed/retrying updates."""
+    def write(self, updates: Sequence[tuple[str, int, dict[str, Any]]]) -> None:
+        """Apply (message id, order, fields) updates (values kept as text, None ones left out).
+        An update older (lower order) than what the record already holds only fills fields it
+        lacks; a cancelled record keeps its status against later queued/delayed/retrying updates."""
         ...
 
     def get(self, message_id: str) -> dict[str, str] | None: ...

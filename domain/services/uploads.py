@@ -17,6 +17,7 @@ Crash safety rests on four things:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -188,8 +189,12 @@ class UploadService:
         return self._store.url(upload.final_key, expires_seconds or self.policy.url_expiry_s)
 
     # -- merge ----------------------------------------------------------------------------
-    def merge_upload(self, upload_id: str) -> Upload:
+    def merge_upload(self, upload_id: str, progress: Callable[[float, str], None] | None = None) -> Upload:
         """Merge every chunk into one object, verify it, record COMPLETED, remove the chunks.
+
+        ``progress(fraction, note)`` is called once per part read (the actor passes
+        runtime.jobs.report_progress, which may raise domain.errors.Cancelled: the upload then
+        stays MERGING, and merging again later starts over, as after a crash).
 
         Safe to run again and to run twice at once (see the module docstring). Missing chunks
         are a permanent error naming them; the upload stays UPLOADING so the producer can send
@@ -226,7 +231,7 @@ class UploadService:
 
         key = final_key(upload_id, upload.filename)
         try:
-            strategy, size, sha256 = self._merge(upload, chunks, key)
+            strategy, size, sha256 = self._merge(upload, chunks, key, progress or (lambda fraction, note: None))
         except Exception as exc:
             current = self.get_upload(upload_id)
             if current.status is UploadStatus.COMPLETED:
@@ -276,26 +281,38 @@ class UploadService:
         self._delete_chunks(upload_id, chunks)
         return upload
 
-    def _merge(self, upload: Upload, chunks: Sequence[Chunk], key: str) -> tuple[str, int, str | None]:
+    def _merge(self, upload: Upload, chunks: Sequence[Chunk], key: str,
+               progress: Callable[[float, str], None]) -> tuple[str, int, str | None]:
         """Write the merged object; return (strategy, size, sha256 or None if not computed)."""
         content_type = upload.content_type or "application/octet-stream"
         keys = [c.key for c in chunks]
+        n = len(keys)
         if can_compose([c.size for c in chunks], self.policy.compose_min_part):
+            progress(0.0, f"composing {n} parts")
             self._store.compose(key, keys, content_type)
             size = self._store.size(key)
             sha256 = None
             if upload.expected_sha256 is not None:
                 # Hashing needs the bytes: one streamed read (S3 keeps no sha256 of a composed object).
                 digest = hashlib.sha256()
+                ends = list(itertools.accumulate(c.size for c in chunks))
+                read, part = 0, 0
                 for piece in self._store.read_stream(key, READ_PIECE):
                     digest.update(piece)
+                    read += len(piece)
+                    while part < n and read >= ends[part]:
+                        part += 1
+                        progress(part / n, f"verified part {part}/{n}")
                 sha256 = digest.hexdigest()
+            else:
+                progress(1.0, f"composed {n} parts")
             return "compose", size, sha256
 
         digest = hashlib.sha256()
 
         def pieces() -> Iterator[bytes]:
-            for k in keys:
+            for i, k in enumerate(keys):
+                progress(i / n, f"part {i + 1}/{n}")
                 for piece in self._store.read_stream(k, READ_PIECE):
                     digest.update(piece)
                     yield piece

@@ -36,6 +36,7 @@ def build_app(settings, container, broker):  # type: ignore[no-untyped-def]
         auth=Auth(settings.ops_username, settings.ops_password, settings.ops_token),
         readiness=Readiness(container.readiness_checks, settings.ops_check_timeout_s),
         registry=registry, dashboard=dashboard, dashboard_page=page,
+        jobs=container.jobs if settings.jobs_enabled else None,
     )
 
 

@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from runtime.jobs import report_progress
+
 
 def _print_hits(hits: list[Any], as_json: bool) -> None:
     for hit in hits:
@@ -47,6 +49,11 @@ def _date(value: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+#: Images per progress report (runtime.jobs.report_progress: recorded, and a cancel honoured, when
+#: the reindex runs inside a job; a no-op from the command line).
+REINDEX_BATCH = 100
+
+
 def cmd_reindex(args: argparse.Namespace) -> int:
     """Send embed_image for every READY image (or the filtered ones), with a progress bar.
 
@@ -77,15 +84,22 @@ def cmd_reindex(args: argparse.Namespace) -> int:
                 failed.append((image_id, f"{type(exc).__name__}: {exc}"))
             bar.update()
 
+        batches = [ids[i:i + REINDEX_BATCH] for i in range(0, len(ids), REINDEX_BATCH)]
+
         # Several threads so the dynamic batcher has company (EMBED_BATCH_MAX_SIZE).
         with ThreadPoolExecutor(max(1, args.threads)) as pool:
-            list(pool.map(embed, ids))
+            for n, batch in enumerate(batches):
+                list(pool.map(embed, batch))
+                report_progress((n + 1) / len(batches), f"embedded batch {n + 1}/{len(batches)}")
     else:
         import actors
 
-        for image_id in ids:
-            actors.media.embed_image.send(image_id)
-            bar.update()
+        for start in range(0, len(ids), REINDEX_BATCH):
+            for image_id in ids[start:start + REINDEX_BATCH]:
+                actors.media.embed_image.send(image_id)
+                bar.update()
+            done = min(start + REINDEX_BATCH, len(ids))
+            report_progress(done / len(ids), f"enqueued {done}/{len(ids)}")
     bar.close()
     for image_id, error in failed:
         print(f"failed {image_id}: {error}", file=sys.stderr)

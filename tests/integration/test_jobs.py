@@ -1,0 +1,122 @@
+"""The Redis JobStore on the shared Redis (a namespace per test), and /jobs, /workers on the ops
+server behind its auth, with the broker's Jobs middleware writing the records."""
+
+from __future__ import annotations
+
+import threading
+from wsgiref.simple_server import make_server
+
+import dramatiq
+import httpx
+import pytest
+import redis
+
+from adapters.state.jobs import RedisJobStore
+from bootstrap import Container
+from bootstrap.broker import build_broker
+from bootstrap.settings import load_settings
+from entrypoints.commands.ops import build_app
+from entrypoints.ops import _QuietHandler, _Server
+from middleware.jobs import Jobs
+from tests import services
+
+
+@pytest.fixture
+def store():
+    client = redis.Redis.from_url(services.REDIS_URL)
+    namespace = f"atelier:{services.unique('t')}_jobs:"
+    yield RedisJobStore(client, namespace, retention_s=60)
+    for key in client.scan_iter(f"{namespace}*"):
+        client.delete(key)
+    client.close()
+
+
+def test_an_older_update_only_fills_missing_fields(store):
+    store.write([("m1", 100 * 8 + 1, {"status": "running", "started_at": "100"})])
+    store.write([("m1", 90 * 8, {"status": "queued", "enqueued_at": "90", "actor": "a"})])  # a producer's late flush
+    record = store.get("m1")
+    assert record["status"] == "running" and record["enqueued_at"] == "90" and record["actor"] == "a"
+    store.write([("m1", 120 * 8 + 4, {"status": "done"})])
+    assert store.get("m1")["status"] == "done"
+
+
+def test_cancel_takes_a_waiting_job_at_once_and_marks_a_running_one(store):
+    store.write([("w", 8, {"status": "delayed", "actor": "a"}), ("r", 8, {"status": "running", "actor": "a"}),
+                 ("d", 8, {"status": "done", "actor": "a"})])
+    assert store.request_cancel("w", 1000) == "delayed" and store.get("w")["status"] == "cancelled"
+    # the delayed message moved to its queue later: the cancel holds
+    store.write([("w", 2000 * 8, {"status": "queued"})])
+    assert store.get("w")["status"] == "cancelled"
+    assert store.request_cancel("r", 1001) == "running"
+    assert store.get("r")["status"] == "running" and store.get("r")["cancel_requested_at"] == "1001"
+    assert store.request_cancel("d", 1002) == "done" and store.get("d")["status"] == "done"
+    assert store.request_cancel("unknown", 1003) is None and store.get("unknown") is None
+    ids, cursor = store.cancelled_since(0)
+    assert sorted(ids) == ["r", "w"] and cursor == 1001
+    assert store.cancelled_since(1002) == ([], 1002)
+
+
+def test_records_expire_after_the_retention_window(store):
+    store.write([("m", 8, {"status": "queued"})])
+    ttl = store.client.pttl(f"{store.namespace}j:m")
+    assert 0 < ttl <= 60_000
+
+
+def test_recent_filters_and_workers_expire(store):
+    store.write([(f"m{i}", 8 * i, {"status": "done" if i % 2 else "failed", "actor": f"a{i % 3}"}) for i in range(30)])
+    assert len(store.recent(5)) == 5
+    assert all(r["status"] == "failed" for _, r in store.recent(100, status="failed"))
+    assert {m for m, _ in store.recent(100, actor="a0", status="done")} == {"m3", "m9", "m15", "m21", "m27"}
+    store.heartbeat("h:1", {"id": "h:1", "host": "h", "pid": 1}, ttl_ms=60_000)
+    store.heartbeat("h:2", {"id": "h:2", "host": "h", "pid": 2}, ttl_ms=-1000)  # its ttl ended
+    assert [w["pid"] for w in store.workers()] == [1]
+    store.remove_worker("h:1")
+    assert store.workers() == []
+
+
+USER, PASSWORD = "operator", "s3cret pass"
+
+
+def test_ops_server_follows_and_cancels_jobs_behind_its_auth(sqlite_url, tmp_path):
+    prefix = services.unique("t") + "_"
+    settings = load_settings(broker_url=services.REDIS_URL, queue_prefix=prefix, database_url=sqlite_url,
+                             local_store_dir=tmp_path / "objects", ops_username=USER, ops_password=PASSWORD)
+    broker = build_broker(settings)
+
+    @dramatiq.actor(broker=broker, queue_name=prefix + "media", actor_name="noop")
+    def noop(n):  # pragma: no cover - never run: no worker
+        pass
+
+    container = Container(settings)
+    server = make_server("127.0.0.1", 0, build_app(settings, container, broker), server_class=_Server,
+                         handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        import bootstrap.container as bc
+
+        bc.set_container(container)
+        message = noop.send(1)
+        next(m for m in broker.middleware if isinstance(m, Jobs)).flush()
+        auth = (USER, PASSWORD)
+        assert httpx.get(f"{url}/jobs/{message.message_id}").status_code == 401
+        job = httpx.get(f"{url}/jobs/{message.message_id}", auth=auth).json()
+        assert job["status"] == "queued" and job["actor"] == "noop" and job["queue"] == prefix + "media"
+        assert httpx.get(f"{url}/jobs/nope", auth=auth).status_code == 404
+        listed = httpx.get(f"{url}/jobs", params={"actor": "noop", "limit": 5}, auth=auth).json()["jobs"]
+        assert [j["message_id"] for j in listed] == [message.message_id]
+        assert httpx.get(f"{url}/jobs", params={"status": "bogus"}, auth=auth).status_code == 400
+        for _ in range(2):  # idempotent
+            r = httpx.delete(f"{url}/jobs/{message.message_id}", auth=auth)
+            assert r.status_code == 202 and r.json()["status"] == "cancelled"
+        assert httpx.delete(f"{url}/jobs/nope", auth=auth).status_code == 404
+        assert httpx.get(f"{url}/workers", auth=auth).json() == {"workers": []}
+    finally:
+        bc.set_container(None)
+        server.shutdown()
+        server.server_close()
+        client = redis.Redis.from_url(services.REDIS_URL)
+        for key in client.scan_iter(f"atelier:{prefix}*"):
+            client.delete(key)
+        container.close()
+        services.purge_queues(services.REDIS_URL, prefix, ("media",))
