@@ -7,6 +7,8 @@ is probes, scrapes and an operator's browser, so no extra server dependency is w
 - /readyz    every readiness check, concurrently, each within a timeout: 200 or 503, JSON
 - /metrics   Prometheus text format (adapters.metrics.AtelierCollector)
 - /dashboard dramatiq-dashboard on a Redis broker; on RabbitMQ a page pointing at its management UI
+- /ui/jobs   the jobs view (both brokers): a job by id, running jobs with progress, recent failures
+             with a replay button (POST /dead-letters/{id}/replay), the workers
 - /jobs/{message_id}  GET a job's record (404 unknown), DELETE asks for its cancellation (202)
 - /jobs?actor=&status=&limit=  the most recent jobs, filtered; /workers the worker processes
 
@@ -36,6 +38,7 @@ import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from adapters.health import Check
+from entrypoints.jobs_page import PAGE as JOBS_PAGE
 
 log = structlog.get_logger(__name__)
 
@@ -122,15 +125,18 @@ def rabbitmq_dashboard_page(management_url: str) -> str:
             "<p>dramatiq-dashboard reads Redis broker data and works only when BROKER_URL is redis://.</p>"
             f'<p>With RabbitMQ, see queues, consumers and unacked messages in the '
             f'<a href="{url}">RabbitMQ management UI</a> ({url}).</p>'
-            "<p>Dead letters: <code>atelier dlq list</code> and <code>atelier dlq replay</code>.</p>"
+            "<p>Jobs, running and failed, with a replay button for dead letters: <a href=\"/ui/jobs\">/ui/jobs</a>. "
+            "Dead letters: <code>atelier dlq list</code> and <code>atelier dlq replay</code>.</p>"
             "</body></html>")
 
 
 class OpsApp:
     def __init__(self, *, auth: Auth, readiness: Readiness, registry: CollectorRegistry,
-                 dashboard: WSGIApp | None = None, dashboard_page: str | None = None, jobs: Any = None) -> None:
+                 dashboard: WSGIApp | None = None, dashboard_page: str | None = None, jobs: Any = None,
+                 dead_letters: Any = None) -> None:
         self.auth = auth
-        self.jobs = jobs  # a domain.services.jobs.JobService, or None: no /jobs and /workers
+        self.jobs = jobs  # a domain.services.jobs.JobService, or None: no /jobs, /workers, /ui/jobs
+        self.dead_letters = dead_letters  # a DeadLetterService: the jobs view's replay button
         self.readiness = readiness
         self.registry = registry
         self.dashboard = dashboard
@@ -151,6 +157,10 @@ class OpsApp:
             return self._send(start_response, "200 OK", generate_latest(self.registry), CONTENT_TYPE_LATEST)
         if self.jobs is not None and (path == "/workers" or path == "/jobs" or path.startswith("/jobs/")):
             return self._jobs(environ, path, start_response)
+        if self.jobs is not None and path == "/ui/jobs":
+            return self._send(start_response, "200 OK", JOBS_PAGE.encode(), "text/html; charset=utf-8")
+        if self.dead_letters is not None and path.startswith("/dead-letters/") and path.endswith("/replay"):
+            return self._replay(environ, path[len("/dead-letters/"):-len("/replay")], start_response)
         if path == DASHBOARD_PREFIX:
             return self._send(start_response, "302 Found", b"", "text/plain",
                               [("Location", DASHBOARD_PREFIX + "/")])
@@ -160,7 +170,7 @@ class OpsApp:
             return self.dashboard({**environ, "PATH_INFO": path[len(DASHBOARD_PREFIX):]}, start_response)
         if path == "/":
             links = "".join(f'<li><a href="{p}">{p}</a></li>' for p in ("/healthz", "/readyz", "/metrics",
-                                                                       "/dashboard/", "/jobs", "/workers"))
+                                                                       "/dashboard/", "/ui/jobs", "/jobs", "/workers"))
             return self._send(start_response, "200 OK", f"<!doctype html><h1>atelier ops</h1><ul>{links}</ul>"
                               .encode(), "text/html; charset=utf-8")
         return self._send(start_response, "404 Not Found", b"not found\n", "text/plain; charset=utf-8")
@@ -193,6 +203,22 @@ class OpsApp:
             view = self.jobs.cancel(message_id)
             return reply("202 Accepted", view) if view else reply("404 Not Found", {"error": f"no job {message_id}"})
         return reply("405 Method Not Allowed", {"error": "GET or DELETE"})
+
+    def _replay(self, environ: dict[str, Any], letter_id: str, start_response: StartResponse) -> list[bytes]:
+        from domain.errors import DomainError, NotFound
+
+        def reply(status: str, body: Any) -> list[bytes]:
+            return self._send(start_response, status, json.dumps(body).encode() + b"\n", "application/json")
+
+        if environ.get("REQUEST_METHOD") != "POST":
+            return reply("405 Method Not Allowed", {"error": "POST only"})
+        try:
+            message_id = self.dead_letters.replay(letter_id)
+        except NotFound:
+            return reply("404 Not Found", {"error": f"no dead letter {letter_id}"})
+        except DomainError as exc:  # already replayed, or a letter that cannot run
+            return reply("409 Conflict", {"error": str(exc)})
+        return reply("200 OK", {"letter_id": letter_id, "message_id": message_id})
 
     @staticmethod
     def _send(start_response: StartResponse, status: str, body: bytes, content_type: str,

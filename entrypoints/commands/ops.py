@@ -37,6 +37,7 @@ def build_app(settings, container, broker):  # type: ignore[no-untyped-def]
         readiness=Readiness(container.readiness_checks, settings.ops_check_timeout_s),
         registry=registry, dashboard=dashboard, dashboard_page=page,
         jobs=container.jobs if settings.jobs_enabled else None,
+        dead_letters=container.dead_letters,
     )
 
 

@@ -73,7 +73,7 @@ def test_metrics_from_two_worker_processes_add_up(ops_env, tmp_path):
     assert not [k for k in figures if k[0] == "atelier_scrape_errors"]
 
 
-def chromium(url: str) -> subprocess.CompletedProcess[str]:
+def chromium(url: str, *flags: str) -> subprocess.CompletedProcess[str]:
     """Load url in real headless Chromium and dump the DOM it rendered."""
     binary = shutil.which("chromium")
     assert binary, "Debian's chromium package is missing: scripts/tools.sh installs it"
@@ -81,7 +81,7 @@ def chromium(url: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--dump-dom", url],
+             f"--user-data-dir={profile}", *flags, "--dump-dom", url],
             capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": profile})
 
 
