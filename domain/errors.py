@@ -42,6 +42,29 @@ class InvalidKey(PermanentError):
 
 
 # --- messaging ---
+class RateLimited(TransientError):
+    """The channel refused a send because one of its rate limits was hit (its answer, not our own
+    pacing). ``scope`` says whose limit: ``recipient`` (the pair rate to one recipient),
+    ``sender`` (the business number's throughput) or ``account`` (an app- or account-level limit).
+    Retried after ``retry_after``, and the pacer holds that scope as long for every worker. A
+    circuit breaker counts only ``account`` limits: the others are flow control from a channel
+    that works."""
+
+    def __init__(self, message: str, *, scope: str, retry_after: float | None) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.scope = scope
+
+
+class Paced(DomainError):
+    """Sending now would go over a rate the channel allows (atelier's own pacing, decided before
+    the channel is called): the message waits ``wait_s`` seconds and runs again. Not a failure:
+    no retry is spent, a circuit breaker does not count it, nothing is recorded on the delivery."""
+
+    def __init__(self, message: str, *, wait_s: float) -> None:
+        super().__init__(message)
+        self.wait_s = wait_s
+
+
 class DeliveryInFlight(DomainError):
     """Another run is sending this delivery right now (its lease has not expired).
 

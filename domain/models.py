@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -243,6 +245,73 @@ class MessageStatus(enum.StrEnum):
     FAILED = "FAILED"
 
 
+class ReportedStatus(enum.StrEnum):
+    """What a channel's status webhook says of a message it accepted (WhatsApp's ``statuses``)."""
+
+    SENT = "sent"
+    DELIVERED = "delivered"
+    READ = "read"
+    FAILED = "failed"
+
+
+#: WhatsApp template names: lower-case letters, digits and underscores (Meta's rule), at most 512.
+_TEMPLATE_NAME = re.compile(r"^[a-z0-9_]{1,512}$")
+#: Template language codes as Meta lists them: ``en``, ``en_US``, ``zh_HK``, ``es_419``...
+_LANGUAGE = re.compile(r"^[a-z]{2,3}(_[A-Za-z0-9]{2,4})?$")
+_COMPONENT_TYPE = re.compile(r"^[a-z_]{1,32}$")
+MAX_TEMPLATE_JSON = 16_384
+
+
+@dataclass(frozen=True)
+class MessageTemplate:
+    """A WhatsApp message template (approved by Meta beforehand) with this send's parameters:
+    ``components`` as the Cloud API takes them, e.g. ``[{"type": "body", "parameters": [{"type":
+    "text", "text": "Ana"}]}]``. Templates are how a business writes first, or after the 24-hour
+    customer-service window closed."""
+
+    name: str
+    language: str
+    components: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "language": self.language, "components": self.components}
+
+    @classmethod
+    def parse(cls, value: Any) -> MessageTemplate:
+        """A template from a producer's mapping ({"name", "language", "components"}); anything that
+        cannot be one is InvalidPayload, naming what is wrong."""
+        if isinstance(value, MessageTemplate):
+            value = value.as_dict()
+        if not isinstance(value, dict):
+            raise InvalidPayload("template must be an object with name, language and components")
+        unknown = set(value) - {"name", "language", "components"}
+        if unknown:
+            raise InvalidPayload(f"template has unknown field(s): {', '.join(sorted(map(str, unknown)))}")
+        name, language = value.get("name"), value.get("language") or "en_US"
+        if not isinstance(name, str) or not _TEMPLATE_NAME.match(name):
+            raise InvalidPayload("template name must be lower-case letters, digits and underscores (1-512)")
+        if not isinstance(language, str) or not _LANGUAGE.match(language):
+            raise InvalidPayload(f"template language must be a code such as en or en_US, got {language!r}")
+        components = value.get("components") or []
+        if not isinstance(components, list) or len(components) > 10:
+            raise InvalidPayload("template components must be a list of at most 10 objects")
+        for i, component in enumerate(components):
+            if not isinstance(component, dict) or not isinstance(component.get("type"), str) \
+                    or not _COMPONENT_TYPE.match(component["type"]):
+                raise InvalidPayload(f"template component {i} must be an object with a type (header, body, button)")
+            parameters = component.get("parameters", [])
+            if not isinstance(parameters, list) or len(parameters) > 100 or not all(
+                    isinstance(p, dict) and isinstance(p.get("type"), str) for p in parameters):
+                raise InvalidPayload(f"template component {i}: parameters must be a list of objects with a type")
+        try:
+            size = len(json.dumps(components, allow_nan=False))
+        except (TypeError, ValueError):
+            raise InvalidPayload("template components must be plain JSON") from None
+        if size > MAX_TEMPLATE_JSON:
+            raise InvalidPayload(f"template components are longer than {MAX_TEMPLATE_JSON} characters of JSON")
+        return cls(name, language, components)
+
+
 #: A delivery in one of these is never sent again.
 FINAL_DELIVERY_STATUSES = frozenset({MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.FAILED})
 _PROGRESS = {MessageStatus.PENDING: 0, MessageStatus.SENT: 1, MessageStatus.DELIVERED: 2}
@@ -266,6 +335,7 @@ class ChannelDelivery:
     sent_at: datetime | None = None
     delivered_at: datetime | None = None
     updated_at: datetime = field(default_factory=utcnow)
+    read_at: datetime | None = None
 
     @property
     def final(self) -> bool:
@@ -312,6 +382,31 @@ class ChannelDelivery:
         self.updated_at = now
         return True
 
+    def apply_report(self, reported: ReportedStatus, now: datetime, error: str | None = None) -> bool:
+        """A status webhook's report; False if it changes nothing. Reports arrive in any order and
+        never move a delivery backwards: ``read`` implies delivered (a read before its delivered
+        marks both); ``failed`` (the channel took the message, then could not deliver it) ends a
+        delivery that is not delivered yet and is ignored after delivered or read; nothing moves
+        a FAILED delivery; ``sent`` says nothing new (SENT is recorded when the channel accepts)."""
+        if reported is ReportedStatus.DELIVERED:
+            return self.mark_delivered(now)
+        if reported is ReportedStatus.READ:
+            if self.status is MessageStatus.FAILED or self.read_at is not None:
+                return False
+            self.mark_delivered(now)
+            self.read_at = now
+            self.updated_at = now
+            return True
+        if reported is ReportedStatus.FAILED:
+            if self.status in (MessageStatus.DELIVERED, MessageStatus.FAILED):
+                return False
+            self.status = MessageStatus.FAILED
+            self.last_error = (error or "the channel reported the message failed")[:2000]
+            self.sending_until = None
+            self.updated_at = now
+            return True
+        return False
+
 
 @dataclass
 class OutboundMessage:
@@ -332,6 +427,7 @@ class OutboundMessage:
     created_at: datetime = field(default_factory=utcnow)
     updated_at: datetime = field(default_factory=utcnow)
     deliveries: list[ChannelDelivery] = field(default_factory=list)
+    template: MessageTemplate | None = None  # WhatsApp only; exactly one of text, media_url, template
 
     @property
     def channels(self) -> tuple[MessageChannel, ...]:
@@ -371,8 +467,9 @@ class OutboundMessage:
 
     def same_request(self, other: OutboundMessage) -> bool:
         """Whether ``other`` asks for the same thing (a producer's duplicate, not a reused id)."""
-        return (self.channel, self.recipient, self.text, self.media_url, self.sender, self.conversation_id) == (
-            other.channel, other.recipient, other.text, other.media_url, other.sender, other.conversation_id)
+        return (self.channel, self.recipient, self.text, self.media_url, self.template, self.sender,
+                self.conversation_id) == (other.channel, other.recipient, other.text, other.media_url,
+                                          other.template, other.sender, other.conversation_id)
 
 
 @dataclass(frozen=True)

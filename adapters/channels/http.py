@@ -2,7 +2,8 @@
 
 - WhatsApp Cloud API: ``POST {base}/{phone_number_id}/messages`` with
   ``{"messaging_product": "whatsapp", "to": ..., "type": "text", "text": {"body": ...}}``
-  (or ``"type": "image", "image": {"link": ...}``); the answer's ``messages[0].id`` is the wamid.
+  (or ``"type": "image", "image": {"link": ...}``, or ``"type": "template", "template": {"name": ...,
+  "language": {"code": ...}, "components": [...]}``); the answer's ``messages[0].id`` is the wamid.
 - Instagram Messaging API: ``POST {base}/me/messages`` with ``{"recipient": {"id": ...},
   "message": {"text": ...}}`` (or an image attachment); the answer's ``message_id``.
 
@@ -10,9 +11,9 @@ Both carry ``Authorization: Bearer <token>``, plus ``Idempotency-Key`` (one valu
 every attempt) and ``X-Atelier-Message-Id``: Meta ignores them; the mock channels dedup and count
 by them.
 
-Failures are classified for retries and the circuit breaker:
-5xx, timeouts and connection errors -> TransientError; 429 -> TransientError with retry_after
-from Retry-After; any other 4xx (and 3xx) -> PermanentError, with the channel's error message.
+Failures are classified for retries and the circuit breaker by Meta's error code, not the HTTP
+status (adapters/channels/meta_errors.py: the reference table, and the HTTP status for a code it
+does not know); timeouts and connection errors are TransientError.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 import httpx
 
+from adapters.channels.meta_errors import classify
 from domain.errors import PermanentError, TransientError
 from domain.models import OutboundMessage, SendReceipt
 from runtime import dependency_reached
@@ -56,27 +58,17 @@ def parse_retry_after(value: str | None) -> float | None:
     return min(max(0.0, seconds), RETRY_AFTER_MAX_S)
 
 
-def _error_text(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:300]
-    error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, dict):
-        code = f" (code {error['code']})" if "code" in error else ""
-        return f"{error.get('message', '')}{code}"[:300]
-    return str(body)[:300]
-
-
 class HttpChannelGateway:
     """What both channels share: the client, headers, error classification."""
 
     channel = "channel"
 
     def __init__(self, base_url: str, token: str | None, *, timeout: float = 10.0,
-                 client: httpx.Client | None = None) -> None:
+                 client: httpx.Client | None = None, pair_interval_s: float = 0.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
+        #: The least wait after a pair-rate answer (the channel's pair interval).
+        self.pair_interval_s = pair_interval_s
         self._client = client or httpx.Client(timeout=httpx.Timeout(timeout),
                                               limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
 
@@ -94,23 +86,24 @@ class HttpChannelGateway:
             raise PermanentError(f"the {self.channel} channel is not configured (its token is not set)")
         headers = {"Authorization": f"Bearer {self.token}", "Idempotency-Key": idempotency_key,
                    MESSAGE_ID_HEADER: message.id}
+        payload = self.body(message)
         # The channel is called: this run is evidence for its circuit, whatever the answer
         # (deliver_message requires it; a delivery already sent ends without it).
         dependency_reached()
         try:
-            response = self._client.post(self.url(), json=self.body(message), headers=headers)
+            response = self._client.post(self.url(), json=payload, headers=headers)
         except httpx.TimeoutException as exc:
             raise TransientError(f"{self.channel}: timed out ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:
             raise TransientError(f"{self.channel}: {type(exc).__name__}: {exc}") from exc
         status = response.status_code
-        if status == 429:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            raise TransientError(f"{self.channel}: 429 rate limited: {_error_text(response)}", retry_after=retry_after)
-        if status >= 500:
-            raise TransientError(f"{self.channel}: {status}: {_error_text(response)}")
         if not 200 <= status < 300:
-            raise PermanentError(f"{self.channel}: {status}: {_error_text(response)}")
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            raise classify(self.channel, status, body, raw=response.text[:300], pair_interval_s=self.pair_interval_s,
+                           retry_after=parse_retry_after(response.headers.get("Retry-After")))
         try:
             provider_id = self.provider_id(response.json())
         except (ValueError, LookupError, TypeError, AttributeError):
@@ -142,7 +135,13 @@ class WhatsAppGateway(HttpChannelGateway):
     def body(self, message: OutboundMessage) -> dict[str, Any]:
         body: dict[str, Any] = {"messaging_product": "whatsapp", "recipient_type": "individual",
                                 "to": message.recipient}
-        if message.text is not None:
+        if message.template is not None:
+            template = message.template
+            content: dict[str, Any] = {"name": template.name, "language": {"code": template.language}}
+            if template.components:
+                content["components"] = template.components
+            body.update(type="template", template=content)
+        elif message.text is not None:
             body.update(type="text", text={"body": message.text})
         else:
             body.update(type="image", image={"link": message.media_url})
@@ -159,6 +158,8 @@ class InstagramGateway(HttpChannelGateway):
         return f"{self.base_url}/me/messages"
 
     def body(self, message: OutboundMessage) -> dict[str, Any]:
+        if message.template is not None:  # the service refuses these; never sent as something else
+            raise PermanentError("instagram has no message templates: send the template on whatsapp")
         if message.text is not None:
             content: dict[str, Any] = {"text": message.text}
         else:

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from adapters.sql import tables as t
 from adapters.sql.outbox import _aware
-from domain.models import ChannelDelivery, MessageChannel, MessageStatus, OutboundMessage
+from domain.models import ChannelDelivery, MessageChannel, MessageStatus, MessageTemplate, OutboundMessage
 
 _m = t.outbound_messages
 _d = t.message_deliveries
@@ -21,7 +21,7 @@ def _delivery_row(d: ChannelDelivery) -> dict:
         "message_id": d.message_id, "channel": d.channel.value, "status": d.status.value, "attempts": d.attempts,
         "provider_message_id": d.provider_message_id, "last_error": d.last_error,
         "sending_until": d.sending_until, "sent_at": d.sent_at, "delivered_at": d.delivered_at,
-        "updated_at": d.updated_at,
+        "updated_at": d.updated_at, "read_at": d.read_at,
     }
 
 
@@ -37,7 +37,7 @@ class SqlMessageRepository:
             id=message.id, conversation_id=message.conversation_id, sender=message.sender,
             recipient=message.recipient, channel=message.channel.value, text=message.text,
             media_url=message.media_url, status=message.status.value, created_at=message.created_at,
-            updated_at=message.updated_at,
+            updated_at=message.updated_at, template=message.template.as_dict() if message.template else None,
         ).on_conflict_do_nothing(index_elements=["id"]).returning(_m.c.id))
         if result.first() is None:  # (psycopg reports rowcount -1 here: ask for the row instead)
             return False
@@ -96,7 +96,7 @@ class SqlMessageRepository:
                 message_id=r.message_id, channel=MessageChannel(r.channel), status=MessageStatus(r.status),
                 attempts=r.attempts, provider_message_id=r.provider_message_id, last_error=r.last_error,
                 sending_until=_aware(r.sending_until), sent_at=_aware(r.sent_at),
-                delivered_at=_aware(r.delivered_at), updated_at=_aware(r.updated_at),
+                delivered_at=_aware(r.delivered_at), updated_at=_aware(r.updated_at), read_at=_aware(r.read_at),
             )
             for r in self._s.execute(select(_d).where(_d.c.message_id == message_id))
         ]
@@ -107,4 +107,6 @@ class SqlMessageRepository:
             media_url=row.media_url, sender=row.sender, conversation_id=row.conversation_id,
             status=MessageStatus(row.status), created_at=_aware(row.created_at), updated_at=_aware(row.updated_at),
             deliveries=deliveries,
+            template=MessageTemplate(row.template["name"], row.template["language"],
+                                     list(row.template.get("components") or [])) if row.template else None,
         )

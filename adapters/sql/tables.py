@@ -119,6 +119,8 @@ outbound_messages = Table(
     Column("status", String(16), nullable=False, index=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # A WhatsApp template {"name", "language", "components"} (migration mta1).
+    Column("template", JSON),
 )
 
 message_deliveries = Table(
@@ -134,6 +136,7 @@ message_deliveries = Table(
     Column("sent_at", DateTime(timezone=True)),
     Column("delivered_at", DateTime(timezone=True)),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("read_at", DateTime(timezone=True)),  # migration mta1
 )
 
 # Delivery reports name the channel's message id.

@@ -7,7 +7,7 @@ state ports in resilience. Everything is re-exported here: ``from domain.ports i
 from domain.ports.common import Clock, ObjectStore, UnitOfWork
 from domain.ports.jobs import JobStore
 from domain.ports.media import ImageEmbedder, ImageProcessor, ImageRepository, VectorIndex
-from domain.ports.messaging import ChannelGateway, MessageRepository, MessagingUnitOfWork
+from domain.ports.messaging import ChannelGateway, MessageRepository, MessagingUnitOfWork, Pacer
 from domain.ports.outbox import EventPublisher, OutboxRepository
 from domain.ports.resilience import (
     BreakerStore,
@@ -39,6 +39,7 @@ __all__ = [
     "MetricsStore",
     "ObjectStore",
     "OutboxRepository",
+    "Pacer",
     "UnitOfWork",
     "UploadRepository",
     "VectorIndex",

@@ -51,9 +51,27 @@ class MessagingUnitOfWork(UnitOfWork, Protocol):
 class ChannelGateway(Protocol):
     """Sends one message on one chat channel.
 
-    Raises TransientError when retrying may help (5xx, timeout, connection error; 429 with
-    ``retry_after``), PermanentError when it cannot (other 4xx, a message the channel refuses).
-    ``idempotency_key`` is the same for every attempt of one delivery, for channels that dedup.
+    Raises RateLimited (a TransientError with ``scope`` and ``retry_after``) when the channel
+    refused the send for one of its rate limits, TransientError when retrying may help (a
+    temporary error of the channel, timeout, connection error), PermanentError when it cannot
+    (authentication, permission, parameter, policy, the 24-hour window), each with the channel's
+    code and title in its message. ``idempotency_key`` is the same for every attempt of one
+    delivery, for channels that dedup.
     """
 
     def send(self, message: OutboundMessage, idempotency_key: str) -> SendReceipt: ...
+
+
+class Pacer(Protocol):
+    """Keeps the sends of every worker within a channel's rates: the business number's send rate
+    and the pair rate (messages to one recipient), with state shared by all workers."""
+
+    def acquire(self, channel: MessageChannel, recipient: str) -> float:
+        """Take a send slot now for ``recipient`` on ``channel``: 0.0 when taken (send now), else
+        the seconds to wait before asking again (nothing taken)."""
+        ...
+
+    def hold(self, channel: MessageChannel, recipient: str | None, seconds: float) -> None:
+        """The channel asked us to wait (it answered a rate limit): no slot for ``recipient`` (or,
+        with None, for anyone on ``channel``) during ``seconds``."""
+        ...

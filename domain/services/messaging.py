@@ -7,8 +7,11 @@
   channels still to send; the actor sends deliver_message for each.
 - deliver: sends one delivery through its channel's gateway. Idempotent: a delivery that is SENT,
   DELIVERED or FAILED is never sent again; a run finding another run's lease unexpired raises
-  DeliveryInFlight instead of sending in parallel. Every attempt is counted.
-- record_status: a channel's report (DELIVERED) for a delivery, found by the channel's message id.
+  DeliveryInFlight instead of sending in parallel. Every attempt is counted. Paced: before the
+  attempt, the pacer must give a slot within the channel's send rate and pair rate, else Paced
+  (the message waits; no attempt is counted). A RateLimited answer holds its scope in the pacer.
+- record_report: a channel's status report (delivered, read, failed) for a delivery, found by the
+  channel's message id; reports never move a delivery backwards (ChannelDelivery.apply_report).
 - sweep_stale: routes again deliveries left PENDING with nothing sending them (their message was
   lost: a circuit's fallback list lives in Redis, which a flush or a failover to a lagging
   replica empties), from the database of record. Safe to route a delivery twice: deliver sends
@@ -37,18 +40,28 @@ from datetime import timedelta
 from typing import Any
 
 from domain.clock import SystemClock
-from domain.errors import DeliveryInFlight, InvalidPayload, NotFound, PermanentError, SendNotRecorded
+from domain.errors import (
+    DeliveryInFlight,
+    InvalidPayload,
+    NotFound,
+    Paced,
+    PermanentError,
+    RateLimited,
+    SendNotRecorded,
+)
 from domain.models import (
     ChannelDelivery,
     DomainEvent,
     MessageChannel,
     MessageStatus,
+    MessageTemplate,
     OutboundMessage,
+    ReportedStatus,
     SendReceipt,
     new_id,
     parse_id,
 )
-from domain.ports import ChannelGateway, Clock, MessagingUnitOfWork
+from domain.ports import ChannelGateway, Clock, MessagingUnitOfWork, Pacer
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +107,13 @@ class MessagingService:
         *,
         lease_seconds: float = 60.0,
         clock: Clock | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         self._uow = uow
         self._gateways = gateways
         self._lease = timedelta(seconds=lease_seconds)
         self._clock = clock or SystemClock()
+        self._pacer = pacer
 
     # Producer side.
 
@@ -112,15 +127,21 @@ class MessagingService:
         sender: str | None = None,
         conversation_id: str | None = None,
         message_id: str | None = None,
+        template: Mapping[str, Any] | MessageTemplate | None = None,
     ) -> tuple[OutboundMessage, bool]:
         """Record a message PENDING with a ``message.created`` event. Returns (message, created):
-        created is False when this id was already recorded with the same content."""
+        created is False when this id was already recorded with the same content. A message is a
+        text, an image (media_url) or a WhatsApp template ({"name", "language", "components"})."""
         text = _text_field(text, "text", limit=MAX_TEXT_LENGTH)
         media_url = _text_field(media_url, "media_url", limit=2048)
-        if (text is None) == (media_url is None):
-            raise InvalidPayload("give either text or media_url (exactly one)")
+        parsed_template = MessageTemplate.parse(dict(template) if isinstance(template, Mapping) else template) \
+            if template is not None else None
+        if sum(x is not None for x in (text, media_url, parsed_template)) != 1:
+            raise InvalidPayload("give either text, media_url or template (exactly one)")
         if media_url is not None and not media_url.startswith(("https://", "http://")):
             raise InvalidPayload("media_url must be an http(s) URL")
+        if parsed_template is not None and parse_channel(channel) is not MessageChannel.WHATSAPP:
+            raise InvalidPayload("templates are WhatsApp's: send a template on channel whatsapp")
         now = self._clock.now()
         message = OutboundMessage(
             id=parse_id(message_id, "message id") if message_id is not None else new_id(),
@@ -128,6 +149,7 @@ class MessagingService:
             recipient=_text_field(recipient, "recipient", required=True),  # type: ignore[arg-type]
             text=text,
             media_url=media_url,
+            template=parsed_template,
             sender=_text_field(sender, "sender"),
             conversation_id=_text_field(conversation_id, "conversation_id"),
             created_at=now,
@@ -199,6 +221,11 @@ class MessagingService:
             if delivery.sending_until is not None and delivery.sending_until > now:
                 raise DeliveryInFlight(f"delivery {message_id}/{channel.value} is being sent by another run "
                                        f"until {delivery.sending_until.isoformat()}")
+            # Last before the attempt, so the slot is used by a send that goes out now.
+            wait = self._pacer.acquire(channel, message.recipient) if self._pacer is not None else 0.0
+            if wait > 0:
+                raise Paced(f"delivery {message_id}/{channel.value} waits {wait:.3f} s to stay within the "
+                            f"channel's rates", wait_s=wait)
             delivery.start_attempt(now, now + self._lease)
             uow.messages.save(message)
             uow.commit()
@@ -210,6 +237,10 @@ class MessagingService:
             self._finish(message_id, channel, lambda d, now: d.mark_failed(reason, now))
             raise
         except Exception as exc:  # TransientError, or anything unexpected: retried
+            if isinstance(exc, RateLimited) and self._pacer is not None and exc.retry_after:
+                # Every worker waits with this one: the channel said so.
+                self._pacer.hold(channel, message.recipient if exc.scope == "recipient" else None,
+                                 exc.retry_after)
             error = f"{type(exc).__name__}: {exc}"
             self._finish(message_id, channel, lambda d, now: d.attempt_failed(error, now))
             raise
@@ -262,15 +293,20 @@ class MessagingService:
 
     def record_status(self, channel: MessageChannel, provider_message_id: str,
                       status: MessageStatus) -> ChannelDelivery:
-        """A status the channel reported (only DELIVERED moves a delivery on). NotFound if no
-        delivery carries that channel message id (yet: the report may beat our SENT commit)."""
+        """A DELIVERED report (see record_report for the others)."""
         if status is not MessageStatus.DELIVERED:
             raise InvalidPayload(f"channels report DELIVERED, not {status.value}")
+        return self.record_report(channel, provider_message_id, ReportedStatus.DELIVERED)
+
+    def record_report(self, channel: MessageChannel, provider_message_id: str, status: ReportedStatus,
+                      error: str | None = None) -> ChannelDelivery:
+        """A status the channel reported (``error``: a failed report's code and title). NotFound if
+        no delivery carries that channel message id (yet: the report may beat our SENT commit)."""
         with self._uow() as uow:
             message_id = uow.messages.find_by_provider_id(channel.value, provider_message_id)
             if message_id is None:
                 raise NotFound(f"no {channel.value} delivery with channel message id {provider_message_id}")
-        return self._finish(message_id, channel, lambda d, now: d.mark_delivered(now))
+        return self._finish(message_id, channel, lambda d, now: d.apply_report(status, now, error))
 
     def _finish(self, message_id: str, channel: MessageChannel,
                 change: Callable[[ChannelDelivery, Any], object], *, plan: bool = False) -> ChannelDelivery:
@@ -285,16 +321,17 @@ class MessagingService:
                 message.plan_deliveries(now)
             delivery = message.delivery(channel)
             assert delivery is not None
-            before = delivery.status
+            before, read_before = delivery.status, delivery.read_at
             change(delivery, now)
             message.refresh_status(now)
             uow.messages.save(message)
-            if delivery.status is not before:
+            if delivery.status is not before or delivery.read_at != read_before:
                 uow.add_event(DomainEvent("message.status", "message", message_id, {
                     "message_id": message_id, "channel": channel.value, "status": delivery.status.value,
                     "message_status": message.status.value, "attempts": delivery.attempts,
                     "provider_message_id": delivery.provider_message_id, "error": delivery.last_error,
                     "conversation_id": message.conversation_id,
+                    "read_at": delivery.read_at.isoformat() if delivery.read_at else None,
                 }, occurred_at=now))
             uow.commit()
         log.info("delivery %s/%s %s after %d attempt(s)", message_id, channel.value, delivery.status.value,

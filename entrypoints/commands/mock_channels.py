@@ -18,6 +18,10 @@ def cmd_mock_channels(args: argparse.Namespace) -> int:
     configure_logging(get_settings())
     log = structlog.get_logger("entrypoints.devtools.mock_channels")
     mock = MockChannels(status_webhook=args.status_webhook, app_secret=args.app_secret)
+    mock.control({"channel": "whatsapp", "window": args.window, "limits": {
+        "throughput": args.whatsapp_throughput or None, "pair_interval_s": args.whatsapp_pair_interval or None}})
+    mock.control({"channel": "instagram", "window": args.window, "limits": {
+        "throughput": args.instagram_throughput or None}})
     server = make_server(args.host, args.port, mock)
 
     def _stop(signum: int, frame: object) -> None:
@@ -44,4 +48,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--status-webhook", default=None,
                    help="report deliveries to URL/whatsapp and URL/instagram (e.g. http://host:8098/webhooks)")
     p.add_argument("--app-secret", default=None, help="sign status reports (X-Hub-Signature-256)")
+    p.add_argument("--whatsapp-throughput", type=int, default=80,
+                   help="sends per second per number before 130429 (Meta's default 80; 0 = no limit)")
+    p.add_argument("--whatsapp-pair-interval", type=float, default=6.0,
+                   help="seconds between two messages to one recipient before 131056 (Meta's ~6; 0 = no limit)")
+    p.add_argument("--instagram-throughput", type=int, default=300,
+                   help="sends per second per account before 613 (Meta's 300; 0 = no limit)")
+    p.add_argument("--window", choices=["open", "enforce"], default="open",
+                   help="enforce the 24-hour customer-service window (free-form messages only to recipients "
+                        "who wrote: POST /_mock/inbound), or treat every recipient as having written")
     p.set_defaults(func=cmd_mock_channels)

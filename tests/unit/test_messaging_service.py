@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 
 from domain.errors import DeliveryInFlight, InvalidPayload, NotFound, PermanentError, TransientError
-from domain.models import MessageChannel, MessageStatus, new_id, utcnow
+from domain.models import MessageChannel, MessageStatus, ReportedStatus, new_id, utcnow
 from domain.services.messaging import MessagingService
 from tests.unit.fakes import FakeChannelGateway, FakeMessagingUnitOfWork
 
@@ -58,6 +58,23 @@ def test_create_is_idempotent_on_the_producers_id(world):
     ({"channel": "sms", "recipient": "a", "text": "x"}, "channel must be"),
     ({"channel": "whatsapp", "recipient": " ", "text": "x"}, "recipient is required"),
     ({"channel": "whatsapp", "recipient": "a"}, "exactly one"),
+    ({"channel": "whatsapp", "recipient": "a", "text": "x", "template": {"name": "hello_world"}}, "exactly one"),
+    ({"channel": "instagram", "recipient": "a", "template": {"name": "hello_world"}}, "templates are WhatsApp's"),
+    ({"channel": "all", "recipient": "a", "template": {"name": "hello_world"}}, "templates are WhatsApp's"),
+    ({"channel": "whatsapp", "recipient": "a", "template": {"name": "Hello World"}}, "lower-case"),
+    ({"channel": "whatsapp", "recipient": "a", "template": {"name": "x", "language": "english"}}, "language"),
+    ({"channel": "whatsapp", "recipient": "a", "template": {"name": "x", "lang": "en"}}, "unknown field"),
+    ({"channel": "whatsapp", "recipient": "a", "template": {"name": "x", "components": {"type": "body"}}},
+     "components must be a list"),
+    ({"channel": "whatsapp", "recipient": "a", "template": {"name": "x", "components": [{"parameters": []}]}},
+     "component 0 must be an object with a type"),
+    ({"channel": "whatsapp", "recipient": "a", "template": {"name": "x", "components": [
+        {"type": "body", "parameters": ["Ana"]}]}}, "parameters must be a list of objects"),
+    ({"channel": "whatsapp", "recipient": "a", "template": {"name": "x", "components": [
+        {"type": "body", "parameters": [{"type": "text", "text": "y" * 20_000}]}]}}, "longer than"),
+    ({"channel": "whatsapp", "recipient": "a", "template": {"name": "x", "components": [
+        {"type": "body", "parameters": [{"type": "text", "text": float("nan")}]}]}}, "plain JSON"),
+    ({"channel": "whatsapp", "recipient": "a", "template": "hello_world"}, "must be an object"),
     ({"channel": "whatsapp", "recipient": "a", "text": "x", "media_url": "https://x/y.png"}, "exactly one"),
     ({"channel": "whatsapp", "recipient": "a", "media_url": "file:///etc/passwd"}, "http"),
     ({"channel": "whatsapp", "recipient": "a", "text": "x" * 4097}, "longer than 4096"),
@@ -346,3 +363,56 @@ def test_final_deliveries_are_never_swept_and_a_failed_dispatch_touches_nothing(
         service.sweep_stale(broker_down, pending_for=900, unknown_for=86_400)
     dispatched: list = []
     assert _sweep(service, dispatched) == 1 and dispatched == [(pending.id, IG)]
+
+
+def test_a_template_is_recorded_compared_and_sent_as_a_template(world):
+    service, rows, events, gateways, _ = world
+    template = {"name": "order_update", "language": "es", "components": [
+        {"type": "body", "parameters": [{"type": "text", "text": "Ana"}, {"type": "text", "text": "#42"}]}]}
+    mid = new_id()
+    message, created = service.create(channel="whatsapp", recipient="+1555", template=template, message_id=mid)
+    assert created and message.template.as_dict() == template and message.text is None
+    assert rows[mid].template == message.template
+    assert service.create(channel="whatsapp", recipient="+1555", template=dict(template), message_id=mid)[1] is False
+    with pytest.raises(InvalidPayload, match="different message"):
+        service.create(channel="whatsapp", recipient="+1555", message_id=mid,
+                       template={**template, "language": "en_US"})
+    default = service.create(channel="whatsapp", recipient="+1555", template={"name": "hello_world"})[0]
+    assert default.template.language == "en_US" and default.template.components == []
+    service.route(mid)
+    assert service.deliver(mid, WA).status is MessageStatus.SENT
+
+
+def test_reports_never_move_a_delivery_backwards(world):
+    service, rows, events, _, _ = world
+    ids = {}
+    for name in ("read_first", "failed", "late_failure"):
+        message, _ = service.create(channel="whatsapp", recipient=name, text="hi")
+        service.route(message.id)
+        ids[name] = (message.id, service.deliver(message.id, WA).provider_message_id)
+
+    mid, pid = ids["read_first"]
+    assert service.record_report(WA, pid, ReportedStatus.READ).status is MessageStatus.DELIVERED
+    d = rows[mid].delivery(WA)
+    assert d.read_at is not None and d.delivered_at is not None
+    assert service.record_report(WA, pid, ReportedStatus.DELIVERED).read_at == d.read_at  # late: nothing
+    assert service.record_report(WA, pid, ReportedStatus.SENT).status is MessageStatus.DELIVERED
+
+    mid, pid = ids["failed"]
+    failed = service.record_report(WA, pid, ReportedStatus.FAILED, "whatsapp: 131026 Message undeliverable: ...")
+    assert (failed.status, failed.last_error) == (MessageStatus.FAILED, "whatsapp: 131026 Message undeliverable: ...")
+    assert rows[mid].status is MessageStatus.FAILED
+    for late in (ReportedStatus.DELIVERED, ReportedStatus.READ):
+        assert service.record_report(WA, pid, late).status is MessageStatus.FAILED
+
+    mid, pid = ids["late_failure"]
+    service.record_report(WA, pid, ReportedStatus.DELIVERED)
+    assert service.record_report(WA, pid, ReportedStatus.FAILED, "too late").status is MessageStatus.DELIVERED
+    assert rows[mid].delivery(WA).last_error is None
+
+    reported = [(e.aggregate_id, e.payload["status"], e.payload["read_at"] is not None) for e in events
+                if e.type == "message.status" and e.payload["status"] != "SENT"]
+    assert reported == [(ids["read_first"][0], "DELIVERED", True), (ids["failed"][0], "FAILED", False),
+                        (ids["late_failure"][0], "DELIVERED", False)]
+    with pytest.raises(NotFound):
+        service.record_report(WA, "wamid.unknown", ReportedStatus.READ)
