@@ -18,7 +18,7 @@ from dramatiq.middleware import CurrentMessage
 from actors import settings
 from actors.ticks import run_tick
 from bootstrap import get_container, queue
-from domain.errors import SendNotRecorded
+from domain.errors import Paced, SendNotRecorded
 from domain.models import SendReceipt, parse_id
 from domain.services.messaging import parse_channel
 
@@ -33,7 +33,10 @@ RECEIPT_MAX_RETRIES = 1000
 # A delivery already sent ends without calling the channel: no evidence for the circuit (requires contact).
 ROUTE_OPTIONS = {"dedup_key": lambda message_id: f"message:{message_id}", "dedup_window": 86400}
 DELIVER_OPTIONS = {"circuit": lambda message_id, channel: f"channel:{channel}", "circuit_fallback": True,
-                   "circuit_requires_contact": True}
+                   "circuit_requires_contact": True,
+                   # Paced: the delivery waits for its slot within the channel's rates, parked by
+                   # ClassifiedRetries without spending a retry; expected, so logged at INFO.
+                   "throws": (Paced,)}
 
 
 @dramatiq.actor(queue_name=queue(settings, "messages"), **ROUTE_OPTIONS)

@@ -12,7 +12,7 @@ from dramatiq.logging import get_logger
 from dramatiq.middleware import Middleware, SkipMessage, TimeLimitExceeded
 
 from brokers.park import fresh_copy, park
-from domain.errors import TransientError
+from domain.errors import RateLimited, TransientError
 from domain.ports import BreakerStore, FallbackQueue, MetricsStore
 from domain.resilience import BreakerPolicy, CircuitState
 from runtime import DEPENDENCY_CONTACT
@@ -42,6 +42,11 @@ DEPENDENCY_ERRORS = _dependency_errors()
 
 
 def is_dependency_failure(exception: BaseException) -> bool:
+    # A rate limit of one recipient or of the sender's throughput is flow control from a
+    # dependency that works (the pacer holds it back); an app- or account-level limit stops
+    # every message for minutes, like an outage.
+    if isinstance(exception, RateLimited) and exception.scope != "account":
+        return False
     return isinstance(exception, DEPENDENCY_ERRORS)
 
 
@@ -51,8 +56,9 @@ class CircuitBreaker(Middleware):
     ``circuit=lambda message_id, channel: f"channel:{channel}"``.
 
     Closed: messages run; dependency failures (TransientError, timeouts, connection errors;
-    see DEPENDENCY_ERRORS) are counted, and ``failure_threshold`` of them within ``window``
-    seconds open the circuit. Open: messages are not run against the dependency but parked:
+    see DEPENDENCY_ERRORS; not a RateLimited of one recipient or of throughput) are counted,
+    and ``failure_threshold`` of them within ``window`` seconds open the circuit. Open: messages
+    are not run against the dependency but parked:
     put back on their queue delayed until the circuit may let traffic through (with jitter), or,
     with the actor option ``circuit_fallback=True``, pushed onto the circuit's fallback queue,
     which the drain_fallback actor moves back to their queues once it does; or, with

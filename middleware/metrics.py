@@ -13,6 +13,7 @@ from dramatiq.common import q_name
 from dramatiq.logging import get_logger
 from dramatiq.middleware import Middleware
 
+from domain.errors import Paced
 from domain.ports import MetricsStore
 from runtime.metrics import (
     BUCKET_LABELS,
@@ -147,6 +148,9 @@ class Metrics(Middleware):
             self.flush()
 
     def after_process_message(self, broker: Broker, message: Message, *, result=None, exception=None) -> None:
+        if isinstance(exception, Paced):  # it waits for its slot (parked), like a skipped message
+            self._tally(message, None, True)
+            return
         self._tally(message, exception, False)
 
     def after_skip_message(self, broker: Broker, message: Message) -> None:

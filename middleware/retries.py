@@ -11,7 +11,7 @@ from dramatiq import Broker, Message, Retry
 from dramatiq.middleware import Retries, SkipMessage
 
 from brokers.park import MAX_DELAY_MS, park
-from domain.errors import Cancelled, PermanentError, TransientError
+from domain.errors import Cancelled, Paced, PermanentError, TransientError
 
 #: The longest wait a dependency's Retry-After is honoured for; longer (or an HTTP date in year
 #: 9999) is cut to this. A wait past MAX_DELAY_MS is served in parks of at most MAX_DELAY_MS.
@@ -67,6 +67,12 @@ class ClassifiedRetries(Retries):
     under RabbitMQ's consumer_timeout) is served in several: the message carries ``not_before``
     and is parked again, without running, until then.
 
+    A Paced message (sending now would go over a channel's rate) is not a failure: it is parked
+    for its wait, same id, its retry count untouched, and runs again then; if it cannot be parked
+    it is retried as usual rather than lost. An actor that can be paced declares
+    ``throws=(Paced,)`` so that Dramatiq's worker logs it at INFO, not as an unhandled error (this
+    hook runs first: Dramatiq's Retries never sees a Paced message, so ``throws`` fails nothing).
+
     A retry whose re-enqueue fails (broker unreachable) is not acknowledged and lost, as Dramatiq
     1.x's Retries does (its issue 545: the exception is swallowed by the hook machinery and the
     message acked): the message is failed instead, with ``retry_enqueue_error`` in its options,
@@ -100,6 +106,18 @@ class ClassifiedRetries(Retries):
             return
         if exception is None:
             return
+        if isinstance(exception, Paced):
+            wait = retry_after_ms(exception.wait_s)
+            delay = min(wait if wait is not None else 1000, MAX_DELAY_MS)
+            if wait is not None and wait > delay:
+                message.options["not_before"] = int(time.time() * 1000) + wait
+            try:
+                park(broker, message, max(delay, 1))
+                return
+            except Exception:  # retried below: it costs a retry, and nothing is lost
+                self.logger.warning("Could not park paced message %r; retrying it instead.", message.message_id,
+                                    exc_info=True)
+                exception = Retry(str(exception), delay=max(delay, 1))
         if isinstance(exception, TypeError):
             mismatch = signature_mismatch(broker, message)
             if mismatch is not None:

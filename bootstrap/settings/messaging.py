@@ -29,6 +29,21 @@ class MessagingSettings(Group):
         description="A delivery whose last send has no recorded outcome (its lease expired: the channel may have "
                     "accepted it, its receipt riding on a retry) is routed again only after this.")
     message_sweep_interval_s: float = Field(60, gt=0, description="How often the scheduler sends sweep_deliveries.")
+    whatsapp_send_rate_per_s: int = Field(
+        80, ge=0, le=100_000, description="Messages per second one WhatsApp business number sends at most, across "
+        "every worker (Meta's throughput: 80 by default, 1,000 after Meta's upgrade); 0 = not paced.")
+    whatsapp_pair_interval_s: float = Field(
+        6.0, ge=0, le=3600, description="Seconds between two messages to the same WhatsApp recipient (Meta's pair "
+        "rate: about one per 6 s; error 131056 beyond); also the least wait after a 131056. 0 = not paced.")
+    instagram_send_rate_per_s: int = Field(
+        300, ge=0, le=100_000, description="Messages per second one Instagram account sends at most (Meta's Send "
+        "API: 300/s for text and images); 0 = not paced.")
+    instagram_pair_interval_s: float = Field(
+        0.0, ge=0, le=3600, description="Seconds between two messages to the same Instagram recipient (Meta "
+        "publishes no figure, only that too many to one thread may be rate limited); 0 = not paced.")
+    pacing_margin_ms: int = Field(
+        100, ge=0, le=10_000, description="Pacing counts each rate's window this much longer, so that sends "
+        "decided a window apart never reach the channel closer (a commit, a thread switch in between).")
     channel_webhook_verify_token: str | None = Field(
         None, description="Meta's webhook verification token (`atelier messages webhooks`).")
     channel_webhook_secret: str | None = Field(

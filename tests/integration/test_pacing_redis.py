@@ -1,0 +1,88 @@
+"""The Redis pacer (adapters/state/pacing.py) on the local Redis: the same rules as in memory, on
+Redis's clock, holding under concurrent callers, and unpaced (not failing) when Redis is gone."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+
+import pytest
+import redis
+
+from adapters.state.pacing import PaceRule, RedisPacer
+from domain.models import MessageChannel
+from tests import services
+
+WA, IG = MessageChannel.WHATSAPP, MessageChannel.INSTAGRAM
+
+
+def max_in_window(times: list[float], window: float) -> int:
+    """The most events in any half-open interval [t, t + window)."""
+    times = sorted(times)
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while times[start] <= t - window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def test_rates_holds_and_the_promise_chain(redis_ns):
+    client, ns = redis_ns
+    pacer = RedisPacer(client, ns, {WA: PaceRule("n1", 2, 30.0)}, margin_ms=100)
+    assert pacer.acquire(WA, "a") == 0.0 and pacer.acquire(WA, "b") == 0.0
+    waits = [pacer.acquire(WA, "c"), pacer.acquire(WA, "d")]
+    assert 1.0 < waits[0] <= 1.1 and waits[1] == pytest.approx(waits[0] + 0.55, abs=0.01)
+    assert pacer.acquire(WA, "a") == pytest.approx(30.1, abs=0.05)  # the pair: nothing of the rate taken
+    pacer.hold(WA, "z", 5)
+    assert pacer.acquire(WA, "z") == pytest.approx(5, abs=0.05)
+    assert pacer.acquire(IG, "x") == 0.0  # no rule for instagram
+    assert {k.decode().removeprefix(ns) for k in client.scan_iter(f"{ns}*")} >= {
+        "whatsapp:n1:log", "whatsapp:n1:next", "whatsapp:n1:to:a:log", "whatsapp:n1:to:z:hold"}
+    assert all(0 < client.pttl(k) <= 91_000 for k in client.scan_iter(f"{ns}*"))  # every key expires
+
+
+def test_concurrent_callers_never_go_over_the_rates(redis_ns):
+    """Eight threads with two pacers (two workers' worth) ask for slots for 2.5 s: the granted
+    sends are never more than 20 in any second, nor closer than 0.5 s to one recipient."""
+    client, ns = redis_ns
+    rules = {WA: PaceRule("n1", 20, 0.5)}
+    pacers = [RedisPacer(redis.Redis.from_url(services.REDIS_URL), ns, rules, margin_ms=20) for _ in range(2)]
+    granted: list[tuple[float, str]] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + 2.5
+
+    def worker(n: int) -> None:
+        pacer = pacers[n % 2]
+        i = 0
+        while time.monotonic() < deadline:
+            recipient = f"r{(n * 7 + i) % 12}"
+            i += 1
+            if pacer.acquire(WA, recipient) == 0.0:
+                with lock:
+                    granted.append((time.time(), recipient))
+            else:
+                time.sleep(0.005)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for p in pacers:
+        p.client.close()
+    assert len(granted) >= 40  # it did let sends through: 20/s for 2.5 s, about 50
+    assert max_in_window([t for t, _ in granted], 1.0) <= 20
+    by_recipient = defaultdict(list)
+    for t, r in granted:
+        by_recipient[r].append(t)
+    gaps = [b - a for times in by_recipient.values() for a, b in zip(sorted(times), sorted(times)[1:])]
+    assert gaps and min(gaps) >= 0.5
+
+
+def test_without_redis_sends_go_unpaced():
+    dead = redis.Redis(port=services.free_port(), socket_connect_timeout=0.5, socket_timeout=0.5)
+    pacer = RedisPacer(dead, "atelier:x:", {WA: PaceRule("n1", 1, 6.0)})
+    assert [pacer.acquire(WA, "a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    pacer.hold(WA, "a", 5)  # logged, not raised
