@@ -6,9 +6,11 @@ deliver_message sends one delivery; the service never sends a delivery that is a
 so the broker redelivering either message sends nothing twice. When the channel accepted a send
 whose SENT record failed (the database down), the receipt rides on the message in the
 ``delivery_receipt`` option: the retry, and a replay of its dead letter, record it instead of
-sending again.
+sending again. A delivery paced (over a channel's send rate or pair rate) waits in place up to
+PACING_MAX_SLEEP_MS, else is parked for its wait.
 """
 
+from time import sleep
 from typing import Any
 
 import dramatiq
@@ -56,12 +58,21 @@ def deliver_message(message_id: str, channel: str) -> None:
     structlog.contextvars.bind_contextvars(outbound_message_id=message_id, channel=channel_.value)
     message = CurrentMessage.get_current_message()
     options: dict[str, Any] = message.options if message is not None else {}
-    try:
-        get_container().messaging.deliver(message_id, channel_, sent=carried_receipt(options, message_id,
-                                                                                    channel_.value))
-    except SendNotRecorded as exc:
-        carry_receipt(options, message_id, channel_.value, exc.receipt)
-        raise
+    messaging, slept = get_container().messaging, 0.0
+    while True:
+        try:
+            messaging.deliver(message_id, channel_, sent=carried_receipt(options, message_id, channel_.value))
+            return
+        except SendNotRecorded as exc:
+            carry_receipt(options, message_id, channel_.value, exc.receipt)
+            raise
+        except Paced as exc:
+            # A short wait is slept here (a park comes back through the broker's delay queue, up
+            # to the worker timeout late); a longer one parks the message (ClassifiedRetries).
+            if slept + exc.wait_s > settings.pacing_max_sleep_ms / 1000:
+                raise
+            sleep(exc.wait_s)
+            slept += exc.wait_s
 
 
 def carry_receipt(options: dict[str, Any], message_id: str, channel: str, receipt: SendReceipt) -> None:

@@ -1,25 +1,27 @@
 """Pacing of channel sends (the Pacer port): a business number's send rate and the pair rate (one
 recipient), shared by every worker through Redis, or within one process in memory.
 
-Each rate is a sliding log of send times: at most ``limit`` sends in any ``window``, where the
-window is the limit's own (a second for the send rate, the pair interval for the pair rate) plus
-``margin_ms``. The margin absorbs what happens between the decision and the request reaching the
-channel (a commit, a thread switch): sends decided ``window`` apart never arrive closer than the
-limit's window. A slot is taken only when both the number's and the recipient's rates have room,
-in one step (one Lua script), so a refusal takes nothing.
+Safety: each rate is a sliding log of the sends it granted: at most ``limit`` in any ``window``,
+where the window is the limit's own (a second for the send rate, the pair interval for the pair
+rate) plus ``margin_ms``. The margin absorbs what happens between the decision and the request
+reaching the channel (a commit, a thread switch), so sends granted a window apart never arrive
+closer than the limit's. A slot is granted only when both the number's and the recipient's rates
+have room, in one step (one Lua script): a refusal takes nothing.
 
-A refused send gets a wait, not a slot: the time its rate frees, spread over the senders waiting
-for it (a promise chain: each refusal is promised the next free time, one spacing, window/limit,
-after the previous promise), so that parked messages come back one spacing apart instead of all at
-once. Promises reserve nothing: a message coming back asks again. ``hold`` blocks a number or a
+Order: a refused send is promised a time (its rate's next free time, one spacing, window/limit,
+after the previous promise) and told to wait until then. A promise is the delivery's place in
+line: coming back (after sleeping, or parked and a little late) it is let through as soon as its
+time has come and the log has room, whoever else is waiting; a newcomer queues behind the waiters
+rather than taking the slot a waiter was promised. Promises not claimed within a grace period
+(the delivery was done elsewhere, the worker died) are forgotten. ``hold`` blocks a number or a
 recipient for a while (the channel answered a rate limit).
 
 Dramatiq's rate limiters (dramatiq.rate_limits) do not fit: BucketRateLimiter and
 WindowRateLimiter count in whole-second buckets (up to twice the limit across a bucket boundary,
 and a pair window of 6 s lets sends through 5 s apart), answer only yes or no (no wait for the
-delayed re-enqueue), cannot take two limits at once (a number's slot taken, then the recipient
-refused, is spent; they have no release), and retry WATCH/MULTI transactions under contention;
-ConcurrentRateLimiter bounds concurrency, not a rate. docs/adr/0005-pacing.md has the measurement.
+delayed re-enqueue, no place in line), cannot take two limits at once (a number's slot taken, then
+the recipient refused, is spent: they have no release), and retry WATCH/MULTI transactions under
+contention; ConcurrentRateLimiter bounds concurrency, not a rate. docs/adr/0005-pacing.md measures it.
 """
 
 from __future__ import annotations
@@ -29,12 +31,16 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from domain.models import MessageChannel
 
 log = logging.getLogger(__name__)
+
+#: How long after its time a promise waits to be claimed: a parked message comes back up to the
+#: worker timeout late, and may queue behind others in its worker.
+GRACE_MS = 10_000
 
 
 @dataclass(frozen=True)
@@ -68,45 +74,45 @@ class _Unpaced:
         return 0.0
 
 
-# KEYS: number's log, hold, next promise; recipient's log, hold, next promise.
-# ARGV: number's limit, window ms, pair limit, pair window ms, member. Returns the wait in ms (0: taken).
+# KEYS, per rate (number, then recipient): sends log, hold, next promise, promises.
+# ARGV: number's limit, window ms, pair limit, pair window ms, token, member, grace ms.
+# Returns the wait in ms (0: granted).
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function free_at(log, hold, limit, window)
-  local at = tonumber(redis.call('GET', hold) or '0')
-  if limit > 0 then
-    redis.call('ZREMRANGEBYSCORE', log, '-inf', now - window)
-    local n = redis.call('ZCARD', log)
-    if n >= limit then
-      local e = redis.call('ZRANGE', log, n - limit, n - limit, 'WITHSCORES')
-      local s = tonumber(e[2]) + window
-      if s > at then at = s end
-    end
+local token, member, grace = ARGV[5], ARGV[6], tonumber(ARGV[7])
+local function decide(k, limit, window)
+  local at = tonumber(redis.call('GET', KEYS[k + 1]) or '0')
+  if limit <= 0 then return at end
+  redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', now - window)
+  local n = redis.call('ZCARD', KEYS[k])
+  if n >= limit then
+    local e = redis.call('ZRANGE', KEYS[k], n - limit, n - limit, 'WITHSCORES')
+    at = math.max(at, tonumber(e[2]) + window)
   end
-  return at
-end
-local function promise(key, at, limit, window)
-  if limit <= 0 then return math.ceil(at - now) end
-  local p = tonumber(redis.call('GET', key) or '0')
-  if p < at then p = at end
+  redis.call('ZREMRANGEBYSCORE', KEYS[k + 3], '-inf', now - grace)
+  local mine = redis.call('ZSCORE', KEYS[k + 3], token)
+  if mine then return math.max(at, tonumber(mine)) end
+  if at <= now and redis.call('ZCARD', KEYS[k + 3]) == 0 then return at end
+  local p = math.max(at, tonumber(redis.call('GET', KEYS[k + 2]) or '0'), now)
   local nxt = p + window / limit
-  redis.call('SET', key, tostring(nxt), 'PX', math.ceil(nxt - now + window))
-  return math.ceil(p - now)
+  redis.call('ZADD', KEYS[k + 3], p, token)
+  redis.call('PEXPIRE', KEYS[k + 3], math.ceil(p - now + grace))
+  redis.call('SET', KEYS[k + 2], tostring(nxt), 'PX', math.ceil(nxt - now + grace))
+  return math.max(p, now + 1)
 end
 local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local plimit, pwindow = tonumber(ARGV[3]), tonumber(ARGV[4])
-local pair_at = free_at(KEYS[4], KEYS[5], plimit, pwindow)
-if pair_at > now then return promise(KEYS[6], pair_at, plimit, pwindow) end
-local at = free_at(KEYS[1], KEYS[2], limit, window)
-if at > now then return promise(KEYS[3], at, limit, window) end
-if limit > 0 then
-  redis.call('ZADD', KEYS[1], now, ARGV[5])
-  redis.call('PEXPIRE', KEYS[1], window)
-end
-if plimit > 0 then
-  redis.call('ZADD', KEYS[4], now, ARGV[5])
-  redis.call('PEXPIRE', KEYS[4], pwindow)
+local pair_at = decide(5, plimit, pwindow)
+if pair_at > now then return math.ceil(pair_at - now) end
+local at = decide(1, limit, window)
+if at > now then return math.ceil(at - now) end
+for _, r in ipairs({{1, limit, window}, {5, plimit, pwindow}}) do
+  if r[2] > 0 then
+    redis.call('ZADD', KEYS[r[1]], now, member)
+    redis.call('PEXPIRE', KEYS[r[1]], r[3])
+    redis.call('ZREM', KEYS[r[1] + 3], token)
+  end
 end
 return 0
 """
@@ -126,32 +132,32 @@ return 0
 class RedisPacer:
     """The Pacer in Redis, one Lua script per decision on Redis's own clock (workers' clocks may
     disagree). Keys under ``<namespace><channel>:<sender>:`` (the number) and
-    ``...:to:<recipient>:`` (the pair), each expiring with its window."""
+    ``...:to:<recipient>:`` (the pair), each expiring once nothing in it matters."""
 
     def __init__(self, client: Any, namespace: str, rules: Mapping[MessageChannel, PaceRule], *,
-                 margin_ms: int = 100) -> None:
+                 margin_ms: int = 100, grace_ms: int = GRACE_MS) -> None:
         self.client = client
         self.namespace = namespace  # e.g. "atelier:<prefix>pace:"
         self.rules = dict(rules)
         self.margin_ms = margin_ms
+        self.grace_ms = grace_ms
         self._acquire = client.register_script(_ACQUIRE)
         self._hold = client.register_script(_HOLD)
         self._unpaced = _Unpaced()
 
-    def _keys(self, channel: MessageChannel, recipient: str | None) -> list[str]:
+    def _base(self, channel: MessageChannel, recipient: str | None) -> str:
         base = f"{self.namespace}{channel.value}:{self.rules[channel].sender}:"
-        keys = [f"{base}log", f"{base}hold", f"{base}next"]
-        if recipient is not None:
-            keys += [f"{base}to:{recipient}:log", f"{base}to:{recipient}:hold", f"{base}to:{recipient}:next"]
-        return keys
+        return base if recipient is None else f"{base}to:{recipient}:"
 
-    def acquire(self, channel: MessageChannel, recipient: str) -> float:
+    def acquire(self, channel: MessageChannel, recipient: str, token: str) -> float:
         rule = self.rules.get(channel)
         if rule is None:
             return 0.0
+        keys = [f"{base}{name}" for base in (self._base(channel, None), self._base(channel, recipient))
+                for name in ("log", "hold", "next", "promised")]
         try:
-            wait_ms = self._acquire(keys=self._keys(channel, recipient),
-                                    args=[*_windows(rule, self.margin_ms), uuid.uuid4().hex])
+            wait_ms = self._acquire(keys=keys, args=[*_windows(rule, self.margin_ms), token, uuid.uuid4().hex,
+                                                     self.grace_ms])
         except Exception as exc:  # redis errors, connection refused, timeouts
             return self._unpaced(exc)
         return max(0, int(wait_ms)) / 1000
@@ -159,56 +165,57 @@ class RedisPacer:
     def hold(self, channel: MessageChannel, recipient: str | None, seconds: float) -> None:
         if channel not in self.rules or not seconds or seconds <= 0:
             return
-        keys = self._keys(channel, recipient)
         try:
-            self._hold(keys=[keys[4] if recipient is not None else keys[1]], args=[max(1, int(seconds * 1000))])
+            self._hold(keys=[f"{self._base(channel, recipient)}hold"], args=[max(1, int(seconds * 1000))])
         except Exception as exc:
             self._unpaced(exc)
 
 
+@dataclass
 class _Rate:
-    def __init__(self) -> None:
-        self.log: list[float] = []
-        self.hold = 0.0
-        self.next = 0.0
+    log: list[float] = field(default_factory=list)
+    hold: float = 0.0
+    next: float = 0.0
+    promised: dict[str, float] = field(default_factory=dict)
 
 
 class InMemoryPacer:
     """The same rules within one process (the embedded and stub setups, unit tests): the Lua
     script's steps over a dict, under a lock. ``clock`` returns milliseconds."""
 
-    def __init__(self, rules: Mapping[MessageChannel, PaceRule], *, margin_ms: int = 100,
+    def __init__(self, rules: Mapping[MessageChannel, PaceRule], *, margin_ms: int = 100, grace_ms: int = GRACE_MS,
                  clock: Callable[[], float] | None = None) -> None:
         self.rules = dict(rules)
         self.margin_ms = margin_ms
+        self.grace_ms = grace_ms
         self._clock = clock or (lambda: time.time() * 1000)
         self._lock = threading.Lock()
         self._rates: dict[tuple[str, ...], _Rate] = {}
 
     def _rate(self, key: tuple[str, ...], now: float) -> _Rate:
         if len(self._rates) > 10_000:  # one per recipient: forget those with nothing left to say
-            self._rates = {k: r for k, r in self._rates.items() if r.hold > now or r.next > now
+            self._rates = {k: r for k, r in self._rates.items() if r.hold > now or r.promised
                            or (r.log and r.log[-1] > now - 3_600_000)}
         return self._rates.setdefault(key, _Rate())
 
-    @staticmethod
-    def _free_at(rate: _Rate, limit: int, window: int, now: float) -> float:
+    def _decide(self, rate: _Rate, limit: int, window: int, token: str, now: float) -> float:
         at = rate.hold
-        if limit > 0:
-            rate.log = [t for t in rate.log if t > now - window]
-            if len(rate.log) >= limit:
-                at = max(at, rate.log[len(rate.log) - limit] + window)
-        return at
-
-    @staticmethod
-    def _promise(rate: _Rate, at: float, limit: int, window: int, now: float) -> float:
         if limit <= 0:
-            return at - now
-        p = max(rate.next, at)
+            return at
+        rate.log = [t for t in rate.log if t > now - window]
+        if len(rate.log) >= limit:
+            at = max(at, rate.log[len(rate.log) - limit] + window)
+        rate.promised = {k: p for k, p in rate.promised.items() if p >= now - self.grace_ms}
+        if token in rate.promised:
+            return max(at, rate.promised[token])
+        if at <= now and not rate.promised:
+            return at
+        p = max(at, rate.next, now)
+        rate.promised[token] = p
         rate.next = p + window / limit
-        return p - now
+        return max(p, now + 1)
 
-    def acquire(self, channel: MessageChannel, recipient: str) -> float:
+    def acquire(self, channel: MessageChannel, recipient: str, token: str) -> float:
         rule = self.rules.get(channel)
         if rule is None:
             return 0.0
@@ -217,16 +224,16 @@ class InMemoryPacer:
             now = self._clock()
             number = self._rate((channel.value, rule.sender), now)
             pair = self._rate((channel.value, rule.sender, recipient), now)
-            pair_at = self._free_at(pair, plimit, pwindow, now)
+            pair_at = self._decide(pair, plimit, pwindow, token, now)
             if pair_at > now:
-                return self._promise(pair, pair_at, plimit, pwindow, now) / 1000
-            at = self._free_at(number, limit, window, now)
+                return (pair_at - now) / 1000
+            at = self._decide(number, limit, window, token, now)
             if at > now:
-                return self._promise(number, at, limit, window, now) / 1000
-            if limit > 0:
-                number.log.append(now)
-            if plimit > 0:
-                pair.log.append(now)
+                return (at - now) / 1000
+            for rate, lim in ((number, limit), (pair, plimit)):
+                if lim > 0:
+                    rate.log.append(now)
+                    rate.promised.pop(token, None)
             return 0.0
 
     def hold(self, channel: MessageChannel, recipient: str | None, seconds: float) -> None:

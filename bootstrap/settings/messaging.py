@@ -44,6 +44,9 @@ class MessagingSettings(Group):
     pacing_margin_ms: int = Field(
         100, ge=0, le=10_000, description="Pacing counts each rate's window this much longer, so that sends "
         "decided a window apart never reach the channel closer (a commit, a thread switch in between).")
+    pacing_max_sleep_ms: int = Field(
+        500, ge=0, le=10_000, description="A paced delivery waits for its slot in the worker thread up to this "
+        "long; a longer wait parks it on the broker (delayed re-enqueue, back up to the worker timeout late).")
     channel_webhook_verify_token: str | None = Field(
         None, description="Meta's webhook verification token (`atelier messages webhooks`).")
     channel_webhook_secret: str | None = Field(

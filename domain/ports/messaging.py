@@ -66,9 +66,10 @@ class Pacer(Protocol):
     """Keeps the sends of every worker within a channel's rates: the business number's send rate
     and the pair rate (messages to one recipient), with state shared by all workers."""
 
-    def acquire(self, channel: MessageChannel, recipient: str) -> float:
+    def acquire(self, channel: MessageChannel, recipient: str, token: str) -> float:
         """Take a send slot now for ``recipient`` on ``channel``: 0.0 when taken (send now), else
-        the seconds to wait before asking again (nothing taken)."""
+        the seconds to wait before asking again (nothing taken). ``token`` names the delivery, the
+        same every time it asks: a delivery told to wait keeps its place in line."""
         ...
 
     def hold(self, channel: MessageChannel, recipient: str | None, seconds: float) -> None:

@@ -222,7 +222,8 @@ class MessagingService:
                 raise DeliveryInFlight(f"delivery {message_id}/{channel.value} is being sent by another run "
                                        f"until {delivery.sending_until.isoformat()}")
             # Last before the attempt, so the slot is used by a send that goes out now.
-            wait = self._pacer.acquire(channel, message.recipient) if self._pacer is not None else 0.0
+            wait = self._pacer.acquire(channel, message.recipient, idempotency_key(message_id, channel)) \
+                if self._pacer is not None else 0.0
             if wait > 0:
                 raise Paced(f"delivery {message_id}/{channel.value} waits {wait:.3f} s to stay within the "
                             f"channel's rates", wait_s=wait)

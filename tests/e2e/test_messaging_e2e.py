@@ -1,9 +1,13 @@
 """Messaging end to end on Redis and RabbitMQ: 1,000 messages from a producer process through the
 outbox relay (the scheduler process) and a real `dramatiq actors` worker to the real mock-channels
-server, which goes down part way through and comes back. The channel's circuit breaker opens, parks
-deliveries on its fallback queue, and drain_fallback sends them back once the channel recovers.
-Every message reaches its channel(s) exactly once, counted by id; producer duplicates (created
-again; route_message and deliver_message sent again) deliver nothing more."""
+server, which answers as Meta does and rate-limits part of the time: its WhatsApp number takes 50
+messages a second while the worker paces at 80 (so the mock answers 130429 whenever it gets more),
+and 3 % of sends hit the pair rate (131056). The channel also goes down part way through (131016,
+HTTP 503) and comes back. Rate limits are retried after their wait and never open the circuit; the
+outage does: its breaker parks deliveries on the fallback queue, and drain_fallback sends them back
+once the channel recovers. Every message reaches its channel(s) exactly once, counted by id;
+producer duplicates (created again; route_message and deliver_message sent again) deliver nothing
+more."""
 
 from __future__ import annotations
 
@@ -58,10 +62,11 @@ class Process:
 
 
 class MockChannelsProcess(Process):
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, extra: list[str] | None = None) -> None:
         self.port = services.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        super().__init__(["mock-channels", "--host", "127.0.0.1", "--port", str(self.port)], env, log_path)
+        super().__init__(["mock-channels", "--host", "127.0.0.1", "--port", str(self.port), *(extra or [])], env,
+                         log_path)
 
     def __enter__(self) -> MockChannelsProcess:
         super().__enter__()
@@ -85,6 +90,9 @@ class MockChannelsProcess(Process):
     def deliveries(self, channel: str) -> dict[str, dict]:
         return httpx.get(f"{self.url}/_mock/deliveries", params={"channel": channel}, timeout=30).json()
 
+    def timeline(self, channel: str) -> list[dict]:
+        return httpx.get(f"{self.url}/_mock/timeline", params={"channel": channel}, timeout=30).json()
+
 
 def _producer(command: str, path: Path, env: dict[str, str]) -> dict:
     done = subprocess.run([sys.executable, "-m", "tests.e2e.messaging_producer", command, str(path)], env=env,
@@ -104,8 +112,8 @@ def env(broker_env):
     services.purge_queues(env["BROKER_URL"], env["QUEUE_PREFIX"], ("messages", "outbox"))
 
 
-def test_thousand_messages_through_an_outage_arrive_exactly_once(env, tmp_path):
-    mock = MockChannelsProcess(env, tmp_path / "mock.log")
+def test_thousand_messages_through_rate_limits_and_an_outage_arrive_exactly_once(env, tmp_path):
+    mock = MockChannelsProcess(env, tmp_path / "mock.log", ["--whatsapp-throughput", "50"])
     env.update({
         "WHATSAPP_BASE_URL": f"{mock.url}/whatsapp", "WHATSAPP_TOKEN": "e2e-token",
         "WHATSAPP_PHONE_NUMBER_ID": "100200300", "INSTAGRAM_BASE_URL": f"{mock.url}/instagram",
@@ -146,11 +154,16 @@ def test_thousand_messages_through_an_outage_arrive_exactly_once(env, tmp_path):
         assert again.returncode == 0 and "already recorded" in again.stdout, again.stderr
         expected["whatsapp"].add(cli_id)
 
+        pair_rate_limits = {"channel": "whatsapp", "mode": "ratelimit", "code": 131056, "probability": 0.03}
+        mock.control(**pair_rate_limits)
         assert _producer("create", batch, env) == {"created": TOTAL}
 
         # The channel goes down part way through ...
         services.wait_for(lambda: mock.stats()["whatsapp"]["accepted"] >= 200, timeout=180,
                           message="first deliveries")
+        # Rate-limit answers so far, and the circuit still closed: they are not failures.
+        limited_before_outage = mock.stats()["whatsapp"]["rate_limited"]
+        assert breakers.states().get("channel:whatsapp", CircuitState.CLOSED) is CircuitState.CLOSED
         mock.control(channel="all", mode="fail", status=503)
         services.wait_for(lambda: breakers.states().get("channel:whatsapp") is CircuitState.OPEN, timeout=120,
                           message="the whatsapp circuit open")
@@ -158,8 +171,9 @@ def test_thousand_messages_through_an_outage_arrive_exactly_once(env, tmp_path):
                           message="deliveries parked on the whatsapp fallback queue")
         during_outage = mock.stats()
         parked_during_outage = fallback.lengths()["channel:whatsapp"]
-        # ... and comes back.
+        # ... and comes back, rate limits included.
         mock.control(channel="all", mode="ok")
+        mock.control(**pair_rate_limits)
 
         # The producer creates the same messages again: nothing new is recorded.
         assert _producer("create", batch, env) == {"created": 0}
@@ -210,6 +224,12 @@ def test_thousand_messages_through_an_outage_arrive_exactly_once(env, tmp_path):
         worker_output = worker.output()
     engine.dispose()
 
+    # The mock rate-limited part of the time: throughput answers (it takes 50/s, the worker paces
+    # at 80/s) and pair-rate ones (injected), before the outage too, when the circuit stayed closed.
+    print(f"\nmock whatsapp: {stats['whatsapp']['rate_limited']} rate limited "
+          f"({stats['whatsapp']['throughput_limited']} over its throughput, {limited_before_outage} before the "
+          f"outage), {stats['whatsapp']['accepted']} accepted")
+    assert limited_before_outage > 0
     # Every message reached its channel(s), each exactly once, and nothing else arrived.
     for channel, ids in expected.items():
         assert set(arrived[channel]) == ids, channel

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
+from itertools import pairwise
 
 import pytest
 import redis
@@ -15,6 +16,11 @@ from domain.models import MessageChannel
 from tests import services
 
 WA, IG = MessageChannel.WHATSAPP, MessageChannel.INSTAGRAM
+
+
+def gaps(by_key: dict[str, list[float]]) -> list[float]:
+    """The time between consecutive events of each key."""
+    return [b - a for times in by_key.values() for a, b in pairwise(sorted(times))]
 
 
 def max_in_window(times: list[float], window: float) -> int:
@@ -28,19 +34,24 @@ def max_in_window(times: list[float], window: float) -> int:
     return best
 
 
-def test_rates_holds_and_the_promise_chain(redis_ns):
+def test_rates_promises_and_holds_on_redis(redis_ns):
     client, ns = redis_ns
     pacer = RedisPacer(client, ns, {WA: PaceRule("n1", 2, 30.0)}, margin_ms=100)
-    assert pacer.acquire(WA, "a") == 0.0 and pacer.acquire(WA, "b") == 0.0
-    waits = [pacer.acquire(WA, "c"), pacer.acquire(WA, "d")]
+    assert pacer.acquire(WA, "a", "m1") == 0.0 and pacer.acquire(WA, "b", "m2") == 0.0
+    waits = [pacer.acquire(WA, "c", "m3"), pacer.acquire(WA, "d", "m4")]
     assert 1.0 < waits[0] <= 1.1 and waits[1] == pytest.approx(waits[0] + 0.55, abs=0.01)
-    assert pacer.acquire(WA, "a") == pytest.approx(30.1, abs=0.05)  # the pair: nothing of the rate taken
+    assert pacer.acquire(WA, "c", "m3") <= waits[0]  # asking again keeps its place
+    assert pacer.acquire(WA, "a", "m5") == pytest.approx(30.1, abs=0.05)  # the pair: nothing of the rate taken
+    time.sleep(waits[0])
+    assert pacer.acquire(WA, "e", "newcomer") > 0.4  # behind m4, though the window has room
+    assert pacer.acquire(WA, "c", "m3") == 0.0
     pacer.hold(WA, "z", 5)
-    assert pacer.acquire(WA, "z") == pytest.approx(5, abs=0.05)
-    assert pacer.acquire(IG, "x") == 0.0  # no rule for instagram
+    assert pacer.acquire(WA, "z", "m6") == pytest.approx(5, abs=0.05)
+    assert pacer.acquire(IG, "x", "m7") == 0.0  # no rule for instagram
     assert {k.decode().removeprefix(ns) for k in client.scan_iter(f"{ns}*")} >= {
-        "whatsapp:n1:log", "whatsapp:n1:next", "whatsapp:n1:to:a:log", "whatsapp:n1:to:z:hold"}
-    assert all(0 < client.pttl(k) <= 91_000 for k in client.scan_iter(f"{ns}*"))  # every key expires
+        "whatsapp:n1:log", "whatsapp:n1:next", "whatsapp:n1:promised", "whatsapp:n1:to:a:log",
+        "whatsapp:n1:to:a:promised", "whatsapp:n1:to:z:hold"}
+    assert all(0 < client.pttl(k) <= 71_000 for k in client.scan_iter(f"{ns}*"))  # every key expires
 
 
 def test_concurrent_callers_never_go_over_the_rates(redis_ns):
@@ -54,16 +65,19 @@ def test_concurrent_callers_never_go_over_the_rates(redis_ns):
     deadline = time.monotonic() + 2.5
 
     def worker(n: int) -> None:
+        """A worker thread's deliveries: each asks until it is let through, sleeping its wait."""
         pacer = pacers[n % 2]
         i = 0
         while time.monotonic() < deadline:
-            recipient = f"r{(n * 7 + i) % 12}"
+            recipient, token = f"r{(n * 7 + i) % 12}", f"{n}-{i}"
             i += 1
-            if pacer.acquire(WA, recipient) == 0.0:
-                with lock:
-                    granted.append((time.time(), recipient))
-            else:
-                time.sleep(0.005)
+            while time.monotonic() < deadline:
+                wait = pacer.acquire(WA, recipient, token)
+                if wait == 0.0:
+                    with lock:
+                        granted.append((time.time(), recipient))
+                    break
+                time.sleep(min(wait, 0.2))
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
     for t in threads:
@@ -77,12 +91,12 @@ def test_concurrent_callers_never_go_over_the_rates(redis_ns):
     by_recipient = defaultdict(list)
     for t, r in granted:
         by_recipient[r].append(t)
-    gaps = [b - a for times in by_recipient.values() for a, b in zip(sorted(times), sorted(times)[1:])]
-    assert gaps and min(gaps) >= 0.5
+    between = gaps(by_recipient)
+    assert between and min(between) >= 0.5
 
 
 def test_without_redis_sends_go_unpaced():
     dead = redis.Redis(port=services.free_port(), socket_connect_timeout=0.5, socket_timeout=0.5)
     pacer = RedisPacer(dead, "atelier:x:", {WA: PaceRule("n1", 1, 6.0)})
-    assert [pacer.acquire(WA, "a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert [pacer.acquire(WA, "a", f"m{i}") for i in range(3)] == [0.0, 0.0, 0.0]
     pacer.hold(WA, "a", 5)  # logged, not raised

@@ -180,3 +180,37 @@ def test_a_carried_receipt_keeps_its_message_retrying_through_a_long_outage():
     assert actors.messaging.carried_receipt(options, "m-1", "whatsapp") == SendReceipt("wamid.1")
     assert actors.messaging.carried_receipt(options, "m-1", "instagram") is None  # another delivery's
     assert actors.messaging.carried_receipt({"delivery_receipt": "junk"}, "m-1", "whatsapp") is None
+
+
+class WaitingPacer:
+    """Answers the given waits in turn, then lets everything through."""
+
+    def __init__(self, waits):
+        self.waits, self.asked = list(waits), 0
+
+    def acquire(self, channel, recipient, token):
+        self.asked += 1
+        return self.waits.pop(0) if self.waits else 0.0
+
+    def hold(self, channel, recipient, seconds):
+        pass
+
+
+def test_a_short_pacing_wait_is_slept_in_place_a_long_one_parks(world, monkeypatch):
+    actors, service, rows, gateways = world
+    slept, parked = [], []
+    monkeypatch.setattr(actors.messaging, "sleep", slept.append)
+    import middleware.retries
+
+    real_park = middleware.retries.park
+    monkeypatch.setattr(middleware.retries, "park", lambda broker, message, delay: (parked.append(delay),
+                                                                                   real_park(broker, message, 1)))
+    pacer = WaitingPacer([0.05, 0.2, 30.0])  # 0.25 s in place (PACING_MAX_SLEEP_MS 500), then a park
+    service._pacer = pacer
+    message, _ = service.create(channel="whatsapp", recipient="ann", text="hi")
+    service.route(message.id)
+    actors.messaging.deliver_message.send(message.id, "whatsapp")
+    actors.broker.join(actors.messaging.deliver_message.queue_name, fail_fast=True)
+    assert slept == [0.05, 0.2] and parked == [30_000]
+    assert pacer.asked == 4 and rows[message.id].status is MessageStatus.SENT
+    assert rows[message.id].deliveries[0].attempts == 1

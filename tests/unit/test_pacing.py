@@ -31,56 +31,78 @@ def _pacer(rate=3, pair=2.0, margin=100):
     return InMemoryPacer({WA: PaceRule("n1", rate, pair)}, margin_ms=margin, clock=clock), clock
 
 
-def test_the_send_rate_allows_its_limit_per_window_plus_margin():
+def test_the_send_rate_allows_its_limit_per_window_plus_margin_then_queues():
     pacer, clock = _pacer(rate=3, pair=0)
-    assert [pacer.acquire(WA, f"r{i}") for i in range(3)] == [0.0, 0.0, 0.0]
+    assert [pacer.acquire(WA, f"r{i}", f"m{i}") for i in range(3)] == [0.0, 0.0, 0.0]
     # The 4th waits until the first slot leaves the 1.1 s window; the next waiters one spacing
-    # (1.1 s / 3) after each other, so that they do not all come back at once.
-    waits = [pacer.acquire(WA, f"r{i}") for i in range(3, 6)]
+    # (1.1 s / 3) after each other, each keeping its place in line.
+    waits = [pacer.acquire(WA, f"r{i}", f"m{i}") for i in range(3, 6)]
     assert waits == pytest.approx([1.1, 1.1 + 1.1 / 3, 1.1 + 2.2 / 3])
-    clock.ms += 1099
-    assert pacer.acquire(WA, "late") > 0  # still inside the window
-    clock.ms += 1
-    assert pacer.acquire(WA, "r3") == 0.0
+    assert pacer.acquire(WA, "r3", "m3") == pytest.approx(1.1)  # asking again: the same place
+    clock.ms += 1100
+    assert pacer.acquire(WA, "r3", "m3") == 0.0  # its time came
+    assert pacer.acquire(WA, "r4", "m4") == pytest.approx(1.1 / 3)
+
+
+def test_a_newcomer_queues_behind_the_waiters_instead_of_taking_their_slot():
+    pacer, clock = _pacer(rate=2, pair=0)
+    pacer.acquire(WA, "a", "m1"), pacer.acquire(WA, "b", "m2")
+    first = pacer.acquire(WA, "c", "waiter")  # promised 1.1 s from now
+    clock.ms += 1100 + 300  # the slot is free, but the waiter (parked) is late
+    assert pacer.acquire(WA, "d", "newcomer") == pytest.approx(0.25, abs=0.01)  # behind it, one spacing later
+    assert pacer.acquire(WA, "c", "waiter") == 0.0  # late, still first
+    assert first == pytest.approx(1.1)
+    clock.ms += 250
+    assert pacer.acquire(WA, "d", "newcomer") == 0.0
+
+
+def test_a_promise_nobody_claims_is_forgotten_after_the_grace():
+    pacer, clock = _pacer(rate=1, pair=0)
+    pacer.acquire(WA, "a", "m1")
+    assert pacer.acquire(WA, "b", "vanished") > 0  # promised, then done elsewhere: never comes back
+    clock.ms += 1100 + 10_001
+    assert pacer.acquire(WA, "c", "m3") == 0.0  # not queued behind a promise no one will claim
 
 
 def test_a_refusal_takes_nothing():
     pacer, clock = _pacer(rate=1, pair=10)
-    assert pacer.acquire(WA, "a") == 0.0
-    assert pacer.acquire(WA, "a") > 0  # the pair: nothing of the number's rate taken
+    assert pacer.acquire(WA, "a", "m1") == 0.0
+    assert pacer.acquire(WA, "a", "m2") > 0  # the pair: nothing of the number's rate taken
     clock.ms += 1100
-    assert pacer.acquire(WA, "b") == 0.0  # the number's one slot is free again
+    assert pacer.acquire(WA, "b", "m3") == 0.0  # the number's one slot is free again
 
 
 def test_the_pair_rate_is_per_recipient_and_waits_the_interval():
     pacer, clock = _pacer(rate=100, pair=6.0)
-    assert pacer.acquire(WA, "ann") == 0.0
-    assert pacer.acquire(WA, "bob") == 0.0
-    assert pacer.acquire(WA, "ann") == pytest.approx(6.1)
-    assert pacer.acquire(WA, "ann") == pytest.approx(12.2)  # the next one in line after it
+    assert pacer.acquire(WA, "ann", "m1") == 0.0
+    assert pacer.acquire(WA, "bob", "m2") == 0.0
+    assert pacer.acquire(WA, "ann", "m3") == pytest.approx(6.1)
+    assert pacer.acquire(WA, "ann", "m4") == pytest.approx(12.2)  # the next one in line after it
     clock.ms += 6100
-    assert pacer.acquire(WA, "ann") == 0.0
+    assert pacer.acquire(WA, "ann", "m4") == pytest.approx(6.1)  # m3 is first
+    assert pacer.acquire(WA, "ann", "m3") == 0.0
 
 
 def test_hold_stops_a_number_or_one_recipient_for_a_while():
     pacer, clock = _pacer(rate=100, pair=0)
     pacer.hold(WA, "ann", 5)
-    assert pacer.acquire(WA, "ann") == pytest.approx(5.0)
-    assert pacer.acquire(WA, "bob") == 0.0
+    assert pacer.acquire(WA, "ann", "m1") == pytest.approx(5.0)
+    assert pacer.acquire(WA, "bob", "m2") == 0.0
     pacer.hold(WA, None, 2)
-    assert pacer.acquire(WA, "carl") == pytest.approx(2.0)
+    assert pacer.acquire(WA, "carl", "m3") == pytest.approx(2.0)
     pacer.hold(WA, None, 0.5)  # a shorter hold never shortens a longer one
-    assert pacer.acquire(WA, "carl") == pytest.approx(2.0 + 1.1 / 100)  # one spacing after the first waiter
+    assert pacer.acquire(WA, "carl", "m3") == pytest.approx(2.0)
     clock.ms += 5000
-    assert pacer.acquire(WA, "ann") == 0.0
+    assert pacer.acquire(WA, "carl", "m3") == 0.0  # the waiter first
+    assert pacer.acquire(WA, "ann", "m1") == 0.0
 
 
 def test_unpaced_channels_and_rates_of_zero_always_go():
     pacer, _ = _pacer(rate=0, pair=0)
-    assert all(pacer.acquire(WA, "same") == 0.0 for _ in range(100))
-    assert pacer.acquire(IG, "no rule") == 0.0
+    assert all(pacer.acquire(WA, "same", f"m{i}") == 0.0 for i in range(100))
+    assert pacer.acquire(IG, "no rule", "m") == 0.0
     pacer.hold(IG, None, 10)  # no rule: nothing to hold
-    assert pacer.acquire(IG, "x") == 0.0
+    assert pacer.acquire(IG, "x", "m") == 0.0
 
 
 # --- the middleware ---
@@ -142,8 +164,8 @@ class RecordingPacer:
         self.waits = list(waits)
         self.asked, self.held = [], []
 
-    def acquire(self, channel, recipient):
-        self.asked.append((channel, recipient))
+    def acquire(self, channel, recipient, token):
+        self.asked.append((channel, recipient, token))
         return self.waits.pop(0) if self.waits else 0.0
 
     def hold(self, channel, recipient, seconds):
@@ -174,7 +196,7 @@ def test_the_service_asks_the_pacer_before_each_attempt_and_a_wait_changes_nothi
     assert gateways[WA].sent == []
     delivery = service.deliver(message.id, WA)
     assert (delivery.status, delivery.attempts) == (MessageStatus.SENT, 1)
-    assert pacer.asked == [(WA, "+1555"), (WA, "+1555")]
+    assert pacer.asked == [(WA, "+1555", f"{message.id}:whatsapp")] * 2
     service.deliver(message.id, WA)  # already sent: the pacer is not asked for a slot it would waste
     assert len(pacer.asked) == 2
 
