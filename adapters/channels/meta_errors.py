@@ -252,3 +252,20 @@ def classify(channel: str, status: int, body: Any, *, retry_after: float | None 
     scope = row.scope if row and row.scope else "sender"
     least = pair_interval_s if scope == "recipient" else (row.wait_s if row and row.wait_s else 1.0)
     return RateLimited(message, scope=scope, retry_after=max(retry_after or 0.0, least or 1.0))
+
+
+def markdown_table() -> str:
+    """The reference as the table in docs/messaging.md (tests/unit/test_meta_table_doc.py keeps
+    them equal: ``python -c 'from adapters.channels.meta_errors import markdown_table as t; print(t())'``)."""
+    outcome = {Outcome.PERMANENT: "permanent", Outcome.TRANSIENT: "transient", Outcome.RATE_LIMITED: "rate limited"}
+    lines = ["| code | channels | title | outcome | wait | source |", "|---|---|---|---|---|---|"]
+    for row in REFERENCE:
+        code = f"{row.code}-{row.last}" if row.last else f"{row.code}" + (f"/{row.subcode}" if row.subcode else "")
+        channels = "both" if row.channels == BOTH else next(iter(row.channels))
+        kind = outcome[row.outcome] + (f" ({row.scope})" if row.scope else "")
+        wait = ("pair interval" if row.scope == "recipient" else f"{row.wait_s:g} s" if row.wait_s
+                else "backoff" if row.outcome is Outcome.TRANSIENT else "")
+        lines.append(f"| {code} | {channels} | {row.title} | {kind} | {wait} | [{row.source}] |")
+    lines.append("")
+    lines.extend(f"[{key}]: {url}" for key, url in SOURCES.items())
+    return "\n".join(lines)
