@@ -213,3 +213,29 @@ def test_a_rate_limit_answer_holds_its_scope_for_every_worker(paced_world, scope
     d = rows[message.id].deliveries[0]
     assert (d.status, d.attempts, d.sending_until) == (MessageStatus.PENDING, 1, None)
     assert d.last_error.startswith("RateLimited: whatsapp: 131056")
+
+
+def test_a_paced_message_is_recorded_delayed_then_done_never_failed():
+    """The job record (middleware/jobs.py) of a paced message: delayed until its wait is over, not
+    failed nor retrying, then done, with one attempt: a paced wait spends none."""
+    from tests.unit.test_jobs_middleware import Env, wait_for
+
+    env = Env()
+    try:
+        waits = [1.0]
+
+        @dramatiq.actor(broker=env.broker, queue_name="q", throws=(Paced,), max_retries=0)
+        def send() -> None:
+            if waits:
+                raise Paced("over the rate", wait_s=waits.pop())
+
+        env.start()
+        message = send.send()
+        view = wait_for(lambda: (v := env.show(message.message_id))["status"] == "delayed" and v)
+        assert view["next_attempt_at"] and view["reason"] is None
+        view = wait_for(lambda: (v := env.show(message.message_id))["status"] == "done" and v)
+        assert view["attempts"] == 1 and env.letters.letters == {}
+    finally:
+        if env.worker is not None:
+            env.worker.stop()
+        env.broker.close()
