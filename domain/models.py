@@ -305,7 +305,7 @@ class MessageTemplate:
                 raise InvalidPayload(f"template component {i}: parameters must be a list of objects with a type")
         try:
             size = len(json.dumps(components, allow_nan=False))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             raise InvalidPayload("template components must be plain JSON") from None
         if size > MAX_TEMPLATE_JSON:
             raise InvalidPayload(f"template components are longer than {MAX_TEMPLATE_JSON} characters of JSON")

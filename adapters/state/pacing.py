@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 #: How long after its time a promise waits to be claimed: a parked message comes back up to the
 #: worker timeout late, and may queue behind others in its worker.
 GRACE_MS = 10_000
+#: The longest hold a rate-limit answer sets: Meta's app and account limits count over an hour,
+#: and a Retry-After of a day (from a proxy, say) must not stop a number for a day.
+MAX_HOLD_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -166,7 +169,8 @@ class RedisPacer:
         if channel not in self.rules or not seconds or seconds <= 0:
             return
         try:
-            self._hold(keys=[f"{self._base(channel, recipient)}hold"], args=[max(1, int(seconds * 1000))])
+            self._hold(keys=[f"{self._base(channel, recipient)}hold"],
+                       args=[max(1, int(min(seconds, MAX_HOLD_S) * 1000))])
         except Exception as exc:
             self._unpaced(exc)
 
@@ -244,4 +248,4 @@ class InMemoryPacer:
         with self._lock:
             now = self._clock()
             rate = self._rate(key, now)
-            rate.hold = max(rate.hold, now + seconds * 1000)
+            rate.hold = max(rate.hold, now + min(seconds, MAX_HOLD_S) * 1000)

@@ -397,7 +397,10 @@ class MockChannels:
             if not isinstance(component, dict):
                 raise refuse(132000, "each component must be an object")
             kind = component.get("type")
-            for parameter in component.get("parameters") or []:
+            parameters = component.get("parameters") or []
+            if not isinstance(parameters, list):
+                raise refuse(132012, f"{kind} parameters must be a list")
+            for parameter in parameters:
                 given[kind] += 1
                 if not isinstance(parameter, dict) or parameter.get("type") not in (
                         "text", "currency", "date_time", "image", "document", "video", "payload"):

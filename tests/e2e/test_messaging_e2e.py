@@ -2,7 +2,7 @@
 outbox relay (the scheduler process) and a real `dramatiq actors` worker to the real mock-channels
 server, which answers as Meta does and rate-limits part of the time: its WhatsApp number takes 50
 messages a second while the worker paces at 80 (so the mock answers 130429 whenever it gets more),
-and 3 % of sends hit the pair rate (131056). The channel also goes down part way through (131016,
+and 5 % of sends hit the pair rate (131056). The channel also goes down part way through (131016,
 HTTP 503) and comes back. Rate limits are retried after their wait and never open the circuit; the
 outage does: its breaker parks deliveries on the fallback queue, and drain_fallback sends them back
 once the channel recovers. Every message reaches its channel(s) exactly once, counted by id;
@@ -154,7 +154,7 @@ def test_thousand_messages_through_rate_limits_and_an_outage_arrive_exactly_once
         assert again.returncode == 0 and "already recorded" in again.stdout, again.stderr
         expected["whatsapp"].add(cli_id)
 
-        pair_rate_limits = {"channel": "whatsapp", "mode": "ratelimit", "code": 131056, "probability": 0.03}
+        pair_rate_limits = {"channel": "whatsapp", "mode": "ratelimit", "code": 131056, "probability": 0.05}
         mock.control(**pair_rate_limits)
         assert _producer("create", batch, env) == {"created": TOTAL}
 

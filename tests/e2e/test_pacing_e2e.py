@@ -79,7 +79,7 @@ def test_two_workers_keep_the_send_rate_and_the_pair_rate(env, tmp_path):
     print(sorted(hist.items()))
     assert busiest <= RATE
     assert min(between) >= PAIR
-    assert busiest >= RATE * 0.6  # it paced, it did not crawl
+    assert busiest >= RATE / 2  # it paced, it did not crawl
     # The mock enforced the same limits: it never had to refuse a send.
     assert (stats["throughput_limited"], stats["pair_limited"], stats["rate_limited"]) == (0, 0, 0)
     # Both workers sent, and were paced on the way (shared state, not one process each).

@@ -192,6 +192,8 @@ def test_outside_the_24_hour_window_only_a_template_goes(mock):
         {"type": "text", "text": "x"}, {"type": "text"}]}]), "132012 Template Parameter Format Mismatch"),
     (MessageTemplate("seasonal_promo", "en_US", [{"type": "body", "parameters": [{"type": "text", "text": "x"}]}]),
      "132015 Template is Paused"),
+    (MessageTemplate("order_update", "en_US", [{"type": "body", "parameters": 5}]),
+     "132012 Template Parameter Format Mismatch"),
     (MessageTemplate("order_update", "en_US", [{"type": "body", "parameters": [
         {"type": "text", "text": "x" * 1000}, {"type": "text", "text": "y" * 100}]}]),
      "132005 Template Hydrated Text Too Long"),

@@ -416,3 +416,14 @@ def test_reports_never_move_a_delivery_backwards(world):
                         (ids["late_failure"][0], "DELIVERED", False)]
     with pytest.raises(NotFound):
         service.record_report(WA, "wamid.unknown", ReportedStatus.READ)
+
+
+def test_a_template_nested_beyond_reason_is_refused_not_a_crash(world):
+    service, rows, _, _, _ = world
+    deep: dict = {"type": "text", "text": "x"}
+    for _ in range(100_000):
+        deep = {"type": "text", "nested": deep}
+    with pytest.raises(InvalidPayload, match="plain JSON"):
+        service.create(channel="whatsapp", recipient="a", template={"name": "x", "components": [
+            {"type": "body", "parameters": [deep]}]})
+    assert rows == {}

@@ -95,6 +95,8 @@ def test_hold_stops_a_number_or_one_recipient_for_a_while():
     clock.ms += 5000
     assert pacer.acquire(WA, "carl", "m3") == 0.0  # the waiter first
     assert pacer.acquire(WA, "ann", "m1") == 0.0
+    pacer.hold(WA, None, 86_400)  # a Retry-After of a day holds the number an hour at most
+    assert pacer.acquire(WA, "dan", "m4") == pytest.approx(3600)
 
 
 def test_unpaced_channels_and_rates_of_zero_always_go():
