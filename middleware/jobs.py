@@ -23,6 +23,10 @@ from runtime.jobs import CURRENT_JOB
 #: Updates kept in memory while the store is unreachable; past it the oldest pending are dropped
 #: (a job record is worth less than the worker's memory; the messages themselves are untouched).
 MAX_PENDING = 100_000
+#: How long a booting worker's messages wait for its first read of the cancellations (done by the
+#: background thread): a message cancelled before the worker started is not run, and a job store
+#: that does not answer holds the worker threads this long at most, once.
+FIRST_POLL_WAIT_S = 1.0
 
 
 def _ms() -> int:
@@ -86,6 +90,8 @@ class Jobs(Middleware):
         self._last_heartbeat = 0.0
         self._flusher: threading.Thread | None = None
         self._wake = threading.Event()
+        self._first_poll = threading.Event()  # set once the first read of the cancellations ended
+        self._first_poll_deadline = 0.0
         self._last_warning = 0.0
 
     @property
@@ -118,9 +124,15 @@ class Jobs(Middleware):
             self._wake.wait(self.flush_interval)
             self._wake.clear()
             try:
+                if self._worker is not None:
+                    try:
+                        self._poll_cancellations()
+                    except Exception:
+                        self._warn("Could not read cancellations.")
+                    finally:
+                        self._first_poll.set()
                 self.flush()
                 if self._worker is not None:
-                    self._poll_cancellations()
                     self._beat()
             except Exception:  # the writer must outlive any store failure
                 self._warn("Job records: background write failed.")
@@ -180,6 +192,7 @@ class Jobs(Middleware):
         host, pid = socket.gethostname(), os.getpid()
         self._worker = {"id": f"{host}:{pid}:{id(worker):x}", "host": host, "pid": pid, "queues": queues,
                         "threads": worker.worker_threads, "started_at": _ms()}
+        self._first_poll_deadline = time.monotonic() + FIRST_POLL_WAIT_S
         with self._lock:
             if self._flusher is None:
                 self._start_flusher()
@@ -221,11 +234,10 @@ class Jobs(Middleware):
         if "dead_letter" in options:
             return
         mid = message.message_id
-        if self._cancel_cursor is None and self._worker is not None:
-            try:  # the first message of this worker: learn the cancellations asked so far
-                self._poll_cancellations()
-            except Exception:
-                self._warn("Could not read cancellations.")
+        if not self._first_poll.is_set() and self._worker is not None:
+            # The worker is booting: learn the cancellations asked so far, read by the background
+            # thread (never here: a store that does not answer would hold every message).
+            self._first_poll.wait(max(0.0, self._first_poll_deadline - time.monotonic()))
         if mid in self._cancelled:
             self._cancel_skips.add(mid)
             raise SkipMessage("cancelled")

@@ -251,3 +251,45 @@ def test_workers_heartbeat_while_they_run_and_leave_when_they_stop(env: Env) -> 
 
 def test_report_progress_outside_a_job_does_nothing() -> None:
     report_progress(0.3, "not in a job")
+
+
+class _UnansweringStore(InMemoryJobStore):
+    """A job store whose cancellation reads hang as a Redis that does not answer would (until its
+    socket timeout), then fail."""
+
+    def __init__(self, hang_s: float) -> None:
+        super().__init__()
+        self.hang_s = hang_s
+        self.release = threading.Event()
+
+    def cancelled_since(self, since_ms: int) -> tuple[list[str], int]:
+        self.release.wait(self.hang_s)
+        raise TimeoutError("Timeout reading from socket")
+
+
+def test_a_job_store_that_does_not_answer_does_not_hold_up_the_worker_threads() -> None:
+    # Review finding: before its first successful read of the cancellations, the worker read them
+    # on the worker thread for every message; a job store (Redis) that does not answer held every
+    # message for the store's socket timeout, and a store that kept failing made every message pay.
+    store = _UnansweringStore(hang_s=6.0)
+    broker = AtelierStubBroker(middleware=middleware.build_stack(
+        max_retries=0, job_store=lambda: store, jobs_flush_interval=0.02, jobs_heartbeat=0.05))
+    broker.emit_after("process_boot")
+    done: list[int] = []
+
+    @dramatiq.actor(broker=broker, queue_name="q")
+    def work(i: int) -> None:
+        done.append(i)
+
+    worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=20)
+    worker.start()
+    try:
+        started = time.monotonic()
+        for i in range(6):
+            work.send(i)
+        wait_for(lambda: len(done) == 6, timeout=8)
+        assert time.monotonic() - started < 3.0, "messages waited for the unanswering job store"
+    finally:
+        store.release.set()
+        worker.stop()
+        broker.close()
