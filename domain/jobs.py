@@ -6,6 +6,7 @@ JSON shape the ops server and the CLI both print.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,9 +37,10 @@ def _iso(millis: Any) -> str | None:
 
 def _float(value: Any) -> float | None:
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         return None
+    return number if math.isfinite(number) else None  # NaN and infinities are not JSON
 
 
 def job_view(message_id: str, record: dict[str, Any]) -> dict[str, Any]:

@@ -261,6 +261,8 @@ class Jobs(Middleware):
             fraction = min(max(float(fraction), 0.0), 1.0)
         except (TypeError, ValueError):
             fraction = 0.0
+        if fraction != fraction:  # NaN passes the clamp, and is not JSON
+            fraction = 0.0
         now = _ms()
         self._put(job.message_id, now * 8 + 2, {"progress": f"{fraction:.4f}", "note": str(note)[:200]})
 

@@ -293,3 +293,21 @@ def test_a_job_store_that_does_not_answer_does_not_hold_up_the_worker_threads() 
         store.release.set()
         worker.stop()
         broker.close()
+
+
+def test_a_progress_of_nan_keeps_the_jobs_json_valid(env: Env) -> None:
+    # Review finding: report_progress(nan) was stored as "nan" and shown as NaN, which is not JSON:
+    # the jobs page's JSON.parse failed on /jobs?status=running, hiding every running job.
+    import json
+
+    @dramatiq.actor(broker=env.broker, queue_name="q")
+    def work() -> None:
+        report_progress(float("nan"), "half way?")
+
+    env.start()
+    message = work.send()
+    env.join()
+    view = env.show(message.message_id)
+    json.dumps(view, allow_nan=False)
+    env.store.write([("forged", 1, {"status": "running", "progress": "nan"})])  # written by an older worker
+    json.dumps(env.service.list(), allow_nan=False)
