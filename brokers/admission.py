@@ -35,6 +35,7 @@ from typing import Any
 from dramatiq import Broker, Message, get_encoder
 from dramatiq.common import q_name
 
+from brokers.park import MAX_DELAY_MS
 from domain.resilience import TRANSIENT_OPTIONS, DeadLetter, bounded_letter
 
 #: The actor name of a carrier: never declared, so the worker rejects it before it runs.
@@ -243,8 +244,16 @@ def admit(broker: Broker, queue_name: str, proxy: Any) -> Any:
         return proxy
     if message.queue_name != queue_name:
         proxy._message = dataclasses.replace(message, queue_name=queue_name)
-    forged = _FORGED.intersection(message.options)
+    options = message.options
+    forged = _FORGED.intersection(options)
     if forged:  # what only this worker's middleware writes, as it decides a failure
         for name in forged:
-            del message.options[name]
+            del options[name]
+    eta = options.get("eta")
+    if eta is not None and eta - time.time() * 1000 > MAX_DELAY_MS:
+        # Dramatiq holds a delayed delivery unacked until its eta; past RabbitMQ's consumer_timeout
+        # the channel is closed and all it held is delivered again. A producer's longer delay is
+        # held one park, then parked again until due (ClassifiedRetries reads not_before).
+        options["not_before"] = max(eta, options.get("not_before") or 0)
+        options["eta"] = int(time.time() * 1000) + MAX_DELAY_MS
     return proxy

@@ -275,3 +275,53 @@ def test_a_letter_the_store_keeps_refusing_goes_to_the_fallback_store(stack):
     stack.letters.down = False
     service = DeadLetterService(stack.letters, BrokerSender(stack.broker), SystemClock(), fallback=fallback)
     assert service.restore() == (1, 0) and stack.letters.get(letter.id) is not None
+
+
+class HeldDelays(Middleware):
+    """What the worker holds a delayed delivery until (its eta once admitted) and its not_before."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int, int | None]] = []
+
+    def before_delay_message(self, broker, message):  # type: ignore[no-untyped-def]
+        self.seen.append((message.message_id, message.options["eta"], message.options.get("not_before")))
+
+
+def test_a_producers_delay_longer_than_one_park_is_held_one_park_at_a_time(stack):
+    # Review finding: a producer's own delay (eta) was held unacked by the worker until due, two
+    # hours for delay=7_200_000; past RabbitMQ's consumer_timeout the channel is closed and every
+    # message on it delivered again (run twice). Held at most one park, then parked again until due.
+    from brokers.park import MAX_DELAY_MS
+
+    held = HeldDelays()
+    stack.broker.add_middleware(held)
+    ran: list = []
+    resize = declare(stack, ran)
+    sent = resize.send_with_options(args=("later",), delay=7_200_000)
+    due = sent.options["eta"]
+    (_, eta, not_before), = wait_for(lambda: held.seen, timeout=5, message="the delayed delivery held")
+    assert eta <= time.time() * 1000 + MAX_DELAY_MS and not_before == due
+    resize.send_with_options(args=("soon",), delay=10)
+    wait_for(lambda: ran, timeout=5, message="the short delay ran")
+    assert ran == [("soon", 128)]
+
+
+def test_a_long_producer_delay_runs_once_when_due_after_its_parks(stack, monkeypatch):
+    import brokers.admission
+    import brokers.park
+    import middleware.retries
+
+    for module in (brokers.admission, brokers.park, middleware.retries):
+        monkeypatch.setattr(module, "MAX_DELAY_MS", 100)
+    ran: list = []
+    times: list = []
+
+    @dramatiq.actor(broker=stack.broker, queue_name="q")
+    def later(x: str) -> None:
+        ran.append(x)
+        times.append(time.time() * 1000)
+
+    sent = later.send_with_options(args=("x",), delay=600)
+    wait_for(lambda: ran, timeout=5, message="the delayed message ran")
+    stack.join()
+    assert ran == ["x"] and times[0] >= sent.options["eta"]
