@@ -97,8 +97,15 @@ class DeadLetterService:
         if self.fallback is None:
             return 0, 0
         moved = 0
+        refused: Exception | None = None
         for letter in self.fallback.list(limit=limit):
-            self.store.add(bounded_letter(letter))  # False: already there (moved before a crash)
+            try:
+                self.store.add(bounded_letter(letter))  # False: already there (moved before a crash)
+            except Exception as exc:  # this one stays; the letters behind it are not held up by it
+                refused = refused or exc
+                continue
             self.fallback.remove([letter.id])
             moved += 1
+        if refused is not None and moved == 0:
+            raise refused  # the store took none: it is down, say why
         return moved, self.fallback.count()

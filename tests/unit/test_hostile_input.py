@@ -325,3 +325,30 @@ def test_a_long_producer_delay_runs_once_when_due_after_its_parks(stack, monkeyp
     wait_for(lambda: ran, timeout=5, message="the delayed message ran")
     stack.join()
     assert ran == ["x"] and times[0] >= sent.options["eta"]
+
+
+def test_restore_moves_the_letters_behind_one_the_store_still_refuses(stack):
+    # Review finding: restore stopped at the first letter the store refused; the fallback lists the
+    # oldest first, so the same letter stopped every restore and the letters behind it never moved.
+    fallback = InMemoryLetterFallback()
+    failed = Message(queue_name="q", actor_name="resize", args=("x",), kwargs={}, options={})
+    refused = letter_of(stack.broker, failed, ValueError("the store refuses this one"))
+    good = letter_of(stack.broker, failed.copy(), ValueError("boom"))
+    fallback.add(refused)
+    fallback.add(good)
+
+    class Picky(type(stack.letters)):  # type: ignore[misc]
+        def add(self, letter):  # type: ignore[no-untyped-def]
+            if letter.id == refused.id:
+                raise ValueError("value too long for type character varying(64)")
+            return super().add(letter)
+
+    store = Picky()
+    service = DeadLetterService(store, BrokerSender(stack.broker), SystemClock(), fallback=fallback)
+    assert service.restore() == (1, 1)
+    assert store.get(good.id) is not None and [x.id for x in fallback.list()] == [refused.id]
+    down = type(stack.letters)()
+    down.down = True
+    with pytest.raises(ConnectionError):  # a store that takes none: said as before, nothing removed
+        DeadLetterService(down, BrokerSender(stack.broker), SystemClock(), fallback=fallback).restore()
+    assert fallback.count() == 1
