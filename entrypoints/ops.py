@@ -158,7 +158,8 @@ class OpsApp:
         if self.jobs is not None and (path == "/workers" or path == "/jobs" or path.startswith("/jobs/")):
             return self._jobs(environ, path, start_response)
         if self.jobs is not None and path == "/ui/jobs":
-            return self._send(start_response, "200 OK", JOBS_PAGE.encode(), "text/html; charset=utf-8")
+            return self._send(start_response, "200 OK", JOBS_PAGE.encode(), "text/html; charset=utf-8",
+                              [("X-Frame-Options", "DENY"), ("Content-Security-Policy", "frame-ancestors 'none'")])
         if self.dead_letters is not None and path.startswith("/dead-letters/") and path.endswith("/replay"):
             return self._replay(environ, path[len("/dead-letters/"):-len("/replay")], start_response)
         if path == DASHBOARD_PREFIX:
@@ -212,6 +213,12 @@ class OpsApp:
 
         if environ.get("REQUEST_METHOD") != "POST":
             return reply("405 Method Not Allowed", {"error": "POST only"})
+        # A browser with cached credentials would send a form post from any site: only the page's own.
+        if environ.get("HTTP_SEC_FETCH_SITE", "same-origin") not in ("same-origin", "none"):
+            return reply("403 Forbidden", {"error": "cross-site request refused"})
+        origin = environ.get("HTTP_ORIGIN")
+        if origin and origin.split("://", 1)[-1] != environ.get("HTTP_HOST"):
+            return reply("403 Forbidden", {"error": "cross-site request refused"})
         try:
             message_id = self.dead_letters.replay(letter_id)
         except NotFound:

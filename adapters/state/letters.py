@@ -4,11 +4,14 @@ worker, so an operator sees them from any host) or in memory (one process, the e
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Sequence
 from typing import Any
 
 from domain.resilience import DeadLetter
+
+log = logging.getLogger(__name__)
 
 
 class RedisLetterFallback:
@@ -22,7 +25,12 @@ class RedisLetterFallback:
         self.client.hset(self.key, letter.id, json.dumps(letter.asdict(), default=str))
 
     def list(self, limit: int = 100) -> list[DeadLetter]:
-        letters = [DeadLetter.fromdict(json.loads(raw)) for raw in self.client.hvals(self.key)]
+        letters = []
+        for letter_id, raw in self.client.hgetall(self.key).items():
+            try:
+                letters.append(DeadLetter.fromdict(json.loads(raw)))
+            except (ValueError, TypeError, KeyError):  # one corrupt entry must not hide the others
+                log.error("Unreadable entry %r in the dead-letter fallback store; left in place.", letter_id)
         return sorted(letters, key=lambda x: x.failed_at)[:limit]
 
     def remove(self, letter_ids: Sequence[str]) -> int:

@@ -55,6 +55,9 @@ def test_the_redis_fallback_keeps_letters_until_restore_moves_them_to_the_store(
         letters = [hostile_letter(f"fb-{uuid.uuid4()}") for _ in range(3)]  # as the middleware kept them
         for letter in letters:
             fallback.add(bounded_letter(letter))
+        client.hset(fallback.key, "corrupt", b"{not json")  # must not hide the others
+        assert len(fallback.list()) == 3
+        client.hdel(fallback.key, "corrupt")
         assert fallback.count() == 3
         service = DeadLetterService(store, None, SystemClock(), fallback=fallback)  # type: ignore[arg-type]
         assert service.waiting_in_fallback() == 3

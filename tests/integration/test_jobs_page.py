@@ -81,6 +81,9 @@ def test_the_jobs_view_shows_jobs_progress_failures_and_workers_and_replays_a_de
 
         url = f"http://{host}/dead-letters/{letter_id}/replay"
         assert httpx.post(url).status_code == 401
+        for header in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+            assert httpx.post(url, auth=(USER, PASSWORD), headers=header).status_code == 403
+        assert httpx.get(f"http://{host}/ui/jobs", auth=(USER, PASSWORD)).headers["X-Frame-Options"] == "DENY"
         replayed = httpx.post(url, auth=(USER, PASSWORD))
         assert replayed.status_code == 200, replayed.text
         assert container.dead_letter_store.get(letter_id).replay_message_id == replayed.json()["message_id"]
