@@ -82,6 +82,9 @@ def carry_receipt(options: dict[str, Any], message_id: str, channel: str, receip
                                "provider_message_id": receipt.provider_message_id}
     retries = options.get("max_retries")
     options["max_retries"] = max(retries if isinstance(retries, int) else 0, RECEIPT_MAX_RETRIES)
+    # The retry records the receipt without calling the channel: an open circuit must not park
+    # it in the fallback list (Redis), where a flush would lose the receipt.
+    options["circuit_exempt"] = True
 
 
 def carried_receipt(options: dict[str, Any], message_id: str, channel: str) -> SendReceipt | None:

@@ -317,6 +317,12 @@ FINAL_DELIVERY_STATUSES = frozenset({MessageStatus.SENT, MessageStatus.DELIVERED
 _PROGRESS = {MessageStatus.PENDING: 0, MessageStatus.SENT: 1, MessageStatus.DELIVERED: 2}
 
 
+def _reason(error: str) -> str:
+    """A failure's text as stored: a channel's answer may carry a NUL or a lone surrogate (a proxy's
+    binary error page, junk details), which PostgreSQL refuses, so the outcome could never be recorded."""
+    return error.replace("\x00", "\ufffd").encode("utf-8", "backslashreplace").decode("utf-8")[:2000]
+
+
 @dataclass
 class ChannelDelivery:
     """One outbound message on one channel (named so as not to clash with the outbox's Delivery).
@@ -350,7 +356,7 @@ class ChannelDelivery:
         """A transient failure: stays PENDING for the retry, lease released."""
         if self.final:  # another run finished it meanwhile
             return
-        self.last_error = error[:2000]
+        self.last_error = _reason(error)
         self.sending_until = None
         self.updated_at = now
 
@@ -368,7 +374,7 @@ class ChannelDelivery:
         if self.final:
             return
         self.status = MessageStatus.FAILED
-        self.last_error = error[:2000]
+        self.last_error = _reason(error)
         self.sending_until = None
         self.updated_at = now
 
@@ -401,7 +407,7 @@ class ChannelDelivery:
             if self.status in (MessageStatus.DELIVERED, MessageStatus.FAILED):
                 return False
             self.status = MessageStatus.FAILED
-            self.last_error = (error or "the channel reported the message failed")[:2000]
+            self.last_error = _reason(error or "the channel reported the message failed")
             self.sending_until = None
             self.updated_at = now
             return True

@@ -167,12 +167,25 @@ def cmd_images_add(args: argparse.Namespace) -> int:
         print(image.id, flush=True)
         registered += 1
     if failed:
+        # Those registered are sent all the same (on stub:// nothing else would run them); the
+        # failure is the last line and the exit status.
+        if registered and not args.no_relay:
+            try:
+                _send_processing(container, registered)
+            except Exception as exc:  # the database that failed a file may fail this too
+                print(f"processing not sent yet: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+                      file=sys.stderr)
         print(f"error: {failed} of {_plural(len(args.files), 'image')} not registered", file=sys.stderr)
         return 1
     if args.no_relay:
         print(f"registered {_plural(registered, 'image')}; the outbox relay sends their processing",
               file=sys.stderr)
         return 0
+    return _send_processing(container, registered)
+
+
+def _send_processing(container: Any, registered: int) -> int:
+    """Relay the outbox once (or, on stub://, run the work here); one line on stderr; exit 0."""
     if container.settings.broker_kind == "stub":
         # An in-process broker: what the relay hands it would die with this command. Run it here.
         return _process_here(container, registered)

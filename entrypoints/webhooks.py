@@ -61,6 +61,11 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+def _is_id(value: Any) -> bool:
+    # A NUL is no channel's id, and PostgreSQL refuses it in a query (a 500, resent for ever).
+    return isinstance(value, str) and "\x00" not in value
+
+
 def status_reports(channel: MessageChannel, payload: Any) -> list[Report]:
     """The reports a webhook payload carries, in its order (anything else in it is ignored)."""
     reports: list[Report] = []
@@ -73,7 +78,7 @@ def status_reports(channel: MessageChannel, payload: Any) -> list[Report]:
             for change in _list(entry.get("changes")):
                 value = change.get("value") if isinstance(change, dict) else None
                 for status in _list(value.get("statuses") if isinstance(value, dict) else None):
-                    if not isinstance(status, dict) or not isinstance(status.get("id"), str):
+                    if not isinstance(status, dict) or not _is_id(status.get("id")):
                         continue
                     try:
                         reported = ReportedStatus(status.get("status"))
@@ -87,9 +92,9 @@ def status_reports(channel: MessageChannel, payload: Any) -> list[Report]:
                     continue
                 delivery = event.get("delivery") if isinstance(event.get("delivery"), dict) else {}
                 reports.extend((mid, ReportedStatus.DELIVERED, None) for mid in _list(delivery.get("mids"))
-                               if isinstance(mid, str))
+                               if _is_id(mid))
                 read = event.get("read") if isinstance(event.get("read"), dict) else {}
-                if isinstance(read.get("mid"), str):
+                if _is_id(read.get("mid")):
                     reports.append((read["mid"], ReportedStatus.READ, None))
     return reports
 
@@ -123,7 +128,8 @@ class WebhookApp:
         if method == "GET":
             query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
             if (self.verify_token and query.get("hub.mode") == "subscribe"
-                    and hmac.compare_digest(query.get("hub.verify_token", ""), self.verify_token)):
+                    # As bytes: compare_digest raises on a str that is not ASCII.
+                    and hmac.compare_digest(query.get("hub.verify_token", "").encode(), self.verify_token.encode())):
                 return _send(start_response, "200 OK", query.get("hub.challenge", ""))
             return _send(start_response, "403 Forbidden", "verification failed\n")
         if method != "POST":
@@ -140,7 +146,7 @@ class WebhookApp:
                 return _send(start_response, "403 Forbidden", "bad signature\n")
         try:
             payload = json.loads(body or b"null")
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past the parser's recursion limit: junk too
             return _send(start_response, "400 Bad Request", "body is not JSON\n")
         unknown = []
         reports = status_reports(channel, payload)

@@ -36,6 +36,10 @@ def _dependency_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+#: Message option: True when this message's next run does not call the guarded dependency, so
+#: the circuit neither parks it nor counts it.
+EXEMPT_OPTION = "circuit_exempt"
+
 #: What counts against a circuit: the dependency failed or did not answer. Never bad input
 #: (PermanentError and everything else).
 DEPENDENCY_ERRORS = _dependency_errors()
@@ -129,6 +133,10 @@ class CircuitBreaker(Middleware):
         )
 
     def circuit_of(self, broker: Broker, message: Message) -> tuple[str, dict[str, Any]] | None:
+        if message.options.get(EXEMPT_OPTION) is True:
+            # This run will not call the dependency (deliver_message recording a carried
+            # receipt): parking it would only delay it, its only copy in the fallback list.
+            return None
         actor_options = broker.get_actor(message.actor_name).options
         circuit = actor_options.get("circuit")
         if circuit is None:

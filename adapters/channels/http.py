@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 MESSAGE_ID_HEADER = "X-Atelier-Message-Id"
 
 
+#: The longest channel message id a delivery stores (message_deliveries.provider_message_id).
+MAX_PROVIDER_ID = 255
+
 #: The longest Retry-After taken from a channel (a day); the retry middleware bounds it again.
 RETRY_AFTER_MAX_S = 86_400.0
 
@@ -110,6 +113,13 @@ class HttpChannelGateway:
             # Accepted all the same: resending would deliver it twice.
             log.warning("%s accepted message %s with an unreadable answer: %s", self.channel, message.id,
                         response.text[:200])
+            provider_id = None
+        if provider_id is not None and not (isinstance(provider_id, str) and "\x00" not in provider_id
+                                            and len(provider_id) <= MAX_PROVIDER_ID):
+            # An id no delivery row can hold would make every record of this send fail (and the
+            # sweep send it again): accepted all the same, without its id.
+            log.warning("%s accepted message %s with an id that cannot be stored: %.100r", self.channel, message.id,
+                        provider_id)
             provider_id = None
         return SendReceipt(provider_id)
 

@@ -159,3 +159,17 @@ def test_on_the_embedded_stub_broker_the_command_processes_the_images_itself(tmp
         image, events = _image(env, image_id)
         assert image.status is ImageStatus.READY and len(image.thumbnails) == 3
         assert ("image.uploaded", True) in [(e.type, e.published_at is not None) for e in events]
+
+
+def test_the_images_registered_beside_one_that_failed_are_processed_all_the_same(tmp_path):
+    """One unreadable file made the command return before relaying: on the embedded stub broker
+    (no scheduler, no other worker) the readable image stayed PENDING until some later command."""
+    env = _env(tmp_path, "stub://")
+    assert services.run_cli(["migrate"], env).returncode == 0
+    added = services.run_cli(["images", "add", str(_photo(tmp_path)), str(tmp_path / "missing.jpg")], env)
+    assert added.returncode == 1
+    assert added.stderr.strip().splitlines()[-1] == "error: 1 of 2 images not registered"
+    (image_id,) = added.stdout.split()
+    image, events = _image(env, image_id)
+    assert image.status is ImageStatus.READY
+    assert "Traceback" not in added.stderr

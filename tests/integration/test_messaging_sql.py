@@ -199,3 +199,34 @@ def test_stale_deliveries_on_sql_and_two_sweeps_never_take_the_same_one(uow, eng
         thread.start()
         thread.join(30)
         assert not thread.is_alive() and taken == []  # skipped, not waited for
+
+
+def test_a_channels_answer_with_a_nul_is_recorded_not_refused_by_the_database(uow):
+    """PostgreSQL refuses a NUL in text (and UTF-8 a lone surrogate). A channel's error (its details,
+    or the raw body of a proxy's error page) or a failed webhook's details carrying one made
+    recording the outcome fail: a
+    transient answer left the lease held and the retry waiting for it, a permanent one was retried
+    (sent again) instead of FAILED, and a failed report answered 500 for ever."""
+    from domain.errors import PermanentError, TransientError
+    from domain.models import ReportedStatus
+    from domain.services.messaging import MessagingService
+    from tests.unit.fakes import FakeChannelGateway
+
+    gateway = FakeChannelGateway("wa")
+    service = MessagingService(uow, {WA: gateway}, lease_seconds=60)
+    first, _ = service.create(channel="whatsapp", recipient="+15550001", text="hi")
+    gateway.fail_with = [TransientError("whatsapp: no code unknown: \x00\x01junk (HTTP 502)"),
+                         PermanentError("whatsapp: 100 Invalid parameter: bad \x00 value \ud800")]
+    with pytest.raises(TransientError):
+        service.deliver(first.id, WA)
+    delivery = service.get(first.id).delivery(WA)
+    assert delivery.sending_until is None and "junk" in delivery.last_error  # the retry need not wait
+    with pytest.raises(PermanentError):
+        service.deliver(first.id, WA)
+    delivery = service.get(first.id).delivery(WA)
+    assert delivery.status is MessageStatus.FAILED and "bad" in delivery.last_error
+
+    second, _ = service.create(channel="whatsapp", recipient="+15550001", text="again")
+    service.deliver(second.id, WA)
+    service.record_report(WA, "wa-1", ReportedStatus.FAILED, "whatsapp: 131026 Message undeliverable: \x00")
+    assert service.get(second.id).delivery(WA).status is MessageStatus.FAILED

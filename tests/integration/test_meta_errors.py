@@ -124,3 +124,14 @@ def test_the_gateway_reads_a_non_json_error_body(mock):
     gateway = WhatsAppGateway("http://meta.invalid", "tok", "1", client=httpx.Client(transport=transport))
     with pytest.raises(TransientError, match="no code unknown: <html>bad gateway</html>"):
         gateway.send(message, "k")
+
+
+@pytest.mark.parametrize("answer", [{"messages": [{"id": {"x": 1}}]}, {"messages": [{"id": "wamid.\x00"}]},
+                                    {"messages": [{"id": 7}]}, {"messages": [{"id": "w" * 300}]}])
+def test_an_accepted_answer_whose_id_cannot_be_stored_is_taken_without_an_id(answer):
+    """An id no delivery row can hold (not a string, a NUL, longer than the column) made every
+    record of the send fail: its receipt was retried for days, then the sweep sent it again."""
+    message = OutboundMessage(id=new_id(), channel=MessageChannel.WHATSAPP, recipient="+1", text="x")
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=answer))
+    gateway = WhatsAppGateway("http://meta.invalid", "tok", "1", client=httpx.Client(transport=transport))
+    assert gateway.send(message, "k").provider_message_id is None

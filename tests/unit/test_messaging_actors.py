@@ -214,3 +214,35 @@ def test_a_short_pacing_wait_is_slept_in_place_a_long_one_parks(world, monkeypat
     assert slept == [0.05, 0.2] and parked == [30_000]
     assert pacer.asked == 4 and rows[message.id].status is MessageStatus.SENT
     assert rows[message.id].deliveries[0].attempts == 1
+
+
+def test_a_carried_receipt_is_recorded_while_the_channels_circuit_is_open(world):
+    """A retry carrying a receipt does not call the channel, so an open circuit must not park it:
+    parked, its only copy sits in the fallback list in Redis (a flush loses it, and the sweep then
+    sends the message again a day later), and its delivery stays PENDING meanwhile."""
+    from adapters.state.memory import InMemoryBreakerStore, InMemoryFallbackQueue
+    from middleware.circuit import CircuitBreaker
+
+    actors, service, rows, gateways = world
+    breaker = next(m for m in actors.broker.middleware if isinstance(m, CircuitBreaker))
+    saved = breaker._store, breaker._fallback
+    breaker._store, breaker._fallback = InMemoryBreakerStore(), InMemoryFallbackQueue()
+    try:
+        import time
+
+        for _ in range(breaker.policy.failure_threshold):  # the channel is failing: open
+            breaker.store.record_failure("channel:whatsapp", int(time.time() * 1000), breaker.policy)
+        message, _ = service.create(channel="whatsapp", recipient="ann", text="hi")
+        service.route(message.id)
+        from domain.models import SendReceipt
+
+        options: dict = {}  # what the run whose record failed leaves on its retry
+        actors.messaging.carry_receipt(options, message.id, "whatsapp", SendReceipt("wamid.7"))
+        actors.messaging.deliver_message.send_with_options(args=(message.id, "whatsapp"), **options)
+        actors.broker.join(actors.messaging.deliver_message.queue_name, fail_fast=True)
+        assert breaker.fallback.claim("channel:whatsapp", 10) == []
+        delivery = rows[message.id].delivery(MessageChannel.WHATSAPP)
+        assert (delivery.status, delivery.provider_message_id) == (MessageStatus.SENT, "wamid.7")
+        assert gateways[MessageChannel.WHATSAPP].sent == []
+    finally:
+        breaker._store, breaker._fallback = saved

@@ -53,3 +53,41 @@ def test_instagram_deliveries_and_reads():
 ])
 def test_junk_is_ignored_never_raises(payload):
     assert status_reports(WA, payload) == [] and status_reports(IG, payload) == []
+
+
+def _call(app, method: str, *, query: str = "", body: bytes = b"", headers: dict | None = None):
+    import io
+
+    from entrypoints.webhooks import WebhookApp  # noqa: F401  (the app under test is passed in)
+
+    answer: list[str] = []
+    environ = {"PATH_INFO": "/webhooks/whatsapp", "REQUEST_METHOD": method, "QUERY_STRING": query,
+               "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body), **(headers or {})}
+    text = b"".join(app(environ, lambda status, _headers: answer.append(status)))
+    return answer[0], text
+
+
+def test_junk_requests_get_an_answer_not_a_crash():
+    """A verify token that is not ASCII, a body nested past json's recursion limit and a channel
+    message id with a NUL (PostgreSQL refuses it in a query) are refused or ignored with an answer,
+    not a traceback and a 500 (for which the channel would send the same body again and again)."""
+    from entrypoints.webhooks import WebhookApp, sign
+
+    recorded = []
+
+    def record(channel, provider_id, status, error):
+        assert "\x00" not in provider_id  # what the database would refuse
+        recorded.append(provider_id)
+
+    app = WebhookApp(record, verify_token="tok", secret="s")
+    assert _call(app, "GET", query="hub.mode=subscribe&hub.verify_token=%C3%A9&hub.challenge=1")[0] == \
+        "403 Forbidden"
+    assert _call(app, "GET", query="hub.mode=subscribe&hub.verify_token=tok&hub.challenge=1") == ("200 OK", b"1")
+    deep = b"[" * 100_000
+    assert _call(app, "POST", body=deep, headers={"HTTP_X_HUB_SIGNATURE_256": sign("s", deep)})[0] == \
+        "400 Bad Request"
+    import json
+
+    nul = json.dumps(status_payload("whatsapp", "wamid.\x00x", "+1")).encode()
+    assert _call(app, "POST", body=nul, headers={"HTTP_X_HUB_SIGNATURE_256": sign("s", nul)})[0] == "200 OK"
+    assert recorded == []
