@@ -105,4 +105,6 @@ def carried_receipt(options: dict[str, Any], message_id: str, channel: str) -> S
 def sweep_deliveries() -> None:
     run_tick("sweep_deliveries", lambda: get_container().messaging.sweep_stale(
         lambda message_id, channel: deliver_message.send(message_id, channel.value),
-        pending_for=settings.message_sweep_after_s, unknown_for=settings.message_sweep_unknown_after_s))
+        pending_for=settings.message_sweep_after_s, unknown_for=settings.message_sweep_unknown_after_s,
+        # Three times the attempts one deliver_message makes with its retries: the channel will not take it.
+        max_attempts=3 * (settings.retry_max_retries + 1)))

@@ -272,22 +272,39 @@ class MessagingService:
         return self._finish(message_id, channel, record, plan=True)
 
     def sweep_stale(self, dispatch: Callable[[str, MessageChannel], object], *, pending_for: float,
-                    unknown_for: float, limit: int = 500) -> int:
+                    unknown_for: float, limit: int = 500, max_attempts: int | None = None) -> int:
         """Route again (``dispatch(message_id, channel)``: send deliver_message) every delivery
         PENDING with nothing sending it for ``pending_for`` seconds (``unknown_for`` when its last
         attempt's outcome is unknown); mark them routed, so the next sweep waits another bound.
         Dispatched inside the transaction: if dispatching fails, nothing is marked and the next
-        sweep tries again. Returns how many were routed."""
+        sweep tries again. A delivery that already made ``max_attempts`` attempts (its sends ran
+        out of retries and were dead-lettered) is marked FAILED instead of routed again for ever.
+        Returns how many were routed."""
+        given_up: list[tuple[str, MessageChannel, int, str | None]] = []
         with self._uow() as uow:
             now = self._clock.now()
             stale = uow.messages.stale_deliveries(now=now, idle_before=now - timedelta(seconds=pending_for),
                                                   unknown_before=now - timedelta(seconds=unknown_for), limit=limit)
-            if not stale:
-                return 0
+            if max_attempts is not None:
+                kept = []
+                for message_id, channel in stale:
+                    message = uow.messages.get(message_id)
+                    delivery = message.delivery(channel) if message is not None else None
+                    if delivery is not None and delivery.attempts >= max_attempts:
+                        given_up.append((message_id, channel, delivery.attempts, delivery.last_error))
+                    else:
+                        kept.append((message_id, channel))
+                stale = kept
             for message_id, channel in stale:
                 dispatch(message_id, channel)
             uow.messages.touch_deliveries(stale, now)
             uow.commit()
+        for message_id, channel, attempts, last_error in given_up:
+            reason = f"gave up after {attempts} attempts; the last error: {last_error or 'none recorded'}"
+            self._finish(message_id, channel, lambda d, now, reason=reason: d.mark_failed(reason, now))
+            log.error("sweep: delivery %s/%s %s", message_id, channel.value, reason)
+        if not stale:
+            return 0
         log.warning("sweep: %d delivery(ies) left PENDING with nothing sending them routed again: %s", len(stale),
                     ", ".join(f"{m}/{c.value}" for m, c in stale[:20]) + (" ..." if len(stale) > 20 else ""))
         return len(stale)

@@ -427,3 +427,23 @@ def test_a_template_nested_beyond_reason_is_refused_not_a_crash(world):
         service.create(channel="whatsapp", recipient="a", template={"name": "x", "components": [
             {"type": "body", "parameters": [deep]}]})
     assert rows == {}
+
+
+def test_the_sweep_gives_up_on_a_delivery_that_used_up_its_attempts(world):
+    """A delivery whose deliver_message ran out of retries (dead-lettered) stays PENDING: the sweep
+    would route it again every bound, for ever. Past max_attempts it is marked FAILED instead."""
+    service, rows, events, gateways, clock = world
+    message, _ = service.create(channel="whatsapp", recipient="ann", text="hi")
+    service.route(message.id)
+    delivery = rows[message.id].delivery(WA)
+    for _ in range(6):
+        delivery.start_attempt(clock.t, clock.t + timedelta(seconds=1))
+        delivery.attempt_failed("whatsapp: 503 unavailable", clock.t)
+    clock.t += timedelta(seconds=901)
+    dispatched: list = []
+    assert _sweep(service, dispatched, max_attempts=6) == 0 and dispatched == []
+    assert rows[message.id].delivery(WA).status is MessageStatus.FAILED
+    assert "gave up after 6 attempts" in rows[message.id].delivery(WA).last_error
+    assert "503 unavailable" in rows[message.id].delivery(WA).last_error
+    assert _statuses(events)[-1] == ("whatsapp", "FAILED")
+    assert gateways[WA].sent == []
