@@ -23,6 +23,10 @@ class DedupOutcome(enum.StrEnum):
     ACQUIRED = "acquired"  # this message may run; the key is held while it does
     DONE = "done"  # a message with this key completed within the window: skip
     BUSY = "busy"  # another message with this key is running right now: skip
+    #: Another delivery of this same message holds the key (it runs elsewhere or here, or its
+    #: process died and its lease has not ended): neither run beside it nor skipped as done, but
+    #: put back and decided again later.
+    REDELIVERY = "redelivery"
 
 
 class CircuitState(enum.StrEnum):
@@ -176,3 +180,47 @@ def bounded_letter(letter: DeadLetter) -> DeadLetter:
         kwargs=_json_bounded(dict(letter.kwargs), LETTER_JSON_LIMIT, dict),
         options=_json_bounded(dict(letter.options), LETTER_JSON_LIMIT, dict),
     )
+
+
+# --- dedup leases: held by one delivery of a message, not by the message ---
+
+def lease_holder(message_id: str, delivery: str) -> str:
+    """The holder of a dedup lease: one delivery of one message (``<message id>|<delivery>``,
+    the delivery naming the process and a counter in it)."""
+    return f"{message_id}|{delivery}"
+
+
+def holder_message(holder: str) -> str:
+    """The message id of a lease holder (a bare message id, as leases written before holders
+    named their delivery, is its own)."""
+    message_id, sep, _delivery = holder.rpartition("|")
+    return message_id if sep else holder
+
+
+def lease_outcome(held: str | None, holder: str) -> DedupOutcome | None:
+    """What a key's current value (None: free, ``done``, or ``r:<holder>``) means to ``holder``
+    trying to take it: ACQUIRED (free), DONE, REDELIVERY (another delivery of the same message),
+    BUSY (another message), or None when ``holder`` itself holds it."""
+    if held is None:
+        return DedupOutcome.ACQUIRED
+    if held == "done":
+        return DedupOutcome.DONE
+    if held == f"r:{holder}":
+        return None
+    other = held[2:] if held.startswith("r:") else held
+    return DedupOutcome.REDELIVERY if holder_message(other) == holder_message(holder) else DedupOutcome.BUSY
+
+
+#: A retry whose enqueue raised may still have reached the broker (a publish confirm lost with
+#: the connection). Its dead letter and the retry, if it exists, claim this key: the first claim
+#: wins, so exactly one of them stands (middleware/retries.py, middleware/dedup.py).
+RETRY_CLAIM_RUN = "run"
+RETRY_CLAIM_DEAD = "dead"
+RETRY_CLAIM_RUN_TTL_MS = 3_600_000  # outlives any enqueue call that could still raise after the retry ran
+RETRY_CLAIM_DEAD_TTL_MS = 7 * 86_400_000  # outlives the retry's delay, parks and any backlog
+
+
+def retry_claim_key(message_id: str, retries: int) -> str:
+    """The claim of attempt ``retries`` of a message (a dedup key begins with its actor's name,
+    and no Python function name begins with "~")."""
+    return f"~retry:{message_id}:{retries}"

@@ -8,7 +8,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 
-from domain.resilience import BreakerDecision, BreakerPolicy, CircuitState, DedupOutcome
+from domain.resilience import BreakerDecision, BreakerPolicy, CircuitState, DedupOutcome, lease_outcome
 
 
 def _now_ms() -> int:
@@ -16,6 +16,9 @@ def _now_ms() -> int:
 
 
 class InMemoryDedupStore:
+    """The DedupStore in one process (the StubBroker, the embedded default): the same answers as
+    the Redis one (tests/integration/test_resilience_state.py runs both)."""
+
     def __init__(self) -> None:
         self._keys: dict[str, tuple[str, int]] = {}  # key -> (value, expires at ms)
         self._lock = threading.Lock()
@@ -29,13 +32,11 @@ class InMemoryDedupStore:
 
     def acquire(self, key: str, token: str, lease_ms: int) -> DedupOutcome:
         with self._lock:
-            value = self._get(key)
-            if value == "done":
-                return DedupOutcome.DONE
-            if value is not None and value != f"r:{token}":
-                return DedupOutcome.BUSY
-            self._keys[key] = (f"r:{token}", _now_ms() + lease_ms)
-            return DedupOutcome.ACQUIRED
+            outcome = lease_outcome(self._get(key), token)
+            if outcome is None or outcome is DedupOutcome.ACQUIRED:  # free, or its own lease: extended
+                self._keys[key] = (f"r:{token}", _now_ms() + lease_ms)
+                return DedupOutcome.ACQUIRED
+            return outcome
 
     def take_free(self, items: Sequence[tuple[str, str, int]]) -> list[DedupOutcome]:
         outcomes = []
@@ -49,6 +50,23 @@ class InMemoryDedupStore:
                     outcomes.append(DedupOutcome.DONE if value == "done" else DedupOutcome.BUSY)
         return outcomes
 
+    def renew(self, items: Sequence[tuple[str, str, int]]) -> list[bool]:
+        renewed = []
+        with self._lock:
+            for key, token, lease_ms in items:
+                value = self._get(key)
+                ours = value is None or value == f"r:{token}"
+                if ours:
+                    self._keys[key] = (f"r:{token}", _now_ms() + lease_ms)
+                renewed.append(ours)
+        return renewed
+
+    def remaining_ms(self, key: str) -> int:
+        with self._lock:
+            if self._get(key) is None:
+                return 0
+            return max(self._keys[key][1] - _now_ms(), 0)
+
     def complete(self, key: str, token: str, window_ms: int) -> None:
         with self._lock:
             self._keys[key] = ("done", _now_ms() + max(window_ms, 1))
@@ -61,6 +79,14 @@ class InMemoryDedupStore:
         with self._lock:
             if self._get(key) == f"r:{token}":
                 del self._keys[key]
+
+    def claim(self, key: str, holder: str, ttl_ms: int) -> str:
+        with self._lock:
+            value = self._get(key)
+            if value is None:
+                self._keys[key] = (holder, _now_ms() + max(ttl_ms, 1))
+                return holder
+            return value
 
 
 class _Circuit:

@@ -7,25 +7,36 @@ from collections.abc import Sequence
 from typing import Any
 
 from adapters.state.resp import LeanConnections, RespError
-from domain.resilience import BreakerDecision, BreakerPolicy, CircuitState, DedupOutcome
+from domain.resilience import BreakerDecision, BreakerPolicy, CircuitState, DedupOutcome, lease_outcome
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+# For holder ARGV[1]: '' when it has the key now (free, or its own lease: extended), else what
+# holds it ('done' or 'r:<holder>'), which the caller reads with domain.resilience.lease_outcome.
 _ACQUIRE = """
 local v = redis.call('GET', KEYS[1])
 if not v then
   redis.call('SET', KEYS[1], 'r:' .. ARGV[1], 'PX', ARGV[2])
-  return 'acquired'
+  return ''
 end
-if v == 'done' then return 'done' end
 if v == 'r:' .. ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 'acquired'
+  return ''
 end
-return 'busy'
+return v
+"""
+
+# Extend the lease of ARGV[1] (the whole value, 'r:<holder>'), or take the key again if it is free.
+_RENEW = """
+local v = redis.call('GET', KEYS[1])
+if not v or v == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
 """
 
 _RELEASE = """
@@ -33,33 +44,41 @@ if redis.call('GET', KEYS[1]) == 'r:' .. ARGV[1] then return redis.call('DEL', K
 return 0
 """
 
+_TAKE_ONCE = """
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return ARGV[1]
+"""
 
-def _held_outcome(held: bytes | None, value: bytes) -> DedupOutcome | None:
-    """What ``SET NX GET`` answered: the key was free (ours now), done, or another's lease; None
-    for the message's own lease (a redelivery), which the acquire script extends, or takes if the
-    lease ended since the SET (an extend alone would call that "busy" and skip it)."""
-    if held is None:
-        return DedupOutcome.ACQUIRED
-    if held == b"done":
-        return DedupOutcome.DONE
-    return None if held == value else DedupOutcome.BUSY
+
+def _held_outcome(held: bytes | None, token: str) -> DedupOutcome | None:
+    """What ``SET NX GET`` answered to holder ``token``: the key was free (ours now), done,
+    another delivery of the same message, another message; None for its own lease (a lease taken
+    at fetch, taken again at start), which the acquire script extends, or takes if the lease ended
+    since the SET (an extend alone would call that "busy")."""
+    return lease_outcome(None if held is None else held.decode(errors="replace"), token)
 
 
 class RedisDedupStore:
-    """One string per key: ``r:<message id>`` while it runs (PX lease), ``done`` for the window.
+    """One string per key: ``r:<holder>`` while a delivery runs (PX lease, renewed by its holder),
+    ``done`` for the window.
 
-    acquire is one ``SET key r:<id> NX GET PX lease`` (Redis 7): it takes a free key and says who
-    holds a taken one in the same round trip, cheaper than a script; on older servers, the script.
-    That command and the pipelined completions go through LeanConnections (adapters/state/resp.py):
-    they run for every deduplicated message, and redis-py's own path costs several times as much
-    Python per command.
+    acquire is one ``SET key r:<holder> NX GET PX lease`` (Redis 7): it takes a free key and says
+    who holds a taken one in the same round trip, cheaper than a script; on older servers, the
+    script. That command and the pipelined completions go through LeanConnections
+    (adapters/state/resp.py): they run for every deduplicated message, and redis-py's own path
+    costs several times as much Python per command. Renewals (one pipeline per tick for all the
+    leases a process holds), releases and claims are rare and go through redis-py.
     """
 
     def __init__(self, client: Any, namespace: str) -> None:
         self.client = client
         self.namespace = namespace  # e.g. "atelier:<prefix>dedup:"
         self._acquire = client.register_script(_ACQUIRE)
+        self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+        self._take_once = client.register_script(_TAKE_ONCE)
         self._set_nx_get = True
         self._lean = LeanConnections(client)
 
@@ -71,10 +90,11 @@ class RedisDedupStore:
             except RespError as exc:
                 self._refused(exc)
             else:
-                outcome = _held_outcome(held, value.encode())
+                outcome = _held_outcome(held, token)
                 if outcome is not None:
                     return outcome
-        return DedupOutcome(_text(self._acquire(keys=[name], args=[token, int(lease_ms)])))
+        held = self._acquire(keys=[name], args=[token, int(lease_ms)])
+        return DedupOutcome.ACQUIRED if not held else _held_outcome(held, token) or DedupOutcome.ACQUIRED
 
     def take_free(self, items: Sequence[tuple[str, str, int]]) -> list[DedupOutcome]:
         requests = [((self.namespace + key).encode(), f"r:{token}".encode(), int(lease_ms))
@@ -85,9 +105,10 @@ class RedisDedupStore:
             except RespError as exc:
                 self._refused(exc)  # the SETs that failed did nothing
             else:
-                # Its own lease (None from _held_outcome) is busy here: decided at start.
-                return [_held_outcome(held, value) or DedupOutcome.BUSY
-                        for held, (_name, value, _px) in zip(replies, requests, strict=True)]
+                # Only a free key is taken here; whatever holds a taken one, it is decided at start.
+                return [DedupOutcome.ACQUIRED if held is None
+                        else DedupOutcome.DONE if held == b"done" else DedupOutcome.BUSY
+                        for held in replies]
         # Redis < 7: SET NX alone takes a free key but cannot say what holds a taken one.
         outcomes = []
         for key, token, lease_ms in items:
@@ -97,6 +118,17 @@ class RedisDedupStore:
             else:
                 outcomes.append(DedupOutcome.DONE if _text(self.client.get(name)) == "done" else DedupOutcome.BUSY)
         return outcomes
+
+    def renew(self, items: Sequence[tuple[str, str, int]]) -> list[bool]:
+        if not items:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for key, token, lease_ms in items:
+            self._renew(keys=[self.namespace + key], args=[f"r:{token}", max(int(lease_ms), 1)], client=pipe)
+        return [bool(int(reply)) for reply in pipe.execute()]
+
+    def remaining_ms(self, key: str) -> int:
+        return max(int(self.client.pttl(self.namespace + key)), 0)  # -2: no key, -1: no expiry
 
     def _refused(self, exc: RespError) -> None:
         """Redis < 7 refuses NX with GET (a syntax error): use the script from now on. Any other
@@ -115,6 +147,9 @@ class RedisDedupStore:
 
     def release(self, key: str, token: str) -> None:
         self._release(keys=[self.namespace + key], args=[token])
+
+    def claim(self, key: str, holder: str, ttl_ms: int) -> str:
+        return _text(self._take_once(keys=[self.namespace + key], args=[holder, max(int(ttl_ms), 1)]))
 
 
 # KEYS: state hash, failures zset, registry set. Hash fields: state, opened_at, trials, trial_since,

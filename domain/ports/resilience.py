@@ -20,29 +20,46 @@ class MetricsStore(Protocol):
 
 
 class DedupStore(Protocol):
-    """Dedup keys shared by every worker. A key is held ("running") by one message while it runs,
-    with a lease; "done" for the window once it completed. All operations are atomic."""
+    """Dedup keys shared by every worker. A key is held ("running") while it runs by one delivery
+    of one message, its holder (``domain.resilience.lease_holder``: ``<message id>|<delivery>``),
+    with a lease the holder renews; "done" for the window once it completed. All operations are
+    atomic."""
 
     def acquire(self, key: str, token: str, lease_ms: int) -> DedupOutcome:
-        """ACQUIRED if the key was free (or already held by ``token``: a redelivery of the same
-        message), DONE if it completed within its window, BUSY if another token holds it."""
+        """For holder ``token``: ACQUIRED if the key was free, or already held by ``token`` itself
+        (its lease is extended); DONE if it completed within its window; REDELIVERY if another
+        delivery of the same message holds it; BUSY if another message does."""
         ...
 
     def take_free(self, items: Sequence[tuple[str, str, int]]) -> list[DedupOutcome]:
-        """For each (key, token, lease_ms), in one round trip where the store can: take the key if
-        it is free (ACQUIRED); else DONE, or BUSY whoever holds it, ``token`` included (unlike
-        acquire, a lease of the same token is neither extended nor reported as ACQUIRED: a
-        redelivery is decided when it is about to run, against what runs then)."""
+        """For each (key, holder, lease_ms), in one round trip where the store can: take the key if
+        it is free (ACQUIRED); else DONE, or BUSY whoever holds it (a redelivery is decided when
+        it is about to run, against what runs then)."""
+        ...
+
+    def renew(self, items: Sequence[tuple[str, str, int]]) -> list[bool]:
+        """For each (key, holder, lease_ms), in one round trip where the store can: extend the
+        lease if ``holder`` still holds it, or take the key again if it is free (the lease lapsed,
+        or the store lost it); False if the key is done or held by another holder."""
+        ...
+
+    def remaining_ms(self, key: str) -> int:
+        """How long the key's current lease or window lasts; 0 if the key is free."""
         ...
 
     def complete(self, key: str, token: str, window_ms: int) -> None: ...
 
     def complete_many(self, items: Sequence[tuple[str, str, int]]) -> None:
-        """complete() for each (key, token, window_ms), in one round trip where the store can."""
+        """complete() for each (key, holder, window_ms), in one round trip where the store can."""
         ...
 
     def release(self, key: str, token: str) -> None:
-        """Free the key if ``token`` still holds it (a failed attempt: its retry may run)."""
+        """Free the key if holder ``token`` still holds it (a failed attempt: its retry may run)."""
+        ...
+
+    def claim(self, key: str, holder: str, ttl_ms: int) -> str:
+        """Set ``key`` to ``holder`` for ``ttl_ms`` unless it is set; return what it holds now
+        (``holder``, or whoever claimed it first). Decides once between two parties."""
         ...
 
 

@@ -65,6 +65,53 @@ def test_dedup_take_free_takes_only_free_keys_in_one_call(stores):
     assert dedup.acquire("own", "m3", 60_000) is DedupOutcome.ACQUIRED  # still m3's, decided at start
 
 
+def test_dedup_leases_belong_to_a_delivery(stores):
+    dedup = stores[0]
+    assert dedup.acquire("k", "m1|p1.1", 60_000) is DedupOutcome.ACQUIRED
+    assert dedup.acquire("k", "m1|p1.1", 60_000) is DedupOutcome.ACQUIRED  # its own: extended
+    assert dedup.acquire("k", "m1|p2.7", 60_000) is DedupOutcome.REDELIVERY  # the same message, delivered again
+    assert dedup.acquire("k", "m1|p1.2", 60_000) is DedupOutcome.REDELIVERY  # again, in the same process
+    assert dedup.acquire("k", "m2|p1.3", 60_000) is DedupOutcome.BUSY  # another message
+    dedup.release("k", "m1|p2.7")  # not the holder: nothing happens
+    assert dedup.acquire("k", "m1|p2.7", 60_000) is DedupOutcome.REDELIVERY
+    dedup.release("k", "m1|p1.1")
+    assert dedup.acquire("k", "m1|p2.7", 60_000) is DedupOutcome.ACQUIRED
+    # Message ids may hold "|": the delivery is what follows the last one.
+    assert dedup.acquire("p", "a|b|p1.1", 60_000) is DedupOutcome.ACQUIRED
+    assert dedup.acquire("p", "a|b|p2.1", 60_000) is DedupOutcome.REDELIVERY
+    assert dedup.acquire("p", "a|p2.2", 60_000) is DedupOutcome.BUSY
+    # A lease written before holders named their delivery (``r:<message id>``, a rolling deploy).
+    assert dedup.acquire("old", "m3", 60_000) is DedupOutcome.ACQUIRED
+    assert dedup.acquire("old", "m3|p1.4", 60_000) is DedupOutcome.REDELIVERY
+    assert dedup.acquire("old", "m4|p1.5", 60_000) is DedupOutcome.BUSY
+
+
+def test_dedup_renew_extends_or_retakes_only_its_own_lease(stores):
+    dedup = stores[0]
+    assert dedup.remaining_ms("k") == 0
+    assert dedup.acquire("k", "m1|p1.1", 1_000) is DedupOutcome.ACQUIRED
+    assert 0 < dedup.remaining_ms("k") <= 1_000
+    assert dedup.renew([("k", "m1|p1.1", 60_000), ("k", "m1|p2.1", 60_000), ("gone", "m2|p1.2", 60_000)]) == [
+        True, False, True]  # its own; another delivery's; a lease that lapsed (free): taken again
+    assert 59_000 < dedup.remaining_ms("k") <= 60_000
+    assert dedup.acquire("gone", "m9|p9.9", 60_000) is DedupOutcome.BUSY  # held again by m2
+    dedup.complete("k", "m1|p1.1", 5_000)
+    assert dedup.renew([("k", "m1|p1.1", 60_000)]) == [False]  # done: not a lease any more
+    assert dedup.acquire("k", "m1|p3.1", 60_000) is DedupOutcome.DONE
+    assert 0 < dedup.remaining_ms("k") <= 5_000
+    assert dedup.renew([]) == []
+
+
+def test_dedup_claims_decide_once_between_two_parties(stores):
+    dedup = stores[0]
+    assert dedup.claim("~retry:m1:1", "dead", 60_000) == "dead"
+    assert dedup.claim("~retry:m1:1", "run", 60_000) == "dead"  # the first claim stands
+    assert dedup.claim("~retry:m1:2", "run", 60_000) == "run"
+    assert dedup.claim("~retry:m1:2", "dead", 60_000) == "run"
+    dedup.claim("short", "run", 1)
+    services.wait_for(lambda: dedup.claim("short", "dead", 60_000) == "dead", timeout=5, message="claim end")
+
+
 def test_dedup_one_winner_among_concurrent_acquirers(stores):
     dedup = stores[0]
     results: list[DedupOutcome] = []
