@@ -44,6 +44,7 @@ def build_broker(settings: Settings) -> Broker:
         metrics_store=_from_container("metrics_store"),
         dedup_store=_from_container("dedup_store"),
         dedup_default_window=settings.dedup_default_window,
+        dedup_lease_ttl=settings.dedup_lease_ttl_s,
         breaker_store=_from_container("breaker_store"),
         fallback_queue=_from_container("fallback_queue"),
         breaker_policy=settings.breaker_policy,

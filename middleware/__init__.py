@@ -78,7 +78,7 @@ from domain.resilience import BreakerPolicy
 from middleware.circuit import CircuitBreaker
 from middleware.correlation import Correlation
 from middleware.deadletters import DeadLetters
-from middleware.dedup import Dedup
+from middleware.dedup import DEFAULT_LEASE_TTL_S, Dedup
 from middleware.jobs import Jobs
 from middleware.logcontext import LogContext
 from middleware.metrics import Metrics
@@ -91,6 +91,7 @@ def build_stack(*, max_retries: int = 20, min_backoff_ms: int = 1000,
                 metrics_store: Callable[[], MetricsStore] | None = None,
                 dedup_store: Callable[[], DedupStore] | None = None,
                 dedup_default_window: float = 86_400,
+                dedup_lease_ttl: float = DEFAULT_LEASE_TTL_S,
                 breaker_store: Callable[[], BreakerStore] | None = None,
                 fallback_queue: Callable[[], FallbackQueue] | None = None,
                 breaker_policy: BreakerPolicy | None = None,
@@ -117,7 +118,8 @@ def build_stack(*, max_retries: int = 20, min_backoff_ms: int = 1000,
         stack.append(DeadLetters(dead_letter_store, metrics=metrics_store, fallback=letter_fallback))
     stack.append(ClassifiedRetries(max_retries=max_retries, min_backoff=min_backoff_ms, max_backoff=max_backoff_ms))
     if dedup_store is not None:
-        stack.append(Dedup(dedup_store, default_window=dedup_default_window, metrics=metrics_store))
+        stack.append(Dedup(dedup_store, default_window=dedup_default_window, metrics=metrics_store,
+                           lease_ttl=dedup_lease_ttl))
     if breaker_store is not None and fallback_queue is not None:
         stack.append(CircuitBreaker(breaker_store, fallback_queue, policy=breaker_policy, metrics=metrics_store))
     stack.append(TimeLimit())

@@ -2,30 +2,58 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from dramatiq import Broker, Message, Worker
 from dramatiq.logging import get_logger
-from dramatiq.middleware import Middleware, SkipMessage
+from dramatiq.middleware import Middleware, SkipMessage, TimeLimit
 
-from brokers.park import park
+from brokers.park import fresh_copy, park
 from domain.ports import DedupStore, MetricsStore
-from domain.resilience import DedupOutcome
+from domain.resilience import DedupOutcome, lease_holder
 
-#: Counter of skipped duplicates, labels (queue_name, actor_name, reason: done | busy).
+#: Counter of skipped duplicates, labels (queue_name, actor_name, reason: done | busy | redelivery
+#: (put back for later)).
 DEDUP_SKIPS = "atelier_dedup_skips_total"
 DEFAULT_TIME_LIMIT_MS = 600_000  # dramatiq's TimeLimit default
+#: A lease is renewed while its delivery runs, up to the actor's time limit plus this: a run the
+#: TimeLimit could not stop (stuck in C code) does not hold its key for ever.
+LEASE_MARGIN_MS = 60_000
+#: Default lease: how long a key stays held after the process holding it died (kill -9).
+DEFAULT_LEASE_TTL_S = 30.0
 STORE_DOWN_DELAY_MS = 5_000
-COMPLETION_BATCH_S = 0.005
-#: A lease taken at fetch is used when the message starts within this many seconds; later, it is
-#: taken again (extended), so the lease still outlasts the actor's time limit. Under the minute
-#: a lease has beyond the time limit.
-FETCHED_LEASE_MAX_AGE_S = 30.0
+#: A redelivery waiting for another delivery's lease is put back for this long first, twice as
+#: long each time after, never past the end of the lease it waits for (it is looked at again then).
+REDELIVERY_FIRST_DELAY_MS = 500
+#: A key taken at fetch stays held (renewed) while its message waits in the worker's queue, at
+#: most this long; after that it is taken again when the message starts.
+FETCHED_WAIT_MAX_S = 600.0
 #: After the store failed at fetch, keys are taken at start only, for this long.
 FETCH_PAUSE_AFTER_FAILURE_S = 5.0
+#: A completion the store refused is tried again this often.
+COMPLETION_RETRY_S = 1.0
+#: Neither the broker (to put a redelivery back) nor a decision: look again after this long.
+PUT_BACK_RETRY_S = 1.0
+
+
+@dataclass(slots=True, eq=False)
+class _Lease:
+    """A key this process holds for one delivery, renewed by the lease thread."""
+
+    key: str
+    holder: str
+    confirmed: float  # monotonic time the store last had it as ours
+    until: float  # monotonic time after which it is no longer renewed
+    running: bool = False  # started (else taken at fetch, its message waiting in the worker's queue)
+    window: float = 0.0
+    lost: bool = False
 
 
 class Dedup(Middleware):
@@ -39,54 +67,70 @@ class Dedup(Middleware):
     seconds (message option first, then actor option, then ``default_window``). Keys are per
     actor: the same key on two actors means two things.
 
-    Before running, the key is acquired in the store: ``running`` (held under the message id,
-    with a lease of the actor's time limit plus a minute, so a worker that dies holding it does
-    not block the key forever), ``done`` for the window after success. A key that is done, or
-    held by another message (a concurrent duplicate), makes the message skipped (logged,
-    counted). A failure releases the key, so retries run; a redelivery of the same message
-    (crash, shutdown) finds its own lease and runs.
+    Leases belong to a delivery, not to a message. Before running, the key is acquired for this
+    delivery (``<message id>|<process>.<n>``) with a lease of ``lease_ttl`` seconds that a thread
+    of this process renews while the delivery runs, up to the actor's time limit plus a minute; so
+    a process that dies holding a key (kill -9) frees it within ``lease_ttl``. Success marks the
+    key ``done`` for the window, written before the message is acknowledged; a failure releases
+    it, so the retry runs. The key found:
 
-    With atelier's brokers, the keys of what one fetch brought are taken in one round trip when
-    the consumer hands the batch over (``after_fetch``), for messages about to go to the worker's
-    queue and sure to reach this hook (not delayed ones, dead-letter carriers, or messages with a
-    max_age, which could expire while they wait): the key is then held while the message waits
-    there (at most FETCHED_LEASE_MAX_AGE_S, else it is taken again at start). Only a free key is
-    taken early; a key that is done or held, by another message or by an earlier delivery of this
-    one, is decided when the message is about to run, as without batches. A message skipped before
-    it ran releases the key it took. If the store fails at fetch, keys are taken at start only
-    for FETCH_PAUSE_AFTER_FAILURE_S (the consumer thread that waits on it also sends the acks).
+    - done: the message is skipped (acknowledged, counted);
+    - held by another message (a concurrent duplicate): skipped;
+    - held by another delivery of the same message (the broker delivered it again while the first
+      still runs, here or elsewhere, or that delivery's process died and its lease has not ended):
+      neither run beside it nor acknowledged as done, but put back on its queue (same id and
+      retry count) and decided again later: skipped as done if the first completes, run if the
+      first failed or its lease ended. If the broker cannot take it back, the worker thread waits,
+      deciding again each second, until one of those happens;
+    - the store unreachable: the message is put back for STORE_DOWN_DELAY_MS.
 
-    Completions are written by a background thread, those of ~5 ms per round trip (the worker
-    thread does not wait for them): until written, the key reads as held, so a duplicate arriving
-    in those milliseconds is skipped just the same. Pending completions are written when the worker
-    shuts down; if the store is down they are kept and retried.
+    With atelier's brokers, the free keys of what one fetch brought are taken in one round trip
+    when the consumer hands the batch over (``after_fetch``), for messages about to go to the
+    worker's queue and sure to reach this hook (not delayed ones, dead-letter carriers, or
+    messages with a max_age, which could expire while they wait): the lease is renewed while the
+    message waits there (at most FETCHED_WAIT_MAX_S). Anything else is decided at start. A message
+    skipped before it ran releases the key it took; so does a worker that stops.
+
+    A completion is written before the acknowledgement by the worker thread, those of threads
+    finishing together in one round trip. If the store refuses it, the message is acknowledged
+    all the same (it ran) and the completion is tried again every second, for what is left of its
+    window; meanwhile the key reads as done in this process.
 
     Parameters:
       store: callable returning the DedupStore, resolved on first use.
       default_window: seconds, when neither message nor actor says.
       metrics: optional callable returning the MetricsStore that counts skips.
-      background_completion: False writes each completion before the message is acknowledged.
+      lease_ttl: seconds a lease lasts unless renewed.
     """
 
     def __init__(self, store: Callable[[], DedupStore], *, default_window: float = 86_400,
-                 metrics: Callable[[], MetricsStore] | None = None, background_completion: bool = True) -> None:
+                 metrics: Callable[[], MetricsStore] | None = None,
+                 lease_ttl: float = DEFAULT_LEASE_TTL_S) -> None:
+        if not lease_ttl > 0:
+            raise ValueError(f"lease_ttl must be positive, not {lease_ttl!r}")
         self.logger = get_logger(__name__, type(self))
         self._store_factory = store
         self._store: DedupStore | None = None
         self._metrics_factory = metrics
         self.default_window = default_window
-        # Per delivery (the object the worker passes to every hook), not per message id: the same
-        # message can be delivered twice at once (a RabbitMQ redelivery after a dropped connection).
-        self._held: dict[int, tuple[str, str, float]] = {}  # id(delivery) -> (message id, key, window)
-        self._running_ids: set[str] = set()  # message ids a delivery in this process holds
-        self._running_lock = threading.Lock()
-        self.background_completion = background_completion
-        self._completions: list[tuple[str, str, int]] = []
-        self._completing: set[str] = set()  # message ids among _completions
+        self.lease_ttl = float(lease_ttl)
+        self._time_limit_ms: int | None = None
+        self._pid = 0
+        self._process = ""
+        self._deliveries = itertools.count(1)
+        self._leases: dict[str, _Lease] = {}  # holder -> lease, taken at fetch or running
+        self._lock = threading.Condition()  # guards _leases' entries' fields, wakes the lease thread
+        self._thread: threading.Thread | None = None
+        self._idle = False
+        self._stopping = False
         self._fetch_paused_until = 0.0
-        self._wake = threading.Condition()
-        self._completer: threading.Thread | None = None
-        self._last_warning = 0.0
+        # Group commit of completions: the first thread to finish writes what the others queued.
+        self._commit = threading.Condition()
+        self._pending: list[list[Any]] = []  # [key, holder, window_ms, completed at, settled]
+        self._committing = False
+        # Completions the store refused: key -> (holder, window_ms, monotonic time it completed).
+        self._unrecorded: dict[str, tuple[str, int, float]] = {}
+        self._last_warning: dict[str, float] = {}
 
     @property
     def actor_options(self) -> set[str]:
@@ -128,17 +172,37 @@ class Dedup(Middleware):
         options.setdefault("dedup_window", window)
         return f"{message.actor_name}:{key}", float(window)
 
-    @staticmethod
-    def lease_ms(broker: Broker, message: Message) -> int:
-        actor_options = broker.get_actor(message.actor_name).options
-        time_limit = message.options.get("time_limit", actor_options.get("time_limit", DEFAULT_TIME_LIMIT_MS))
-        return int(time_limit) + 60_000
+    def time_limit_ms(self, broker: Broker, message: Message) -> int:
+        """The time limit Dramatiq's TimeLimit gives this message (its rule: the message's option,
+        else the actor's, else the middleware's own)."""
+        if self._time_limit_ms is None:
+            limit = next((m.time_limit for m in broker.middleware if isinstance(m, TimeLimit)), None)
+            self._time_limit_ms = int(limit) if limit else DEFAULT_TIME_LIMIT_MS
+        limit = message.options.get("time_limit") or broker.get_actor(message.actor_name).options.get(
+            "time_limit", self._time_limit_ms)
+        try:
+            return max(int(limit), 0)
+        except (TypeError, ValueError, OverflowError):
+            return self._time_limit_ms
+
+    def _lease_ms(self, time_limit_ms: int) -> int:
+        return max(1, min(int(self.lease_ttl * 1000), time_limit_ms + LEASE_MARGIN_MS))
+
+    def _holder(self, message_id: str) -> str:
+        """A holder for a new delivery: the message, this process (a fresh token after a fork)
+        and a counter."""
+        pid = os.getpid()
+        if pid != self._pid:
+            self._pid, self._process = pid, uuid.uuid4().hex[:12]
+        return lease_holder(message_id, f"{self._process}.{next(self._deliveries)}")
+
+    # --- fetch ---
 
     def after_fetch(self, broker: Broker, messages: list[Message]) -> None:
         """Take the free keys of a fetched batch in one round trip (see the class docstring)."""
-        if time.monotonic() < self._fetch_paused_until:
+        if self._stopping or time.monotonic() < self._fetch_paused_until:
             return
-        wanted: list[tuple[Message, str]] = []
+        wanted: list[tuple[Message, str, str]] = []
         items: list[tuple[str, str, int]] = []
         for message in messages:
             options = message.options
@@ -154,10 +218,11 @@ class Dedup(Middleware):
                 found = self.key_of(broker, message)
                 if found is None:
                     continue
-                items.append((found[0], message.message_id, self.lease_ms(broker, message)))
+                holder = self._holder(message.message_id)
+                items.append((found[0], holder, self._lease_ms(self.time_limit_ms(broker, message))))
             except Exception:  # e.g. a key callable failing on bad arguments: decided at start
                 continue
-            wanted.append((message, found[0]))
+            wanted.append((message, found[0], holder))
         if not items:
             return
         try:
@@ -167,133 +232,271 @@ class Dedup(Middleware):
             self._fetch_paused_until = time.monotonic() + FETCH_PAUSE_AFTER_FAILURE_S
             return
         now = time.monotonic()
-        for (message, key), outcome in zip(wanted, outcomes, strict=True):
+        taken = False
+        for (message, key, holder), outcome in zip(wanted, outcomes, strict=True):
             if outcome is DedupOutcome.ACQUIRED:
-                message._dedup_lease = (key, now)
+                message._dedup_lease = holder
+                self._leases[holder] = _Lease(key, holder, confirmed=now, until=now + FETCHED_WAIT_MAX_S)
+                taken = True
+        if taken:
+            self._start_thread()
+
+    # --- start ---
 
     def before_process_message(self, broker: Broker, message: Message) -> None:
         found = self.key_of(broker, message)
-        fetched = message.__dict__.pop("_dedup_lease", None)
         if found is None:
             return
         key, window = found
-        if fetched is not None and fetched[0] == key and time.monotonic() - fetched[1] < FETCHED_LEASE_MAX_AGE_S:
-            outcome = DedupOutcome.ACQUIRED
+        if self._unrecorded and key in self._unrecorded:
+            self.logger.info("Skipping message %r: dedup key %r completed here (not yet recorded).",
+                             message.message_id, key)
+            self._count(message, DedupOutcome.DONE.value)
+            raise SkipMessage(f"duplicate of dedup key {key!r} (done)")
+        time_limit_ms = self.time_limit_ms(broker, message)
+        holder: str | None = message.__dict__.get("_dedup_lease")
+        lease = self._leases.get(holder) if holder is not None else None
+        now = time.monotonic()
+        if (lease is not None and lease.key == key and not lease.lost
+                and now - lease.confirmed < self.lease_ttl / 2):
+            outcome, confirmed = DedupOutcome.ACQUIRED, lease.confirmed  # taken at fetch, renewed since
         else:
-            try:  # its own lease, taken at fetch and older: acquire extends it
-                outcome = self.store.acquire(key, message.message_id, self.lease_ms(broker, message))
+            if holder is None or (lease is not None and lease.key != key):
+                holder = self._holder(message.message_id)
+            try:  # the lease taken at fetch, if any, is extended (or taken again)
+                outcome = self.store.acquire(key, holder, self._lease_ms(time_limit_ms))
             except Exception:
                 self._defer(broker, message, key)
                 return
+            confirmed = now
+            if outcome is DedupOutcome.REDELIVERY:
+                outcome = self._put_back(broker, message, key, holder, time_limit_ms)
+                now = confirmed = time.monotonic()  # it waited
         if outcome is DedupOutcome.ACQUIRED:
-            with self._running_lock:
-                # Its own lease, held by a delivery of the same message still running here: the
-                # broker delivered it again (connection dropped). That run decides; this one is
-                # skipped rather than run alongside it.
-                duplicate = message.message_id in self._running_ids
-                # Or one that ran and completed here, its completion not yet written: the key
-                # still reads as its own lease.
-                completed = not duplicate and message.message_id in self._completing
-                if not duplicate and not completed:
-                    self._running_ids.add(message.message_id)
-                    self._held[id(message)] = (message.message_id, key, window)
-            if completed:
-                self.logger.info("Skipping message %r: it completed here moments ago (key %r).",
-                                 message.message_id, key)
-                self._count(message, DedupOutcome.DONE.value)
-                raise SkipMessage(f"duplicate of dedup key {key!r} (done)")
-            if not duplicate:
-                return
-            self.logger.warning("Skipping message %r: another delivery of it is still running here (key %r).",
-                                message.message_id, key)
-            self._count(message, DedupOutcome.BUSY.value)
-            raise SkipMessage(f"delivered again while running (dedup key {key!r})")
+            fetched = message.__dict__.pop("_dedup_lease", None)
+            if fetched is not None and fetched != holder:
+                self._drop_lease(fetched)
+            message._dedup_running = holder
+            message.options.pop("dedup_parks", None)  # a retry starts waiting afresh
+            self._leases[holder] = _Lease(key, holder, confirmed=confirmed, running=True, window=window,
+                                          until=now + (time_limit_ms + LEASE_MARGIN_MS) / 1000)
+            self._start_thread()
+            return
         self.logger.info("Skipping message %r: dedup key %r is %s.", message.message_id, key,
                          "done within its window" if outcome is DedupOutcome.DONE else "held by a running message")
         self._count(message, outcome.value)
         raise SkipMessage(f"duplicate of dedup key {key!r} ({outcome.value})")
 
+    def _put_back(self, broker: Broker, message: Message, key: str, holder: str,
+                  time_limit_ms: int) -> DedupOutcome:
+        """Another delivery of this message holds the key: put this one back, to be decided again
+        when that one has completed (skipped), failed or died (run). Raises SkipMessage once it is
+        back on its queue. If the broker refuses it, this thread waits and decides again, since
+        acknowledging it could lose the message (the other delivery may be the broker's only
+        other copy, running in memory) and running it would run it twice; returns the outcome
+        once it is no longer REDELIVERY."""
+        parks = message.options.get("dedup_parks", 0)
+        parks = parks if isinstance(parks, int) and 0 <= parks < 32 else 0
+        ttl_ms = int(self.lease_ttl * 1000)
+        while True:
+            try:
+                left = self.store.remaining_ms(key)
+            except Exception:  # looked at again within a lease either way
+                left = ttl_ms
+            delay = max(min(REDELIVERY_FIRST_DELAY_MS * 2 ** parks, left + 100, ttl_ms), 100)
+            try:
+                park(broker, fresh_copy(message, dedup_parks=parks + 1), delay)
+            except Exception:
+                self._warn("Could not put back message %r, delivered again while another delivery of it holds "
+                           "dedup key %r; deciding again in %.0f s.", message.message_id, key, PUT_BACK_RETRY_S)
+                time.sleep(PUT_BACK_RETRY_S)
+                try:
+                    outcome = self.store.acquire(key, holder, self._lease_ms(time_limit_ms))
+                except Exception:
+                    continue
+                if outcome is not DedupOutcome.REDELIVERY:
+                    return outcome
+                continue
+            self.logger.warning("Message %r delivered again while another delivery of it holds dedup key %r: "
+                                "put back for %d ms.", message.message_id, key, delay)
+            self._count(message, DedupOutcome.REDELIVERY.value)
+            raise SkipMessage(f"another delivery holds dedup key {key!r}: put back")
+
+    # --- end ---
+
     def after_process_message(self, broker: Broker, message: Message, *, result=None, exception=None) -> None:
-        if not self._held:  # nothing held in this process: the common case costs no lookup
+        holder = message.__dict__.pop("_dedup_running", None)
+        if holder is None:
             return
-        held = self._held.pop(id(message), None)  # dict operations are atomic: no lock
-        if held is None or held[0] != message.message_id:
+        lease = self._leases.pop(holder, None)
+        if lease is None:
             return
-        message_id, key, window = held
+        if exception is None and not message.failed:  # failed without an exception: it did not run
+            self._complete(lease)
+            return
         try:
-            # Noted as completing before it stops counting as running: a redelivery starting in
-            # between must see one or the other.
-            if exception is None:
-                if self.background_completion:
-                    self._complete_later(key, message_id, int(window * 1000))
-                else:
-                    self.store.complete(key, message_id, int(window * 1000))
-            else:
-                self.store.release(key, message_id)
-        finally:
-            self._running_ids.discard(message_id)
+            self.store.release(lease.key, holder)
+        except Exception:
+            self._warn("Could not release dedup key %r after a failure; it frees itself within %.0f s.", lease.key,
+                       self.lease_ttl)
 
     def after_skip_message(self, broker: Broker, message: Message) -> None:
-        # Skipped after we acquired (a breaker parked it), or before our before-hook with the key
-        # taken at fetch (expired, a dead-letter carrier): it did not run, so the key is free.
-        fetched = message.__dict__.pop("_dedup_lease", None)
-        if fetched is not None:
-            self.store.release(fetched[0], message.message_id)
-        if not self._held:
-            return
-        held = self._held.pop(id(message), None)  # dict operations are atomic: no lock
-        if held is not None and held[0] == message.message_id:
-            self._running_ids.discard(held[0])
-            self.store.release(held[1], message.message_id)
+        # Skipped after it took a key (a breaker parked it), or before our before-hook with the
+        # key taken at fetch (expired, a dead-letter carrier): it did not run, so the key is free.
+        for attribute in ("_dedup_lease", "_dedup_running"):
+            holder = message.__dict__.pop(attribute, None)
+            if holder is not None:
+                self._drop_lease(holder)
 
-    def _complete_later(self, key: str, token: str, window_ms: int) -> None:
-        with self._wake:
-            self._completions.append((key, token, window_ms))
-            self._completing.add(token)
-            if len(self._completions) == 1:  # the completer may be idle: wake it
-                if self._completer is None:
-                    self._completer = threading.Thread(target=self._complete_forever, name="dedup-complete",
-                                                       daemon=True)
-                    self._completer.start()
-                self._wake.notify()
-
-    def flush(self) -> None:
-        """Write the pending completions now (worker shutdown, tests); keep them if that fails."""
-        with self._wake:
-            batch, self._completions = self._completions, []
-        if not batch:
+    def _drop_lease(self, holder: str) -> None:
+        lease = self._leases.pop(holder, None)
+        if lease is None:
             return
         try:
-            self.store.complete_many(batch)
+            self.store.release(lease.key, holder)
         except Exception:
-            with self._wake:
-                self._completions[:0] = batch
-            now = time.monotonic()
-            if now - self._last_warning >= 60:
-                self._last_warning = now
-                self.logger.warning("Could not record %d dedup completion(s); will retry.", len(batch),
-                                    exc_info=True)
-            raise
-        with self._wake:
-            self._completing.difference_update(token for _key, token, _window in batch)
+            self._warn("Could not release dedup key %r; it frees itself within %.0f s.", lease.key, self.lease_ttl)
 
-    def _complete_forever(self) -> None:
+    def _complete(self, lease: _Lease) -> None:
+        """Record the completion before the message is acknowledged (this runs in the worker
+        thread, before the ack). Threads finishing together share one round trip: the first writes
+        what the others queued meanwhile, and they wait for it."""
+        entry: list[Any] = [lease.key, lease.holder, int(lease.window * 1000), time.monotonic(), False]
+        with self._commit:
+            self._pending.append(entry)
+            while self._committing and not entry[4]:
+                self._commit.wait()
+            if entry[4]:
+                return  # written (or set aside) by the thread that committed it
+            self._committing = True
+            batch, self._pending = self._pending, []
+        recorded = False
+        try:
+            self.store.complete_many([(key, holder, window_ms) for key, holder, window_ms, _at, _ in batch])
+            recorded = True
+        except Exception:
+            self._warn("Could not record %d dedup completion(s); the messages are acknowledged and the "
+                       "completions tried again every %.0f s.", len(batch), COMPLETION_RETRY_S)
+        finally:  # whatever happened (an asynchronous exception too), the others must not wait for ever
+            if not recorded:
+                with self._lock:
+                    for key, holder, window_ms, at, _ in batch:
+                        self._unrecorded[key] = (holder, window_ms, at)
+                self._start_thread()
+            with self._commit:
+                for item in batch:
+                    item[4] = True
+                self._committing = False
+                self._commit.notify_all()
+
+    # --- lease thread: renewals and completions to try again ---
+
+    def _start_thread(self) -> None:
+        """Have the lease thread running (and awake if it waits for work): called after a lease
+        or an unrecorded completion was added."""
+        thread = self._thread
+        if thread is not None and not self._idle and thread.is_alive():
+            return
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():  # first use, or after a fork
+                self._thread = threading.Thread(target=self._maintain, name="dedup-leases", daemon=True)
+                self._thread.start()
+            self._lock.notify()
+
+    def _maintain(self) -> None:
         while True:
-            with self._wake:
-                while not self._completions:
-                    self._wake.wait()
-            # Gather what completes in the next few milliseconds: one round trip for all of it.
-            time.sleep(COMPLETION_BATCH_S)
+            with self._lock:
+                # Idle is set before looking: a lease added after the look finds it set and wakes us.
+                self._idle = True
+                while not self._leases and not self._unrecorded:
+                    self._lock.wait()
+                self._idle = False
+            time.sleep(min(self.lease_ttl / 3, COMPLETION_RETRY_S) if self._unrecorded else self.lease_ttl / 3)
             try:
-                self.flush()
-            except Exception:
-                time.sleep(1)
+                self.renew()
+                self.record_unrecorded()
+            except Exception:  # never let the thread die: the next tick tries again
+                self._warn("Dedup lease maintenance failed.")
+
+    def renew(self) -> None:
+        """Extend every lease this process holds (one round trip), except those past their end."""
+        now = time.monotonic()
+        due: list[_Lease] = []
+        for lease in list(self._leases.values()):
+            if now < lease.until:
+                due.append(lease)
+            elif lease.running:
+                if not lease.lost:
+                    lease.lost = True
+                    self.logger.warning("Dedup key %r: its run is past the actor's time limit plus %d s; the "
+                                        "lease is left to end.", lease.key, LEASE_MARGIN_MS // 1000)
+            else:  # waited too long in the worker's queue: taken again at start
+                self._leases.pop(lease.holder, None)
+        if not due:
+            return
+        ttl_ms = int(self.lease_ttl * 1000)
+        items = [(lease.key, lease.holder, max(1, min(ttl_ms, int((lease.until - now) * 1000)))) for lease in due]
+        try:
+            renewed = self.store.renew(items)
+        except Exception:
+            self._warn("Could not renew %d dedup lease(s); trying again in %.1f s.", len(items), self.lease_ttl / 3)
+            return
+        for lease, ok in zip(due, renewed, strict=True):
+            if ok:
+                lease.confirmed = now
+            elif not lease.lost:
+                lease.lost = True
+                self.logger.warning("Dedup key %r: the lease of %s was lost (the store lost it, or it lapsed and "
+                                    "another took it).", lease.key, lease.holder)
+
+    def record_unrecorded(self) -> None:
+        """Write the completions the store refused, each for what is left of its window."""
+        if not self._unrecorded:
+            return
+        now = time.monotonic()
+        with self._lock:
+            batch = list(self._unrecorded.items())
+        items = []
+        expired = []
+        for key, (holder, window_ms, at) in batch:
+            left = window_ms - int((now - at) * 1000)
+            (items if left > 0 else expired).append((key, holder, left))
+        try:
+            self.store.complete_many(items)
+            for key, holder, _left in expired:  # the window is over: the key is free again
+                self.store.release(key, holder)
+        except Exception:
+            return
+        with self._lock:
+            for key, holder, _left in items + expired:
+                if self._unrecorded.get(key, ("",))[0] == holder:
+                    del self._unrecorded[key]
+        if items or expired:
+            self.logger.info("Recorded %d dedup completion(s) the store had refused (%d past their window).",
+                             len(items), len(expired))
+
+    # --- worker lifecycle ---
+
+    def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
+        self._stopping = False
+
+    def before_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
+        """Free the keys taken at fetch: the worker requeues messages it did not start, and their
+        next delivery must not wait for this process's leases to end."""
+        self._stopping = True
+        for lease in [lease for lease in list(self._leases.values()) if not lease.running]:
+            self._drop_lease(lease.holder)
 
     def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
         try:
-            self.flush()
-        except Exception:  # logged by flush; the leases expire by themselves
+            self.record_unrecorded()
+        except Exception:
             pass
+        if self._unrecorded:
+            self.logger.warning("%d dedup completion(s) could not be recorded; their keys free themselves within "
+                                "%.0f s.", len(self._unrecorded), self.lease_ttl)
+
+    # --- helpers ---
 
     def _defer(self, broker: Broker, message: Message, key: str) -> None:
         """The store cannot be reached: running could repeat a side effect, so the message goes
@@ -308,6 +511,13 @@ class Dedup(Middleware):
         self.logger.error("Dedup store unreachable; message %r put back for %d ms (key %r).",
                           message.message_id, STORE_DOWN_DELAY_MS, key, exc_info=True)
         raise SkipMessage("dedup store unreachable: deferred")
+
+    def _warn(self, text: str, *args: Any) -> None:
+        """A warning with its traceback, each kind at most once a minute (an outage repeats it)."""
+        now = time.monotonic()
+        if now - self._last_warning.get(text, -60.0) >= 60:
+            self._last_warning[text] = now
+            self.logger.warning(text, *args, exc_info=True)
 
     def _count(self, message: Message, reason: str) -> None:
         if self._metrics_factory is None:

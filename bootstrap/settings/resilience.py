@@ -10,6 +10,8 @@ from domain.resilience import BreakerPolicy
 
 class ResilienceSettings(Group):
     dedup_default_window: int = Field(86_400, ge=1, description="Seconds, for actors that give a key but no window.")
+    dedup_lease_ttl_s: float = Field(30.0, ge=1, le=3600, description=(
+        "Seconds a dedup key stays held after the worker running its message died (kill -9); renewed while it runs."))
     circuit_failure_threshold: int = Field(5, ge=1, description="Dependency failures within the window that open it.")
     circuit_window_s: float = Field(60.0, gt=0, description="Seconds over which failures are counted.")
     circuit_reset_timeout_s: float = Field(30.0, gt=0, description="Open this long, then half-open.")

@@ -15,7 +15,7 @@ from dramatiq.middleware import SkipMessage
 from adapters.state.memory import InMemoryDedupStore
 from brokers.dispatch import AtelierStubBroker
 from domain.resilience import DedupOutcome
-from middleware.dedup import FETCHED_LEASE_MAX_AGE_S, Dedup
+from middleware.dedup import Dedup
 
 
 class CountingStore(InMemoryDedupStore):
@@ -38,7 +38,7 @@ class CountingStore(InMemoryDedupStore):
 @pytest.fixture
 def setup():
     store = CountingStore()
-    dedup = Dedup(lambda: store, background_completion=False)
+    dedup = Dedup(lambda: store)
     broker = AtelierStubBroker(middleware=[dedup])
 
     @dramatiq.actor(broker=broker, queue_name="q", dedup_key=lambda i: f"k{i}", dedup_window=60)
@@ -61,7 +61,7 @@ def test_a_batch_takes_its_free_keys_in_one_call_and_each_start_uses_its_lease(s
         broker.emit_before("process_message", message)
         broker.emit_after("process_message", message, result=None)
     assert store.calls == [("take_free", 3)]  # no acquire per message
-    assert [store.acquire(f"job:k{i}", "other", 1000) for i in (1, 2, 3)] == [DedupOutcome.DONE] * 3
+    assert [store.acquire(f"job:k{i}", "other|x.1", 1000) for i in (1, 2, 3)] == [DedupOutcome.DONE] * 3
 
 
 def test_a_duplicate_in_the_same_batch_is_skipped_at_start(setup) -> None:
@@ -81,7 +81,7 @@ def test_delayed_and_unknown_messages_take_no_key_at_fetch(setup) -> None:
                                     options={"dedup_key": "x"}))]
     broker.emit_after("fetch", delayed + unknown)
     assert store.calls == []
-    assert store.acquire("job:k1", "other", 1000) is DedupOutcome.ACQUIRED  # the key stayed free
+    assert store.acquire("job:k1", "other|x.1", 1000) is DedupOutcome.ACQUIRED  # the key stayed free
 
 
 def test_a_done_key_is_decided_at_start(setup) -> None:
@@ -94,25 +94,35 @@ def test_a_done_key_is_decided_at_start(setup) -> None:
     assert store.calls == [("take_free", 1), ("acquire", 1)]
 
 
-def test_a_lease_older_than_the_limit_is_taken_again_at_start(setup) -> None:
+def test_a_lease_not_confirmed_for_half_its_ttl_is_taken_again_at_start(setup) -> None:
     broker, dedup, store, fetched = setup
     (message,) = fetched(4)
     broker.emit_after("fetch", [message])
-    key, taken = message._dedup_lease
-    message._dedup_lease = (key, taken - FETCHED_LEASE_MAX_AGE_S - 1)
+    dedup._leases[message._dedup_lease].confirmed -= dedup.lease_ttl / 2  # not renewed since
     broker.emit_before("process_message", message)  # its own lease: acquired again, not skipped
     assert store.calls == [("take_free", 1), ("acquire", 1)]
     broker.emit_after("process_message", message, result=None)
-    assert store.acquire("job:k4", "other", 1000) is DedupOutcome.DONE
+    assert store.acquire("job:k4", "other|x.1", 1000) is DedupOutcome.DONE
+
+
+def test_a_lease_dropped_while_its_message_waited_is_taken_again_at_start(setup) -> None:
+    broker, dedup, store, fetched = setup
+    (message,) = fetched(4)
+    broker.emit_after("fetch", [message])
+    dedup._leases.clear()  # waited longer than FETCHED_WAIT_MAX_S, or the worker is stopping
+    broker.emit_before("process_message", message)
+    assert store.calls == [("take_free", 1), ("acquire", 1)]
+    assert store.acquire("job:k4", "other|x.1", 1000) is DedupOutcome.BUSY  # held for this run
 
 
 def test_a_message_skipped_before_it_started_frees_the_key_it_took_at_fetch(setup) -> None:
     broker, dedup, store, fetched = setup
     (message,) = fetched(9)
     broker.emit_after("fetch", [message])
-    assert store.acquire("job:k9", "other", 1000) is DedupOutcome.BUSY
+    assert store.acquire("job:k9", "other|x.1", 1000) is DedupOutcome.BUSY
     broker.emit_after("skip_message", message)  # e.g. AgeLimit: expired before Dedup's hook
-    assert store.acquire("job:k9", "other", 1000) is DedupOutcome.ACQUIRED
+    assert store.acquire("job:k9", "other|x.1", 1000) is DedupOutcome.ACQUIRED
+    assert not dedup._leases  # and no longer renewed
 
 
 def test_a_store_down_at_fetch_leaves_the_decision_to_the_start_for_a_while(setup) -> None:
@@ -132,11 +142,11 @@ def test_a_store_down_at_fetch_leaves_the_decision_to_the_start_for_a_while(setu
 def test_an_earlier_delivery_s_lease_is_not_taken_at_fetch(setup) -> None:
     broker, dedup, store, fetched = setup
     (message,) = fetched(2)
-    InMemoryDedupStore.acquire(store, "job:k2", message.message_id, 60_000)  # a delivery of it runs
+    InMemoryDedupStore.acquire(store, "job:k2", f"{message.message_id}|elsewhere.1", 60_000)  # it runs there
     broker.emit_after("fetch", [message])
     assert "_dedup_lease" not in message.__dict__
     broker.emit_after("skip_message", message)  # skipped before it started: must not free the key
-    assert store.acquire("job:k2", "other", 1000) is DedupOutcome.BUSY
+    assert store.acquire("job:k2", "other|x.1", 1000) is DedupOutcome.BUSY
 
 
 def test_carriers_and_messages_with_a_max_age_take_no_key_at_fetch(setup) -> None:
@@ -144,25 +154,3 @@ def test_carriers_and_messages_with_a_max_age_take_no_key_at_fetch(setup) -> Non
     batch = fetched(1, dead_letter={"reason": "x"}) + fetched(2, max_age=60_000)
     broker.emit_after("fetch", batch)
     assert store.calls == []
-
-
-def test_a_redelivery_of_a_message_that_completed_here_moments_ago_is_skipped() -> None:
-    store = InMemoryDedupStore()
-    dedup = Dedup(lambda: store)  # completions written in the background, batched
-    broker = AtelierStubBroker(middleware=[dedup])
-
-    @dramatiq.actor(broker=broker, queue_name="q", dedup_key=lambda i: f"k{i}")
-    def job(i: int) -> None:
-        pass
-
-    message = job.message(1)
-    first, again = MessageProxy(message), MessageProxy(message)
-    with dedup._wake:  # hold the completer: the completion stays pending
-        broker.emit_before("process_message", first)
-        broker.emit_after("process_message", first, result=None)
-        with pytest.raises(SkipMessage, match="done"):
-            broker.emit_before("process_message", again)  # the key still reads as its own lease
-    dedup.flush()
-    assert store.acquire("job:k1", "other", 1000) is DedupOutcome.DONE
-    assert not dedup._completing
-    broker.close()

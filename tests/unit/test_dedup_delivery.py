@@ -1,0 +1,257 @@
+"""Dedup leases belong to a delivery, not to a message (issue 16, item 5); the completion is
+recorded before the acknowledgement and survives a store outage (item 8a).
+
+Two "processes" are two StubBrokers, each with its own Dedup, sharing one in-memory store; hooks
+are driven one by one where the order matters, a real Worker elsewhere."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import dramatiq
+import pytest
+from dramatiq import Message
+from dramatiq.broker import MessageProxy
+from dramatiq.common import dq_name
+from dramatiq.middleware import SkipMessage
+
+import middleware.dedup as dedup_module
+from adapters.state.memory import InMemoryDedupStore
+from brokers.dispatch import AtelierStubBroker
+from domain.errors import TransientError
+from middleware.dedup import Dedup
+from tests.services import wait_for
+
+KEY = "job:k7"
+
+
+class Process:
+    """One worker process: its broker, its Dedup and the deduplicated actor ``job``."""
+
+    def __init__(self, store: InMemoryDedupStore, *, lease_ttl: float = 30.0, extra: tuple[Any, ...] = (),
+                 time_limit: int | None = None) -> None:
+        self.dedup = Dedup(lambda: store, lease_ttl=lease_ttl)
+        self.broker = AtelierStubBroker(middleware=[*extra, self.dedup])
+        options = {} if time_limit is None else {"time_limit": time_limit}
+
+        @dramatiq.actor(broker=self.broker, queue_name="q", actor_name="job", dedup_key=lambda n: f"k{n}",
+                        dedup_window=60, **options)
+        def job(n: int) -> None:
+            pass
+
+        self.job = job
+
+    def start(self, message: Message | MessageProxy) -> MessageProxy:
+        """Deliver ``message`` here: the before-hooks run (SkipMessage propagates)."""
+        proxy = message if isinstance(message, MessageProxy) else MessageProxy(message)
+        self.broker.emit_before("process_message", proxy)
+        return proxy
+
+    def finish(self, proxy: MessageProxy, exception: BaseException | None = None) -> None:
+        self.broker.emit_after("process_message", proxy, result=None, exception=exception)
+
+    def parked(self) -> list[Message]:
+        """What was put back on the queue for later (the delay queue), oldest first."""
+        queue = self.broker.queues[dq_name("q")]
+        found = []
+        while not queue.empty():
+            found.append(Message.decode(queue.get_nowait()))
+        return found
+
+    def close(self) -> None:
+        self.broker.close()
+
+
+@pytest.fixture
+def store() -> InMemoryDedupStore:
+    return InMemoryDedupStore()
+
+
+@pytest.fixture
+def two(store):
+    a, b = Process(store, lease_ttl=0.4), Process(store, lease_ttl=0.4)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def die(process: Process) -> None:
+    """kill -9 of a process: nothing it held is renewed, released or completed any more."""
+    process.dedup._leases.clear()
+
+
+# --- item 5: leases of a delivery ---
+
+def test_a_redelivery_to_another_process_while_the_first_runs_is_put_back_not_run_beside_it(two, store):
+    a, b = two
+    message = a.job.message(7)
+    first = a.start(message)  # runs in A
+    with pytest.raises(SkipMessage):
+        b.start(message)  # RabbitMQ delivered it again (A's connection dropped), to B
+    [back] = b.parked()
+    assert back.message_id == message.message_id and back.args == (7,)
+    a.finish(first)  # A completes it
+    with pytest.raises(SkipMessage, match="done"):
+        b.start(back)  # the copy put back comes round: done, skipped
+
+
+def test_a_redelivery_in_the_same_process_while_the_first_runs_is_put_back_not_acked_as_done(store):
+    a = Process(store)
+    try:
+        message = a.job.message(7)
+        first = a.start(message)
+        with pytest.raises(SkipMessage):
+            a.start(message)  # delivered again here while the first still runs
+        [back] = a.parked()  # not acknowledged as done: a copy is on its way back
+        assert back.message_id == message.message_id
+        a.finish(first, TransientError("failed"))  # the first failed: the key is free
+        a.start(back)  # the copy runs (no SkipMessage)
+    finally:
+        a.close()
+
+
+def test_the_lease_of_a_running_delivery_is_renewed_and_ends_within_its_ttl_once_its_process_died(two, store):
+    a, b = two
+    message = a.job.message(7)
+    a.start(message)
+    other = f"{message.message_id}|another.1"
+    deadline = time.monotonic() + 1.5  # almost four lease lengths: renewed all along
+    while time.monotonic() < deadline:
+        assert store.acquire(KEY, other, 1000).value == "redelivery"
+        time.sleep(0.05)
+    die(a)
+    died = time.monotonic()
+    with pytest.raises(SkipMessage):
+        b.start(message)  # the broker gives B the dead process's message: the lease still runs
+    [back] = b.parked()
+    assert back.options["dedup_parks"] == 1
+    wait_for(lambda: store.remaining_ms(KEY) == 0, timeout=2, interval=0.02, message="the lease to end")
+    assert time.monotonic() - died < 0.4 + 0.3  # within a lease (plus a renewal tick of slack)
+    b.start(back)  # runs now
+
+
+def test_a_redelivery_waits_longer_each_time_but_never_past_the_end_of_the_lease(store):
+    a, b = Process(store), Process(store)  # leases of 30 s
+    try:
+        message = a.job.message(7)
+        a.start(message)
+        delays = []
+        for parks in (0, 1, 9):
+            sent = int(time.time() * 1000)
+            with pytest.raises(SkipMessage):
+                b.start(a.job.message_with_options(args=(7,), dedup_parks=parks).copy(message_id=message.message_id))
+            [back] = b.parked()
+            assert back.options["dedup_parks"] == parks + 1
+            delays.append(back.options["eta"] - sent)
+        first, second, long = delays
+        assert 495 <= first < 600 and 995 <= second < 1100  # 0.5 s, then twice as long
+        assert 29_000 < long <= 30_000 + 100  # 256 s asked, but the lease ends within 30 s
+    finally:
+        a.close()
+        b.close()
+
+
+class TimeLimitOption(dramatiq.Middleware):
+    """Declares the ``time_limit`` actor option without arming TimeLimit's alarm in this thread."""
+
+    actor_options = {"time_limit"}
+
+
+def test_a_lease_lasts_no_longer_than_the_time_limit_plus_the_margin(store, monkeypatch):
+    monkeypatch.setattr(dedup_module, "LEASE_MARGIN_MS", 200, raising=False)
+    a = Process(store, lease_ttl=5, time_limit=100, extra=(TimeLimitOption(),))
+    try:
+        message = a.job.message(7)
+        a.start(message)  # and hangs past its time limit: the after-hook never comes
+        assert 0 < store.remaining_ms(KEY) <= 300
+        wait_for(lambda: store.remaining_ms(KEY) == 0, timeout=3, interval=0.02,
+                 message="the lease to end after time limit + margin")
+        assert a.dedup.time_limit_ms(a.broker, a.job.message_with_options(args=(1,), time_limit=0)) == 100
+    finally:
+        a.close()
+
+
+def test_a_key_taken_at_fetch_belongs_to_that_delivery(two, store):
+    a, b = two
+    message = a.job.message(7)
+    fetched = MessageProxy(message)
+    a.broker.emit_after("fetch", [fetched])  # A took the key for this delivery; it waits in A's queue
+    with pytest.raises(SkipMessage):
+        b.start(message)  # a second delivery of the same message: put back
+    assert len(b.parked()) == 1
+    a.start(fetched)  # the fetched delivery runs on its lease
+    a.finish(fetched)
+    assert store.acquire(KEY, "other|x.1", 1000).value == "done"
+
+
+def test_a_stopping_worker_frees_the_keys_of_messages_it_fetched_but_did_not_start(store):
+    a = Process(store)
+    try:
+        fetched = MessageProxy(a.job.message(7))
+        a.broker.emit_after("fetch", [fetched])
+        assert store.remaining_ms(KEY) > 0
+        a.broker.emit_before("worker_shutdown", None)
+        assert store.remaining_ms(KEY) == 0  # requeued, its next delivery runs at once
+    finally:
+        a.close()
+
+
+# --- item 8a: the completion before the acknowledgement ---
+
+class KeyAtAck(dramatiq.Middleware):
+    """Notes what the dedup store holds for KEY when the worker acknowledges a message."""
+
+    def __init__(self, store: InMemoryDedupStore) -> None:
+        self.store = store
+        self.seen: list[str | None] = []
+
+    def before_ack(self, broker, message) -> None:  # type: ignore[no-untyped-def]
+        self.seen.append(self.store._get(KEY))
+
+
+def test_the_completion_is_recorded_before_the_message_is_acknowledged(store):
+    probe = KeyAtAck(store)
+    a = Process(store, extra=(probe,))
+    worker = dramatiq.Worker(a.broker, worker_threads=2, worker_timeout=20)
+    worker.start()
+    try:
+        a.job.send(7)
+        a.broker.join("q")
+        worker.join()
+    finally:
+        worker.stop()
+        a.close()
+    assert probe.seen == ["done"]
+
+
+class FlakyStore(InMemoryDedupStore):
+    down = False
+
+    def complete_many(self, items):  # type: ignore[no-untyped-def]
+        if self.down:
+            raise ConnectionError("dedup store down")
+        super().complete_many(items)
+
+
+def test_a_completion_the_store_refuses_is_acknowledged_retried_and_keeps_its_window(monkeypatch):
+    monkeypatch.setattr(dedup_module, "COMPLETION_RETRY_S", 0.05)
+    store = FlakyStore()
+    a = Process(store)
+    try:
+        message = a.job.message_with_options(args=(7,), dedup_window=3)
+        store.down = True
+        first = a.start(message)
+        a.finish(first)  # the store refuses the completion; the message is acknowledged all the same
+        completed = time.monotonic()
+        assert not first.failed
+        with pytest.raises(SkipMessage, match="done"):
+            a.start(message)  # delivered again meanwhile: it completed here
+        wait_for(lambda: time.monotonic() - completed > 1.0, timeout=5, message="an outage of a second")
+        store.down = False
+        wait_for(lambda: store._get(KEY) == "done", timeout=5, interval=0.02, message="the completion recorded")
+        # The window counts from the completion, not from when the store took it.
+        assert store.remaining_ms(KEY) <= 3000 - 1000 + 100
+        assert not a.dedup._unrecorded
+    finally:
+        a.close()
