@@ -116,7 +116,8 @@ def build_stack(*, max_retries: int = 20, min_backoff_ms: int = 1000,
                           circuit=breaker_store is not None and fallback_queue is not None))
     if dead_letter_store is not None:
         stack.append(DeadLetters(dead_letter_store, metrics=metrics_store, fallback=letter_fallback))
-    stack.append(ClassifiedRetries(max_retries=max_retries, min_backoff=min_backoff_ms, max_backoff=max_backoff_ms))
+    stack.append(ClassifiedRetries(max_retries=max_retries, min_backoff=min_backoff_ms, max_backoff=max_backoff_ms,
+                                   retry_claims=dedup_store))
     if dedup_store is not None:
         stack.append(Dedup(dedup_store, default_window=dedup_default_window, metrics=metrics_store,
                            lease_ttl=dedup_lease_ttl))

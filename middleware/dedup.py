@@ -17,10 +17,17 @@ from dramatiq.middleware import Middleware, SkipMessage, TimeLimit
 
 from brokers.park import fresh_copy, park
 from domain.ports import DedupStore, MetricsStore
-from domain.resilience import DedupOutcome, lease_holder
+from domain.resilience import (
+    RETRY_CLAIM_DEAD,
+    RETRY_CLAIM_RUN,
+    RETRY_CLAIM_RUN_TTL_MS,
+    DedupOutcome,
+    lease_holder,
+    retry_claim_key,
+)
 
 #: Counter of skipped duplicates, labels (queue_name, actor_name, reason: done | busy | redelivery
-#: (put back for later)).
+#: (put back for later) | dead_lettered (a retry whose message was dead-lettered instead)).
 DEDUP_SKIPS = "atelier_dedup_skips_total"
 DEFAULT_TIME_LIMIT_MS = 600_000  # dramatiq's TimeLimit default
 #: A lease is renewed while its delivery runs, up to the actor's time limit plus this: a run the
@@ -95,6 +102,10 @@ class Dedup(Middleware):
     finishing together in one round trip. If the store refuses it, the message is acknowledged
     all the same (it ran) and the completion is tried again every second, for what is left of its
     window; meanwhile the key reads as done in this process.
+
+    A retry whose enqueue raised may still have reached the broker; ClassifiedRetries then
+    claims that attempt for the dead letter, and the retry, when it starts, for itself: the
+    retry is skipped if the letter claimed it first (``domain.resilience.retry_claim_key``).
 
     Parameters:
       store: callable returning the DedupStore, resolved on first use.
@@ -244,6 +255,12 @@ class Dedup(Middleware):
     # --- start ---
 
     def before_process_message(self, broker: Broker, message: Message) -> None:
+        retries = message.options.get("retries")
+        if retries and self._letter_claimed(message, retries):
+            self.logger.warning("Skipping message %r: its retry %d was reported not enqueued and the message "
+                                "was dead-lettered instead; the letter stands.", message.message_id, retries)
+            self._count(message, "dead_lettered")
+            raise SkipMessage("dead-lettered when this retry was enqueued")
         found = self.key_of(broker, message)
         if found is None:
             return
@@ -321,6 +338,20 @@ class Dedup(Middleware):
                                 "put back for %d ms.", message.message_id, key, delay)
             self._count(message, DedupOutcome.REDELIVERY.value)
             raise SkipMessage(f"another delivery holds dedup key {key!r}: put back")
+
+    def _letter_claimed(self, message: Message, retries: Any) -> bool:
+        """Whether this retry's attempt was claimed by a dead letter (the enqueue that made this
+        retry raised, and the message was dead-lettered); else it is claimed for this run."""
+        if not isinstance(retries, int) or retries <= 0:
+            return False
+        try:
+            held = self.store.claim(retry_claim_key(message.message_id, retries), RETRY_CLAIM_RUN,
+                                    RETRY_CLAIM_RUN_TTL_MS)
+        except Exception:  # at least once: it runs (docs/middleware.md, Retries)
+            self._warn("Could not claim retry %d of message %r in the dedup store; running it.", retries,
+                       message.message_id)
+            return False
+        return held == RETRY_CLAIM_DEAD
 
     # --- end ---
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 from dramatiq import Broker, Message, Retry
@@ -12,6 +13,8 @@ from dramatiq.middleware import Retries, SkipMessage
 
 from brokers.park import MAX_DELAY_MS, park
 from domain.errors import Cancelled, Paced, PermanentError, TransientError
+from domain.ports import DedupStore
+from domain.resilience import RETRY_CLAIM_DEAD, RETRY_CLAIM_DEAD_TTL_MS, RETRY_CLAIM_RUN, retry_claim_key
 
 #: The longest wait a dependency's Retry-After is honoured for; longer (or an HTTP date in year
 #: 9999) is cut to this. A wait past MAX_DELAY_MS is served in parks of at most MAX_DELAY_MS.
@@ -77,6 +80,11 @@ class ClassifiedRetries(Retries):
     1.x's Retries does (its issue 545: the exception is swallowed by the hook machinery and the
     message acked): the message is failed instead, with ``retry_enqueue_error`` in its options,
     for the dead-letter middleware to store.
+
+    Such an enqueue may have reached the broker all the same (a publish confirm lost with the
+    connection): with ``retry_claims`` (the DedupStore), the dead letter claims that attempt
+    first, and the retry, if it exists, is skipped when it starts (Dedup claims it for the run);
+    if the retry has started already, it carries the message on and nothing is dead-lettered.
     """
 
     def before_process_message(self, broker: Broker, message: Message) -> None:
@@ -144,8 +152,35 @@ class ClassifiedRetries(Retries):
         except Exception as exc:
             if message.failed:  # already given up on (e.g. on_retry_exhausted could not be sent)
                 raise
+            if self._retry_started(message):
+                return
             message.options["retry_enqueue_error"] = f"{type(exc).__name__}: {exc}"
             message.options["failed_because"] = "retry_enqueue_failed"
             message.fail()
             self.logger.error("Could not re-enqueue message %r for its retry; dead-lettering it instead.",
                               message.message_id, exc_info=True)
+
+    # --- a retry whose enqueue raised but reached the broker (issue 16, item 8) ---
+
+    def __init__(self, *, retry_claims: Callable[[], DedupStore] | None = None, **options: Any) -> None:
+        super().__init__(**options)
+        self.retry_claims = retry_claims
+
+    def _retry_started(self, message: Message) -> bool:
+        """Claim this retry's attempt for the dead letter; True if the retry claimed it first (it
+        reached the broker and has started: it carries the message on, nothing to dead-letter)."""
+        retries = message.options.get("retries")
+        if self.retry_claims is None or not isinstance(retries, int):
+            return False
+        try:
+            held = self.retry_claims().claim(retry_claim_key(message.message_id, retries), RETRY_CLAIM_DEAD,
+                                             RETRY_CLAIM_DEAD_TTL_MS)
+        except Exception:
+            self.logger.warning("Could not claim retry %d of message %r for its dead letter; if the retry "
+                                "reached the broker it runs as well.", retries, message.message_id, exc_info=True)
+            return False
+        if held != RETRY_CLAIM_RUN:
+            return False
+        self.logger.warning("Retry %d of message %r was reported not enqueued, but it reached the broker and has "
+                            "started: not dead-lettered.", retries, message.message_id)
+        return True

@@ -97,7 +97,7 @@ class ResilienceProviders:
                        "Dead letters waiting in the fallback store (atelier dlq restore).",
                        lambda: self.letter_fallback.count()),
             store_counter(store, DEDUP_SKIPS,
-                          "Deliveries not run because of their dedup key (done, busy, redelivery).",
+                          "Deliveries not run because of their dedup key (done, busy, redelivery, dead_lettered).",
                           ("queue_name", "actor_name", "reason")),
             MetricSpec("atelier_circuit_state", "gauge", "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
                        lambda: {(name, ): state.gauge for name, state in self.breaker_store.states().items()},

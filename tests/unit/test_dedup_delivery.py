@@ -1,11 +1,13 @@
 """Dedup leases belong to a delivery, not to a message (issue 16, item 5); the completion is
-recorded before the acknowledgement and survives a store outage (item 8a).
+recorded before the acknowledgement and survives a store outage (item 8a); a retry whose enqueue
+raised after reaching the broker is either dead-lettered or run, never both (item 8b).
 
 Two "processes" are two StubBrokers, each with its own Dedup, sharing one in-memory store; hooks
 are driven one by one where the order matters, a real Worker elsewhere."""
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -16,12 +18,14 @@ from dramatiq.broker import MessageProxy
 from dramatiq.common import dq_name
 from dramatiq.middleware import SkipMessage
 
+import middleware
 import middleware.dedup as dedup_module
 from adapters.state.memory import InMemoryDedupStore
 from brokers.dispatch import AtelierStubBroker
 from domain.errors import TransientError
 from middleware.dedup import Dedup
 from tests.services import wait_for
+from tests.unit.fakes import FakeDeadLetterStore
 
 KEY = "job:k7"
 
@@ -255,3 +259,72 @@ def test_a_completion_the_store_refuses_is_acknowledged_retried_and_keeps_its_wi
         assert not a.dedup._unrecorded
     finally:
         a.close()
+
+
+# --- item 8b: a retry reported not enqueued that reached the broker ---
+
+@pytest.fixture
+def stack():
+    store, letters = InMemoryDedupStore(), FakeDeadLetterStore()
+    broker = AtelierStubBroker(middleware=middleware.build_stack(
+        max_retries=3, min_backoff_ms=100, max_backoff_ms=200, dedup_store=lambda: store,
+        dead_letter_store=lambda: letters))
+    broker.emit_after("process_boot")
+    worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=20)
+    worker.start()
+    yield broker, letters
+    worker.stop()
+    broker.close()
+
+
+def lose_the_confirm(broker, monkeypatch, before_raising=lambda: None) -> None:  # type: ignore[no-untyped-def]
+    """The retry's enqueue reaches the broker, then raises as a lost publish confirm does."""
+    real = broker.enqueue
+
+    def enqueue(message, *, delay=None):  # type: ignore[no-untyped-def]
+        sent = real(message, delay=delay)
+        if delay is not None and message.options.get("retries") == 1:
+            before_raising()
+            raise ConnectionError("connection lost before the publish confirm")
+        return sent
+
+    monkeypatch.setattr(broker, "enqueue", enqueue)
+
+
+def test_a_retry_reported_not_enqueued_is_dead_lettered_and_its_copy_skipped(stack, monkeypatch):
+    broker, letters = stack
+    runs = []
+
+    @dramatiq.actor(broker=broker, queue_name="q")
+    def flaky() -> None:
+        runs.append(1)
+        if len(runs) == 1:
+            raise TransientError("down once")
+
+    lose_the_confirm(broker, monkeypatch)
+    flaky.send()
+    broker.join("q")  # and its delay queue: the retry's copy came round too
+    [letter] = letters.letters.values()
+    assert letter.reason == "retry_enqueue_failed"
+    assert runs == [1]  # the copy that reached the broker did not run: the letter stands alone
+
+
+def test_a_retry_reported_not_enqueued_that_already_runs_is_not_dead_lettered(stack, monkeypatch):
+    broker, letters = stack
+    runs, retry_started = [], threading.Event()
+
+    @dramatiq.actor(broker=broker, queue_name="q")
+    def flaky() -> None:
+        runs.append(1)
+        if len(runs) == 1:
+            raise TransientError("down once")
+        retry_started.set()
+
+    # The enqueue raises only once the retry is running (its confirm came too late).
+    lose_the_confirm(broker, monkeypatch, before_raising=lambda: retry_started.wait(10))
+    flaky.send()
+    wait_for(lambda: len(runs) == 2, timeout=10, message="the retry run")
+    broker.join("q")
+    assert runs == [1, 1]
+    assert letters.letters == {}  # it ran: nothing to dead-letter
+    assert broker.dead_letters == []  # and the first delivery was acknowledged, not rejected
