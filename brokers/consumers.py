@@ -19,6 +19,13 @@ when none is pending; the consumer thread sends every tag queued by then. Each t
 on its own (``multiple=False``: messages finish out of order), only after its message was
 processed, and ``close()`` still waits for every scheduled callback, so nothing is acked earlier
 or lost compared with Dramatiq's consumer.
+
+Settle. Before a drain sends its acks, the consumer emits the signal "settle" with the messages
+about to be acknowledged (hook ``before_settle(broker, messages)``), on the consumer thread: what
+must be written before a message is acknowledged (Dedup's done marks) is written there, for the
+whole batch in one round trip, instead of each worker thread waiting for its own. A message whose
+ack cannot be sent (its channel is gone) is settled at once, on its worker thread. Brokers whose
+consumers emit it say so with ``settles_in_batches = True``.
 """
 
 from __future__ import annotations
@@ -101,7 +108,7 @@ class AtelierRabbitmqConsumer(FetchBatches, _RabbitmqConsumer):
         self.broker = broker
         self.queue_name = queue_name  # Dramatiq's RabbitMQ consumer does not keep it
         self._init_batches()
-        self._settle: deque[tuple[int, bool]] = deque()  # (delivery tag, ack?)
+        self._settle: deque[tuple[int, bool, Any]] = deque()  # (delivery tag, ack?, message acked)
         self._scheduled = False
         self._schedule_lock = threading.Lock()
 
@@ -133,18 +140,20 @@ class AtelierRabbitmqConsumer(FetchBatches, _RabbitmqConsumer):
 
     def _nack(self, tag) -> None:
         # Dramatiq's __next__ rejects an undecodable body through _nack.
-        self._queue(tag, False)
+        self._queue(tag, False, None)
 
     def _settle_later(self, message, ack: bool) -> None:
         try:
             self.known_tags.remove(message._tag)
         except KeyError:
             self.logger.warning("Failed to %s message: not in known tags.", "ack" if ack else "nack")
+            if ack:  # its channel is gone (RabbitMQ delivers it again): settled all the same
+                self.broker.emit_before("settle", [message])
             return
-        self._queue(message._tag, ack)
+        self._queue(message._tag, ack, message if ack else None)
 
-    def _queue(self, tag: int, ack: bool) -> None:
-        self._settle.append((tag, ack))
+    def _queue(self, tag: int, ack: bool, message: Any) -> None:
+        self._settle.append((tag, ack, message))
         with self._schedule_lock:
             if self._scheduled:  # the pending drain sends this one too
                 return
@@ -161,13 +170,18 @@ class AtelierRabbitmqConsumer(FetchBatches, _RabbitmqConsumer):
             raise
 
     def _drain(self) -> None:
-        """On the consumer thread: send every settlement queued so far."""
+        """On the consumer thread: settle, then send, every settlement queued so far."""
         with self._schedule_lock:
             # Cleared before draining: whatever is queued after this point schedules a new drain.
             self._scheduled = False
         settle = self._settle
+        batch = []
         while settle:
-            tag, ack = settle.popleft()
+            batch.append(settle.popleft())
+        acked = [message for _tag, ack, message in batch if ack and message is not None]
+        if acked:
+            self.broker.emit_before("settle", acked)
+        for tag, ack, _message in batch:
             if ack:
                 self.channel.basic_ack(tag)
             else:

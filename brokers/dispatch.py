@@ -117,7 +117,11 @@ class AtelierRedisBroker(HookTable, RedisBroker):
 
 class AtelierRabbitmqBroker(HookTable, RabbitmqBroker):
     """Dramatiq's RabbitmqBroker with table dispatch of middleware hooks; its consumers hand each
-    fetch to the middleware as one batch and send acks in batches (brokers/consumers.py)."""
+    fetch to the middleware as one batch and send acks in batches, each batch settled first
+    (brokers/consumers.py)."""
+
+    #: Its consumers emit "settle" with the messages they are about to acknowledge.
+    settles_in_batches = True
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> AtelierRabbitmqConsumer:
         self.declare_queue(queue_name, ensure=True)

@@ -44,6 +44,11 @@ REDELIVERY_FIRST_DELAY_MS = 500
 FETCHED_WAIT_MAX_S = 600.0
 #: After the store failed at fetch, keys are taken at start only, for this long.
 FETCH_PAUSE_AFTER_FAILURE_S = 5.0
+#: A done mark left for the consumer to write before its ack (RabbitMQ) is written by the lease
+#: thread if no consumer did within this long (the connection closed before that drain).
+SETTLE_GRACE_S = 1.0
+#: A worker thread waits this long for another to write its completion, then writes it itself.
+COMMIT_WAIT_S = 5.0
 #: A completion the store refused is tried again this often.
 COMPLETION_RETRY_S = 1.0
 #: Neither the broker (to put a redelivery back) nor a decision: look again after this long.
@@ -61,6 +66,17 @@ class _Lease:
     running: bool = False  # started (else taken at fetch, its message waiting in the worker's queue)
     window: float = 0.0
     lost: bool = False
+
+
+class _Completion:
+    """A done mark waiting to be written, and the lock its worker thread waits on."""
+
+    __slots__ = ("key", "holder", "window_ms", "at", "lock", "lead")
+
+    def __init__(self, key: str, holder: str, window_ms: int, at: float) -> None:
+        self.key, self.holder, self.window_ms, self.at = key, holder, window_ms, at
+        self.lock = threading.Lock()
+        self.lead = False
 
 
 class Dedup(Middleware):
@@ -98,10 +114,13 @@ class Dedup(Middleware):
     message waits there (at most FETCHED_WAIT_MAX_S). Anything else is decided at start. A message
     skipped before it ran releases the key it took; so does a worker that stops.
 
-    A completion is written before the acknowledgement by the worker thread, those of threads
-    finishing together in one round trip. If the store refuses it, the message is acknowledged
-    all the same (it ran) and the completion is tried again every second, for what is left of its
-    window; meanwhile the key reads as done in this process.
+    A completion (the done mark) is written before the acknowledgement: where the broker's
+    consumers settle their acks in batches (``settles_in_batches``: atelier's RabbitMQ consumer),
+    by the consumer thread just before it sends them (``before_settle``), one round trip per
+    batch; elsewhere by the worker thread in ``after_process_message``, threads finishing together
+    in one round trip. If the store refuses it, the message is acknowledged all the same (it ran)
+    and the completion is tried again every second, for what is left of its window; meanwhile the
+    key reads as done in this process.
 
     A retry whose enqueue raised may still have reached the broker; ClassifiedRetries then
     claims that attempt for the dead letter, and the retry, when it starts, for itself: the
@@ -136,9 +155,11 @@ class Dedup(Middleware):
         self._stopping = False
         self._fetch_paused_until = 0.0
         # Group commit of completions: the first thread to finish writes what the others queued.
-        self._commit = threading.Condition()
-        self._pending: list[list[Any]] = []  # [key, holder, window_ms, completed at, settled]
+        self._commit = threading.Lock()
+        self._pending: list[_Completion] = []
         self._committing = False
+        # Done marks a consumer writes before it acknowledges their messages (before_settle).
+        self._awaiting: dict[str, _Completion] = {}  # holder -> completion
         # Completions the store refused: key -> (holder, window_ms, monotonic time it completed).
         self._unrecorded: dict[str, tuple[str, int, float]] = {}
         self._last_warning: dict[str, float] = {}
@@ -295,8 +316,14 @@ class Dedup(Middleware):
                 self._drop_lease(fetched)
             message._dedup_running = holder
             message.options.pop("dedup_parks", None)  # a retry starts waiting afresh
-            self._leases[holder] = _Lease(key, holder, confirmed=confirmed, running=True, window=window,
-                                          until=now + (time_limit_ms + LEASE_MARGIN_MS) / 1000)
+            until = now + (time_limit_ms + LEASE_MARGIN_MS) / 1000
+            if lease is not None and lease.holder == holder:  # the lease taken at fetch runs now
+                # Changed in place: the lease thread tells an ended lease by its object.
+                lease.window, lease.until, lease.confirmed, lease.running = window, until, confirmed, True
+                lease.lost = False
+            else:
+                self._leases[holder] = _Lease(key, holder, confirmed=confirmed, running=True, window=window,
+                                              until=until)
             self._start_thread()
             return
         self.logger.info("Skipping message %r: dedup key %r is %s.", message.message_id, key,
@@ -359,11 +386,22 @@ class Dedup(Middleware):
         holder = message.__dict__.pop("_dedup_running", None)
         if holder is None:
             return
+        if exception is None and not message.failed:  # failed without an exception: it did not run
+            lease = self._leases.get(holder)
+            if lease is None:
+                return
+            entry = _Completion(lease.key, holder, int(lease.window * 1000), time.monotonic())
+            if getattr(broker, "settles_in_batches", False):
+                # Its consumer writes it, with the others it acknowledges at once, just before the
+                # ack (before_settle); the lease stays held and renewed until then.
+                message._dedup_done = entry
+                self._awaiting[holder] = entry
+                return
+            self._leases.pop(holder, None)
+            self._complete(entry)
+            return
         lease = self._leases.pop(holder, None)
         if lease is None:
-            return
-        if exception is None and not message.failed:  # failed without an exception: it did not run
-            self._complete(lease)
             return
         try:
             self.store.release(lease.key, holder)
@@ -388,37 +426,78 @@ class Dedup(Middleware):
         except Exception:
             self._warn("Could not release dedup key %r; it frees itself within %.0f s.", lease.key, self.lease_ttl)
 
-    def _complete(self, lease: _Lease) -> None:
-        """Record the completion before the message is acknowledged (this runs in the worker
-        thread, before the ack). Threads finishing together share one round trip: the first writes
-        what the others queued meanwhile, and they wait for it."""
-        entry: list[Any] = [lease.key, lease.holder, int(lease.window * 1000), time.monotonic(), False]
-        with self._commit:
-            self._pending.append(entry)
-            while self._committing and not entry[4]:
-                self._commit.wait()
-            if entry[4]:
-                return  # written (or set aside) by the thread that committed it
-            self._committing = True
-            batch, self._pending = self._pending, []
-        recorded = False
+    def before_settle(self, broker: Broker, messages: list[Message]) -> None:
+        """A consumer is about to acknowledge ``messages`` (on its own thread): write their done
+        marks first, in one round trip."""
+        batch = []
+        for message in messages:
+            entry = message.__dict__.pop("_dedup_done", None)
+            if entry is not None and self._awaiting.pop(entry.holder, None) is not None:
+                batch.append(entry)
+        if batch:
+            self._record(batch)
+
+    def _record(self, batch: list[_Completion]) -> bool:
+        """Write these done marks; if the store refuses, keep them to write again later. Their
+        leases are no longer renewed either way."""
         try:
-            self.store.complete_many([(key, holder, window_ms) for key, holder, window_ms, _at, _ in batch])
-            recorded = True
+            self.store.complete_many([(item.key, item.holder, item.window_ms) for item in batch])
+            return True
         except Exception:
             self._warn("Could not record %d dedup completion(s); the messages are acknowledged and the "
                        "completions tried again every %.0f s.", len(batch), COMPLETION_RETRY_S)
-        finally:  # whatever happened (an asynchronous exception too), the others must not wait for ever
-            if not recorded:
-                with self._lock:
-                    for key, holder, window_ms, at, _ in batch:
-                        self._unrecorded[key] = (holder, window_ms, at)
-                self._start_thread()
-            with self._commit:
+            with self._lock:
                 for item in batch:
-                    item[4] = True
-                self._committing = False
-                self._commit.notify_all()
+                    self._unrecorded[item.key] = (item.holder, item.window_ms, item.at)
+            self._start_thread()
+            return False
+        finally:
+            for item in batch:
+                self._leases.pop(item.holder, None)
+
+    def _complete(self, entry: _Completion) -> None:
+        """Record the completion before the message is acknowledged (this runs in the worker
+        thread, before the ack), where no consumer settles batches. Threads finishing together
+        share one round trip: one of them, the leader, writes every completion queued so far while
+        the others wait, each on a lock of its own (one wake-up per message: released once
+        written, or to lead the next round)."""
+        entry.lock.acquire()
+        with self._commit:
+            self._pending.append(entry)
+            leader = not self._committing
+            self._committing = True
+        late = False
+        if not leader:
+            if entry.lock.acquire(timeout=COMMIT_WAIT_S):
+                if not entry.lead:
+                    return  # written by a leader
+            else:
+                late = True
+                # No leader came for it (one was cut short by an asynchronous exception, or the
+                # store is slow): lead a round ourselves, unless a leader holds it already.
+                with self._commit:
+                    taken = entry not in self._pending
+                if taken:
+                    entry.lock.acquire()  # released in that leader's finally
+                    if not entry.lead:
+                        return
+        batch: list[_Completion] = []
+        try:
+            with self._commit:
+                batch, self._pending = self._pending, []
+            self._record(batch)
+        finally:  # whatever happened (an asynchronous exception too), nobody may wait for ever
+            for item in batch:
+                if item is not entry:
+                    item.lock.release()
+            with self._commit:
+                if not self._pending:
+                    self._committing = False
+                elif not self._pending[0].lead:  # queued while we wrote: the first leads the next round
+                    self._pending[0].lead = True
+                    self._pending[0].lock.release()
+        if late and not any(item is entry for item in batch):
+            entry.lock.acquire(timeout=COMMIT_WAIT_S)  # another leader took it meanwhile: let it finish
 
     # --- lease thread: renewals and completions to try again ---
 
@@ -444,6 +523,7 @@ class Dedup(Middleware):
                 self._idle = False
             time.sleep(min(self.lease_ttl / 3, COMPLETION_RETRY_S) if self._unrecorded else self.lease_ttl / 3)
             try:
+                self.settle_overdue(SETTLE_GRACE_S)
                 self.renew()
                 self.record_unrecorded()
             except Exception:  # never let the thread die: the next tick tries again
@@ -472,13 +552,34 @@ class Dedup(Middleware):
         except Exception:
             self._warn("Could not renew %d dedup lease(s); trying again in %.1f s.", len(items), self.lease_ttl / 3)
             return
+        ended = []
         for lease, ok in zip(due, renewed, strict=True):
-            if ok:
+            if self._leases.get(lease.holder) is not lease:
+                # Its delivery ended while we renewed: completed (the key is done, nothing was
+                # renewed) or failed and released, which the renewal may have taken back.
+                if ok:
+                    ended.append(lease)
+            elif ok:
                 lease.confirmed = now
             elif not lease.lost:
                 lease.lost = True
                 self.logger.warning("Dedup key %r: the lease of %s was lost (the store lost it, or it lapsed and "
                                     "another took it).", lease.key, lease.holder)
+        for lease in ended:
+            self.store.release(lease.key, lease.holder)
+
+    def settle_overdue(self, grace: float) -> None:
+        """Write the done marks no consumer settled within ``grace`` seconds (its connection
+        closed before the drain that would have acknowledged them)."""
+        if not self._awaiting:
+            return
+        now = time.monotonic()
+        batch = []
+        for entry in list(self._awaiting.values()):
+            if now - entry.at >= grace and self._awaiting.pop(entry.holder, None) is not None:
+                batch.append(entry)
+        if batch:
+            self._record(batch)
 
     def record_unrecorded(self) -> None:
         """Write the completions the store refused, each for what is left of its window."""
@@ -520,6 +621,7 @@ class Dedup(Middleware):
 
     def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
         try:
+            self.settle_overdue(0)
             self.record_unrecorded()
         except Exception:
             pass

@@ -201,6 +201,44 @@ def test_a_stopping_worker_frees_the_keys_of_messages_it_fetched_but_did_not_sta
         a.close()
 
 
+class RenewingStore(InMemoryDedupStore):
+    """Runs ``during`` in the middle of a renewal: what a worker thread does meanwhile."""
+
+    during: Any = None
+
+    def renew(self, items):  # type: ignore[no-untyped-def]
+        if self.during is not None:
+            self.during()
+        return super().renew(items)
+
+
+def test_a_fetched_lease_that_starts_running_during_a_renewal_stays_held() -> None:
+    store = RenewingStore()
+    a = Process(store)
+    try:
+        fetched = MessageProxy(a.job.message(7))
+        a.broker.emit_after("fetch", [fetched])
+        store.during = lambda: a.start(fetched)
+        a.dedup.renew()
+        assert store.acquire(KEY, "other|x.1", 1000).value == "busy"  # still held for the run
+        a.finish(fetched)
+        assert store.acquire(KEY, "other|x.1", 1000).value == "done"
+    finally:
+        a.close()
+
+
+def test_a_delivery_that_fails_during_a_renewal_leaves_its_key_free() -> None:
+    store = RenewingStore()
+    a = Process(store)
+    try:
+        running = a.start(a.job.message(7))
+        store.during = lambda: a.finish(running, TransientError("failed"))  # released; its retry may run
+        a.dedup.renew()  # found the key free and took it back for the ended delivery: given up again
+        assert store.remaining_ms(KEY) == 0
+    finally:
+        a.close()
+
+
 # --- item 8a: the completion before the acknowledgement ---
 
 class KeyAtAck(dramatiq.Middleware):
@@ -227,6 +265,121 @@ def test_the_completion_is_recorded_before_the_message_is_acknowledged(store):
         worker.stop()
         a.close()
     assert probe.seen == ["done"]
+
+
+def test_a_completion_nobody_writes_is_written_by_its_own_thread_after_a_while(store, monkeypatch):
+    monkeypatch.setattr(dedup_module, "COMMIT_WAIT_S", 0.2)
+    a = Process(store)
+    try:
+        running = a.start(a.job.message(7))
+        a.dedup._committing = True  # a leader that will never come back (cut short mid-round)
+        started = time.monotonic()
+        a.finish(running)
+        assert time.monotonic() - started < 2
+        assert store.acquire(KEY, "other|x.1", 1000).value == "done"
+        assert not a.dedup._committing and not a.dedup._pending
+    finally:
+        a.close()
+
+
+class SlowStore(InMemoryDedupStore):
+    """complete_many waits for ``go`` on its first call: a leader stuck on a slow store."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = threading.Event()
+        self.calls = 0
+
+    def complete_many(self, items):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        if self.calls == 1:
+            assert self.go.wait(10)
+        super().complete_many(items)
+
+
+def test_threads_finishing_together_share_a_round_and_do_not_wait_for_ever_on_a_slow_one(monkeypatch):
+    monkeypatch.setattr(dedup_module, "COMMIT_WAIT_S", 0.2)
+    store = SlowStore()
+    a = Process(store)
+    try:
+        first, second = a.start(a.job.message(1)), a.start(a.job.message(2))
+        leader = threading.Thread(target=a.finish, args=(first,))
+        leader.start()
+        wait_for(lambda: store.calls == 1, timeout=5, message="the leader writing")
+        a.finish(second)  # queued behind the stuck leader: after COMMIT_WAIT_S it writes its own
+        assert store.acquire("job:k2", "other|x.1", 1000).value == "done"
+        assert leader.is_alive()
+        store.go.set()
+        leader.join(5)
+        assert store.acquire("job:k1", "other|x.1", 1000).value == "done"
+        assert not a.dedup._committing and not a.dedup._pending
+    finally:
+        store.go.set()
+        a.close()
+
+
+class CountingStore(InMemoryDedupStore):
+    """complete_many takes a millisecond, like a round trip, and counts its calls."""
+
+    calls = 0
+
+    def complete_many(self, items):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        time.sleep(0.001)
+        super().complete_many(items)
+
+
+def test_many_threads_finishing_at_once_each_see_their_completion_written_in_shared_rounds() -> None:
+    store = CountingStore()
+    a = Process(store)
+
+    def work(base: int) -> None:
+        for n in range(base, base + 200):
+            a.finish(a.start(a.job.message(n)))
+            assert store._get(f"job:k{n}") == "done"  # written before the worker thread goes on
+
+    try:
+        threads = [threading.Thread(target=work, args=(i * 1000,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert not any(thread.is_alive() for thread in threads)
+        assert sum(store._get(f"job:k{i * 1000 + n}") == "done" for i in range(8) for n in range(200)) == 1600
+        assert store.calls < 1600  # shared rounds
+        assert not a.dedup._committing and not a.dedup._pending
+    finally:
+        a.close()
+
+
+def test_where_the_consumer_settles_batches_it_writes_the_done_marks_just_before_its_acks(store):
+    a = Process(store)
+    try:
+        a.broker.settles_in_batches = True  # as atelier's RabbitMQ broker
+        first, second = a.start(a.job.message(1)), a.start(a.job.message(2))
+        a.finish(first)
+        a.finish(second)
+        # Not written by the worker threads; the keys stay held (and renewed) meanwhile.
+        assert [store._get(f"job:k{n}") for n in (1, 2)] == [f"r:{m._dedup_done.holder}" for m in (first, second)]
+        a.broker.emit_before("settle", [first, second])  # the consumer, about to send both acks
+        assert [store._get(f"job:k{n}") for n in (1, 2)] == ["done", "done"]
+        assert not a.dedup._awaiting and not a.dedup._leases
+    finally:
+        a.close()
+
+
+def test_a_done_mark_no_consumer_settled_is_written_by_the_lease_thread(store):
+    a = Process(store)
+    try:
+        a.broker.settles_in_batches = True
+        running = a.start(a.job.message(1))
+        a.finish(running)  # its connection closed before the drain that would have acked it
+        a.dedup.settle_overdue(0)  # what the lease thread does after SETTLE_GRACE_S
+        assert store._get("job:k1") == "done"
+        a.broker.emit_before("settle", [running])  # a late drain after all: nothing twice
+        assert not a.dedup._awaiting and not a.dedup._leases
+    finally:
+        a.close()
 
 
 class FlakyStore(InMemoryDedupStore):
