@@ -149,7 +149,7 @@ class Dedup(Middleware):
         self._process = ""
         self._deliveries = itertools.count(1)
         self._leases: dict[str, _Lease] = {}  # holder -> lease, taken at fetch or running
-        self._lock = threading.Condition()  # guards _leases' entries' fields, wakes the lease thread
+        self._lock = threading.Condition()  # guards _unrecorded; wakes the lease thread
         self._thread: threading.Thread | None = None
         self._idle = False
         self._stopping = False
@@ -226,6 +226,10 @@ class Dedup(Middleware):
         pid = os.getpid()
         if pid != self._pid:
             self._pid, self._process = pid, uuid.uuid4().hex[:12]
+        try:
+            message_id.encode()
+        except UnicodeEncodeError:  # a lone surrogate, which no store takes: the same text each time
+            message_id = "u8:" + message_id.encode("utf-8", "surrogatepass").hex()
         return lease_holder(message_id, f"{self._process}.{next(self._deliveries)}")
 
     # --- fetch ---
@@ -296,7 +300,7 @@ class Dedup(Middleware):
         lease = self._leases.get(holder) if holder is not None else None
         now = time.monotonic()
         if (lease is not None and lease.key == key and not lease.lost
-                and now - lease.confirmed < self.lease_ttl / 2):
+                and now - lease.confirmed < self.lease_ttl / 2 and lease.until - now > self.lease_ttl):
             outcome, confirmed = DedupOutcome.ACQUIRED, lease.confirmed  # taken at fetch, renewed since
         else:
             if holder is None or (lease is not None and lease.key != key):
@@ -314,13 +318,14 @@ class Dedup(Middleware):
             fetched = message.__dict__.pop("_dedup_lease", None)
             if fetched is not None and fetched != holder:
                 self._drop_lease(fetched)
-            message._dedup_running = holder
+            message._dedup_running = (holder, key, window)
             message.options.pop("dedup_parks", None)  # a retry starts waiting afresh
             until = now + (time_limit_ms + LEASE_MARGIN_MS) / 1000
             if lease is not None and lease.holder == holder:  # the lease taken at fetch runs now
                 # Changed in place: the lease thread tells an ended lease by its object.
                 lease.window, lease.until, lease.confirmed, lease.running = window, until, confirmed, True
                 lease.lost = False
+                self._leases[holder] = lease  # (back) in the renewals, had they just dropped it
             else:
                 self._leases[holder] = _Lease(key, holder, confirmed=confirmed, running=True, window=window,
                                               until=until)
@@ -383,14 +388,12 @@ class Dedup(Middleware):
     # --- end ---
 
     def after_process_message(self, broker: Broker, message: Message, *, result=None, exception=None) -> None:
-        holder = message.__dict__.pop("_dedup_running", None)
-        if holder is None:
+        running = message.__dict__.pop("_dedup_running", None)
+        if running is None:
             return
+        holder, key, window = running
         if exception is None and not message.failed:  # failed without an exception: it did not run
-            lease = self._leases.get(holder)
-            if lease is None:
-                return
-            entry = _Completion(lease.key, holder, int(lease.window * 1000), time.monotonic())
+            entry = _Completion(key, holder, int(window * 1000), time.monotonic())
             if getattr(broker, "settles_in_batches", False):
                 # Its consumer writes it, with the others it acknowledges at once, just before the
                 # ack (before_settle); the lease stays held and renewed until then.
@@ -400,31 +403,32 @@ class Dedup(Middleware):
             self._leases.pop(holder, None)
             self._complete(entry)
             return
-        lease = self._leases.pop(holder, None)
-        if lease is None:
-            return
+        self._leases.pop(holder, None)
         try:
-            self.store.release(lease.key, holder)
+            self.store.release(key, holder)
         except Exception:
-            self._warn("Could not release dedup key %r after a failure; it frees itself within %.0f s.", lease.key,
+            self._warn("Could not release dedup key %r after a failure; it frees itself within %.0f s.", key,
                        self.lease_ttl)
 
     def after_skip_message(self, broker: Broker, message: Message) -> None:
         # Skipped after it took a key (a breaker parked it), or before our before-hook with the
         # key taken at fetch (expired, a dead-letter carrier): it did not run, so the key is free.
-        for attribute in ("_dedup_lease", "_dedup_running"):
-            holder = message.__dict__.pop(attribute, None)
-            if holder is not None:
-                self._drop_lease(holder)
+        fetched = message.__dict__.pop("_dedup_lease", None)
+        if fetched is not None:
+            self._drop_lease(fetched)
+        running = message.__dict__.pop("_dedup_running", None)
+        if running is not None:
+            self._drop_lease(running[0], running[1])
 
-    def _drop_lease(self, holder: str) -> None:
+    def _drop_lease(self, holder: str, key: str | None = None) -> None:
         lease = self._leases.pop(holder, None)
-        if lease is None:
+        key = key if key is not None else lease.key if lease is not None else None
+        if key is None:
             return
         try:
-            self.store.release(lease.key, holder)
+            self.store.release(key, holder)
         except Exception:
-            self._warn("Could not release dedup key %r; it frees itself within %.0f s.", lease.key, self.lease_ttl)
+            self._warn("Could not release dedup key %r; it frees itself within %.0f s.", key, self.lease_ttl)
 
     def before_settle(self, broker: Broker, messages: list[Message]) -> None:
         """A consumer is about to acknowledge ``messages`` (on its own thread): write their done

@@ -239,6 +239,40 @@ def test_a_delivery_that_fails_during_a_renewal_leaves_its_key_free() -> None:
         a.close()
 
 
+def test_a_run_whose_lease_the_renewals_dropped_still_records_its_completion(store):
+    a = Process(store)
+    try:
+        running = a.start(a.job.message(7))
+        a.dedup._leases.clear()  # e.g. dropped by a renewal that judged it at the very moment it started
+        a.finish(running)
+        assert store._get(KEY) == "done"
+    finally:
+        a.close()
+
+
+class EncodingStore(InMemoryDedupStore):
+    """Takes only what Redis can store (UTF-8)."""
+
+    def acquire(self, key, token, lease_ms):  # type: ignore[no-untyped-def]
+        (key + token).encode()
+        return super().acquire(key, token, lease_ms)
+
+
+def test_a_message_id_with_a_lone_surrogate_still_gets_a_lease_of_its_own() -> None:
+    store = EncodingStore()
+    a = Process(store)
+    try:
+        message = a.job.message(7).copy(message_id="id-\ud800")
+        first = a.start(message)  # not taken for a store outage (deferred for ever)
+        with pytest.raises(SkipMessage):
+            a.start(message)  # its redelivery is still recognised as the same message: put back
+        assert len(a.parked()) == 1
+        a.finish(first)
+        assert store._get(KEY) == "done"
+    finally:
+        a.close()
+
+
 # --- item 8a: the completion before the acknowledgement ---
 
 class KeyAtAck(dramatiq.Middleware):
