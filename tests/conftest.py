@@ -21,6 +21,18 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.fixture
+def pg_test_url() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database of this test's own: workers and producers of one
+    end-to-end test share it, and nothing another test left due (an outbox event) reaches them."""
+    from adapters.sql.migrate import upgrade
+
+    url = services.create_pg_database()
+    upgrade(url)
+    yield url
+    services.drop_pg_database(url)
+
+
+@pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     from adapters.sql.migrate import upgrade
 

@@ -8,13 +8,13 @@ from tests import services
 
 
 @pytest.fixture(params=sorted(services.BROKERS))
-def broker_env(request, base_env, pg_url, s3_server) -> Iterator[dict[str, str]]:
+def broker_env(request, base_env, pg_test_url, s3_server) -> Iterator[dict[str, str]]:
     """Environment for a real worker and producer: a real broker (Redis, then RabbitMQ),
     PostgreSQL, and moto's S3 server; queues and bucket unique to the test."""
     env = dict(base_env)
     env.update({
         "BROKER_URL": services.BROKERS[request.param],
-        "DATABASE_URL": pg_url,
+        "DATABASE_URL": pg_test_url,
         "MINIO_ENDPOINT": s3_server,
         "MINIO_ACCESS_KEY": "testing",
         "MINIO_SECRET_KEY": "testing",

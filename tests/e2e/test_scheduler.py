@@ -57,9 +57,9 @@ class SchedulerProcess:
 
 
 @pytest.fixture
-def env(base_env, pg_url):
+def env(base_env, pg_test_url):
     env = dict(base_env)
-    env.update({"BROKER_URL": services.REDIS_URL, "DATABASE_URL": pg_url})
+    env.update({"BROKER_URL": services.REDIS_URL, "DATABASE_URL": pg_test_url})
     yield env
     services.purge_queues(services.REDIS_URL, env["QUEUE_PREFIX"], ())
     client = redis.Redis.from_url(services.REDIS_URL)

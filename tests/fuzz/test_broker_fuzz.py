@@ -33,11 +33,11 @@ DEADLINE_S = 45
 
 
 @pytest.fixture(params=sorted(services.BROKERS))
-def env(request, base_env, pg_url, tmp_path) -> Iterator[dict[str, str]]:
+def env(request, base_env, pg_test_url, tmp_path) -> Iterator[dict[str, str]]:
     closed = services.free_port()  # nothing listens there: a channel call fails at once
     env = dict(base_env)
     env.update({
-        "BROKER_URL": services.BROKERS[request.param], "DATABASE_URL": pg_url, "REDIS_URL": services.REDIS_URL,
+        "BROKER_URL": services.BROKERS[request.param], "DATABASE_URL": pg_test_url, "REDIS_URL": services.REDIS_URL,
         "QDRANT_PATH": str(tmp_path / "qdrant"), "CLIP_PRETRAINED": str(tmp_path / "no-weights.pt"),
         "WHATSAPP_BASE_URL": f"http://127.0.0.1:{closed}", "INSTAGRAM_BASE_URL": f"http://127.0.0.1:{closed}",
         "CHANNEL_TIMEOUT_S": "1",
