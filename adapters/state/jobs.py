@@ -37,6 +37,14 @@ for k = 2, #KEYS do
   i = i + 3
   local cur = redis.call('HMGET', key, 'order', 'status')
   local newer = (not cur[1]) or order >= tonumber(cur[1])
+  local ended = false
+  if cur[2] == 'done' or cur[2] == 'failed' then
+    -- a redelivery of a message that finished, skipped as done: the record keeps how it ended
+    for j = 0, n - 1 do
+      if parts[2 * j + 1] == 'status' and parts[2 * j + 2] == 'skipped' then ended = true end
+    end
+  end
+  if ended then n = 0; newer = false end
   local sets = {}
   for j = 0, n - 1 do
     local f = parts[2 * j + 1]
@@ -204,6 +212,9 @@ class InMemoryJobStore:
                 fields = _strings(given)
                 record = self._jobs.setdefault(mid, {})
                 current = record.get("order")
+                # A redelivery of a message that finished, skipped as done: the record keeps how it ended.
+                if fields.get("status") == "skipped" and record.get("status") in ("done", "failed"):
+                    continue
                 if current is None or order >= int(current):
                     for name, value in fields.items():
                         if name == "status" and record.get("status") == CANCELLED and value in WAITING:

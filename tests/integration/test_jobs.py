@@ -38,6 +38,18 @@ def test_an_older_update_only_fills_missing_fields(store):
     assert record["status"] == "running" and record["enqueued_at"] == "90" and record["actor"] == "a"
     store.write([("m1", 120 * 8 + 4, {"status": "done"})])
     assert store.get("m1")["status"] == "done"
+    # A redelivery of it, put back while it ran and skipped as done after: the record says done.
+    store.write([("m1", 130 * 8 + 4, {"status": "skipped", "reason": "duplicate", "finished_at": "130"})])
+    assert store.get("m1")["status"] == "done" and "reason" not in store.get("m1")
+
+
+def test_the_in_memory_store_keeps_a_finished_record_against_a_later_skip():
+    from adapters.state.jobs import InMemoryJobStore
+
+    store = InMemoryJobStore()
+    store.write([("m1", 8 * 100, {"status": "failed", "reason": "permanent"})])
+    store.write([("m1", 8 * 130, {"status": "skipped", "reason": "duplicate"})])
+    assert store.get("m1")["status"] == "failed" and store.get("m1")["reason"] == "permanent"
 
 
 def test_cancel_takes_a_waiting_job_at_once_and_marks_a_running_one(store):
