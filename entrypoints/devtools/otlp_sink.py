@@ -94,10 +94,11 @@ def from_sdk(span: Any) -> SpanRecord:
         status=span.status.status_code.name, status_message=span.status.description or "")
 
 
-#: Attributes shown beside a span's name in the text tree.
-SHOWN = ("messaging.destination.name", "dramatiq.retries", "dramatiq.outcome", "atelier.outbox.event_type",
-         "http.request.method", "http.method", "url.full", "http.url", "http.response.status_code",
-         "http.status_code", "error.type")
+#: Attributes shown beside a span's name in the text tree, and their labels there.
+SHOWN = {"messaging.destination.name": "queue", "dramatiq.retries": "retries", "dramatiq.outcome": "outcome",
+         "atelier.outbox.event_type": "event", "http.request.method": "method", "http.method": "method",
+         "url.full": "url", "http.url": "url", "http.response.status_code": "status", "http.status_code": "status",
+         "error.type": "error"}
 
 
 def tree(spans: Iterable[SpanRecord], trace_id: str | None = None) -> str:
@@ -116,7 +117,8 @@ def tree(spans: Iterable[SpanRecord], trace_id: str | None = None) -> str:
 
     def show(parent: str | None, depth: int) -> None:
         for s in sorted(children.get(parent, []), key=lambda s: s.start_ns):
-            shown = " ".join(f"{k.split('.')[-1]}={s.attributes[k]}" for k in SHOWN if k in s.attributes)
+            shown = " ".join(dict.fromkeys(f"{label}={s.attributes[k]}" for k, label in SHOWN.items()
+                                           if k in s.attributes))
             links = f" links={','.join(link[:8] for link in s.links)}" if s.links else ""
             error = " ERROR" if s.status == "ERROR" else ""
             orphan = " (parent not here)" if depth == 0 and s.parent_id else ""
