@@ -6,7 +6,8 @@ OTEL_* variables to an OTLP/HTTP sink this test runs on 127.0.0.1, the collector
 
 One trace must join: the producer's span -> the outbox's send -> process_image (MinIO calls) -> its
 image.processed event's send -> embed_image; and the producer's span -> route_message ->
-deliver_message -> the channel's HTTP call, whose request carried the trace to the channel. The
+deliver_message -> the channel's HTTP call, whose request carried the trace to the channel; the
+channel fails the first call, and the retry is a run of the same trace linked to the one before. The
 worker's log lines of those runs carry the producer's trace id."""
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def test_one_trace_from_the_producer_through_the_outbox_the_actors_and_the_chann
     recorder = Recorder(service="producer")
     producer = Container(load_settings(**{k.lower(): v for k, v in env.items() if k.lower() in Settings.model_fields}))
     worker_env = dict(env, OTEL_SERVICE_NAME="atelier-worker")
+    assert mock.control(channel="whatsapp", mode="fail", status=503, count=1).status_code == 200
     with services.WorkerProcess(worker_env, tmp_path / "worker.log", threads=4) as worker, \
             SchedulerProcess(dict(env, OTEL_SERVICE_NAME="atelier-scheduler"), tmp_path / "scheduler.log"):
         with tracing_on(recorder.provider), recorder.tracer.start_as_current_span("web request") as request:
@@ -76,7 +78,7 @@ def test_one_trace_from_the_producer_through_the_outbox_the_actors_and_the_chann
         def joined() -> bool:
             spans = recorder.spans() + sink[1].spans(trace_id)
             return (_chain(spans, "process embed_image")[-1:] == ["web request"]
-                    and _chain(spans, "POST")[-1:] == ["web request"])
+                    and len([s for s in spans if s.name == "POST"]) == 2)
 
         services.wait_for(joined, timeout=180, message=f"one trace ({worker.output()[-3000:]})")
     producer.close()
@@ -90,13 +92,16 @@ def test_one_trace_from_the_producer_through_the_outbox_the_actors_and_the_chann
         "POST", "process deliver_message", "send deliver_message", "process route_message", "send route_message",
         "web request",
     ], text
+    failed, retried = sorted((s for s in spans if s.name == "process deliver_message"), key=lambda s: s.start_ns)
+    assert [failed.attributes["dramatiq.outcome"], retried.attributes["dramatiq.outcome"]] == ["retried", "done"]
+    assert retried.parent_id == failed.parent_id and retried.links == [failed.span_id], text
     processed = [s for s in spans if s.name == "process process_image"]
     assert processed[0].attributes["messaging.system"] == ("redis" if env["BROKER_URL"].startswith("redis")
                                                              else "rabbitmq")
     assert any(s.kind == "CLIENT" and s.parent_id == processed[0].span_id for s in spans), text  # MinIO
     assert {s.service for s in spans if s.name.startswith("process ")} == {"atelier-worker"}
     # The channel got the trace with the request.
-    post = next(s for s in spans if s.name == "POST")
+    post = next(s for s in spans if s.name == "POST" and s.parent_id == retried.span_id)
     assert mock.deliveries("whatsapp")[message.id]["traceparent"].split("-")[1:3] == [trace_id, post.span_id]
     # The worker's log lines of these runs carry the producer's trace id.
     records = [json.loads(line) for line in worker.output().splitlines() if line.startswith("{")]
