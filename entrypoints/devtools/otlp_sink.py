@@ -4,7 +4,7 @@
 
 It takes what OpenTelemetry's http/protobuf exporter sends (``POST /v1/traces``, protobuf, gzip
 or not), keeps the spans in memory and answers as a collector does. ``GET /spans`` returns them
-as JSON (``?trace_id=<hex>`` for one trace); ``GET /traces/<trace id>`` shows one trace as an
+as JSON (``?trace_id=<hex>`` for one trace), ``GET /stats`` how many; ``GET /traces/<trace id>`` shows one trace as an
 indented text tree (what docs/tracing.md shows); ``POST /reset`` forgets them. Run from the
 command line, it also prints each trace's tree a few seconds after its last span arrived.
 
@@ -196,6 +196,9 @@ class _Handler(BaseHTTPRequestHandler):
             trace_id = (parse_qs(url.query).get("trace_id") or [None])[0]
             data = json.dumps([asdict(s) for s in self.server.sink.spans(trace_id)]).encode()
             return self._reply(200, data, "application/json")
+        if url.path == "/stats":
+            data = json.dumps({"spans": len(self.server.sink.spans()), "requests": self.server.sink.requests})
+            return self._reply(200, data.encode(), "application/json")
         if url.path.startswith("/traces/"):
             trace_id = url.path.rsplit("/", 1)[1]
             return self._reply(200, tree(self.server.sink.spans(trace_id), trace_id).encode() + b"\n",
@@ -226,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=4318)
     parser.add_argument("--quiet-after", type=float, default=3.0,
                         help="print a trace's tree once no span of it arrived for this many seconds")
+    parser.add_argument("--no-print", action="store_true", help="keep the spans, print no trees (benchmarks)")
     args = parser.parse_args(argv)
     server, sink = start(args.host, args.port)
     print(f"OTLP/HTTP sink on http://{args.host}:{server.server_address[1]} (POST /v1/traces)", flush=True)
@@ -233,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         while True:
             time.sleep(0.5)
-            if sink.last_arrival and time.monotonic() - sink.last_arrival >= args.quiet_after:
+            if not args.no_print and sink.last_arrival and time.monotonic() - sink.last_arrival >= args.quiet_after:
                 spans = sink.spans()
                 for trace_id in dict.fromkeys(s.trace_id for s in spans):
                     if trace_id not in printed:
