@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import dramatiq  # noqa: E402
 import redis  # noqa: E402
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: E402
+from opentelemetry.sdk.resources import Resource  # noqa: E402
 from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
 from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: E402
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased  # noqa: E402
@@ -68,7 +69,8 @@ class Setup:
         fallback = RedisFallbackQueue(c, f"atelier:{ns}fallback:")
         letters = SqlDeadLetterStore(engine)
         # The sampler: parentbased_always_on (every span recorded), or 10 % of the traces.
-        self.provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.1)) if mode == "batch10" else None)
+        self.provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.1)) if mode == "batch10" else None,
+                                       resource=Resource({"service.name": f"bench-{kind}-{mode}"}))
         if mode in ("batch", "batch10"):
             # The SDK's defaults (OTEL_BSP_*): what a user who sets only the endpoint gets.
             self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{sink_url}/v1/traces")))
@@ -149,8 +151,9 @@ def start_sink() -> tuple[subprocess.Popen[bytes], str]:
     return proc, url
 
 
-def sink_spans(url: str) -> int:
-    return json.loads(urllib.request.urlopen(f"{url}/stats", timeout=10).read())["spans"]
+def sink_spans(url: str) -> dict[str, int]:
+    """Spans received, per service (one service per setup)."""
+    return json.loads(urllib.request.urlopen(f"{url}/stats", timeout=10).read())["services"]
 
 
 def log_line_cost(number: int = 200_000) -> tuple[float, float, float]:
@@ -179,7 +182,7 @@ def main() -> None:
     upgrade(db_url)
     sink, sink_url = start_sink()
     results: dict[tuple[str, str], dict[str, list[float]]] = {}
-    exported = 0
+    exported: dict[str, int] = {}
     try:
         for kind in ("redis", "rabbitmq"):
             setups = {mode: Setup(kind, mode, ns, db_url, sink_url) for mode in MODES}
@@ -204,7 +207,7 @@ def main() -> None:
         if keys:
             client.delete(*keys)
         tmp.cleanup()
-    made = 2 * 3 * (ROUNDS * n + min(500, n))  # per message: the producer's span, send, process
+    made = 3 * (ROUNDS * n + min(500, n))  # per message: the producer's span, send, process
     print(f"no-op actor, {n} messages per run (traced: each in a producer span of its own), best of {ROUNDS} "
           f"interleaved rounds, {THREADS} worker threads, in-process worker; atelier's full stack")
     print(f"{'broker':<9} {'tracing':<24} {'enqueue/s':>10} {'ratio':>6} {'processed/s':>12} {'ratio':>6} "
@@ -216,8 +219,9 @@ def main() -> None:
             paired = sorted(x / b for x, b in zip(r["rate"], off["rate"], strict=True))[len(r["rate"]) // 2]
             print(f"{kind:<9} {NAMES[mode]:<24} {max(r['sent']):10.0f} {max(r['sent']) / max(off['sent']):6.2f} "
                   f"{max(r['rate']):12.0f} {max(r['rate']) / max(off['rate']):6.2f} {paired:7.2f}")
-    print(f"spans exported to the sink: {exported}; made with the batch exporter, every trace sampled: {made}, "
-          f"and about {made // 10} sampled at 10 %")
+    for kind in ("redis", "rabbitmq"):
+        print(f"{kind}: spans the sink received: every trace sampled {exported.get(f'bench-{kind}-batch', 0)} "
+              f"of {made}; 10 % sampled {exported.get(f'bench-{kind}-batch10', 0)} (about {made // 10} expected)")
     off, idle, inside = log_line_cost()
     print(f"log processor per line: tracing off {off:.0f} ns; on, no span {idle:.0f} ns; on, in a span {inside:.0f} ns")
 

@@ -4,9 +4,10 @@
 
 It takes what OpenTelemetry's http/protobuf exporter sends (``POST /v1/traces``, protobuf, gzip
 or not), keeps the spans in memory and answers as a collector does. ``GET /spans`` returns them
-as JSON (``?trace_id=<hex>`` for one trace), ``GET /stats`` how many; ``GET /traces/<trace id>`` shows one trace as an
-indented text tree (what docs/tracing.md shows); ``POST /reset`` forgets them. Run from the
-command line, it also prints each trace's tree a few seconds after its last span arrived.
+as JSON (``?trace_id=<hex>`` for one trace), ``GET /stats`` how many (per service),
+``GET /traces/<trace id>`` one trace as an indented text tree (what docs/tracing.md shows);
+``POST /reset`` forgets them. Run from the command line, it also prints each trace's tree a few
+seconds after its last span arrived.
 
 Point a process at it with ``OTEL_TRACES_EXPORTER=otlp OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318``.
 """
@@ -197,7 +198,11 @@ class _Handler(BaseHTTPRequestHandler):
             data = json.dumps([asdict(s) for s in self.server.sink.spans(trace_id)]).encode()
             return self._reply(200, data, "application/json")
         if url.path == "/stats":
-            data = json.dumps({"spans": len(self.server.sink.spans()), "requests": self.server.sink.requests})
+            spans = self.server.sink.spans()
+            services: dict[str, int] = {}
+            for s in spans:
+                services[s.service] = services.get(s.service, 0) + 1
+            data = json.dumps({"spans": len(spans), "requests": self.server.sink.requests, "services": services})
             return self._reply(200, data.encode(), "application/json")
         if url.path.startswith("/traces/"):
             trace_id = url.path.rsplit("/", 1)[1]

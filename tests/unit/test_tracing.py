@@ -18,9 +18,12 @@ import structlog
 from opentelemetry import baggage
 from opentelemetry import context as otel_context
 
+from adapters.sender import BrokerSender
 from bootstrap import tracing
 from bootstrap.settings import ConfigError, Settings
+from domain.clock import SystemClock
 from domain.errors import InvalidPayload
+from domain.services.deadletters import DeadLetterService
 from entrypoints.devtools.otlp_sink import tree
 from middleware.tracing import LINK_OPTION, TRACEPARENT, Tracing
 from tests import services
@@ -145,22 +148,30 @@ def test_retries_of_a_message_that_came_without_a_context_join_its_first_runs_tr
     assert second.links == [first.span_id]
 
 
-def test_a_permanent_failure_is_a_failed_span_and_its_dead_letter_names_the_run(traced, recorder):
+def test_a_permanent_failure_is_a_failed_span_and_its_replay_continues_the_trace(traced, recorder):
+    broken = [True]
+
     @dramatiq.actor(broker=traced.broker, queue_name="q")
     def strict():
-        raise InvalidPayload("no such thing")
+        if broken[0]:
+            raise InvalidPayload("no such thing")
 
     with recorder.tracer.start_as_current_span("request"):
         sent = strict.send()
     traced.join()
-    process = one(recorder.spans(), "process strict")
-    assert process.attributes["dramatiq.outcome"] == "failed" and process.status == "ERROR"
-    assert "InvalidPayload: no such thing" in process.status_message
+    failed = one(recorder.spans(), "process strict")
+    assert failed.attributes["dramatiq.outcome"] == "failed" and failed.status == "ERROR"
+    assert "InvalidPayload: no such thing" in failed.status_message
     [letter] = traced.letters.letters.values()
-    assert letter.message_id == sent.message_id
-    # A replay of the letter continues the trace, linked to the run that failed.
     assert letter.options[TRACEPARENT] == sent.options[TRACEPARENT]
-    assert letter.options[LINK_OPTION].split("-")[2] == process.span_id
+    assert letter.options[LINK_OPTION].split("-")[2] == failed.span_id
+    broken[0] = False
+    DeadLetterService(traced.letters, BrokerSender(traced.broker), SystemClock()).replay(letter.id)  # no span
+    traced.join()
+    _, replayed = named(recorder.spans(), "process strict")
+    assert replayed.attributes["dramatiq.outcome"] == "done"
+    assert (replayed.trace_id, replayed.parent_id, replayed.links) == (failed.trace_id, failed.parent_id,
+                                                                      [failed.span_id])
 
 
 def test_a_parked_run_is_parked_and_the_run_after_it_links_to_it(traced, recorder):
