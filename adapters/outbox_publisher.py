@@ -41,6 +41,9 @@ from domain.models import Delivery, OutboxEvent
 
 log = logging.getLogger(__name__)
 
+#: The W3C trace context fields an event's recorded context may put on its messages.
+W3C_FIELDS = ("traceparent", "tracestate", "baggage")
+
 def events_channel(queue_prefix: str) -> str:
     """The pub/sub channel published events are announced on."""
     return f"{queue_prefix}atelier.events"
@@ -69,7 +72,8 @@ class DramatiqPublisher:
         if delivery.event.correlation_id:
             options["correlation_id"] = delivery.event.correlation_id
         for key, value in (delivery.event.trace_context or {}).items():
-            options.setdefault(key, value)  # traceparent, tracestate, baggage; a send span replaces them
+            if key in W3C_FIELDS:  # a send span, if any, replaces them
+                options.setdefault(key, value)
         return actor.message_with_options(args=delivery.args, **options)
 
     def enqueue(self, deliveries: Sequence[Delivery]) -> dict[str, str]:
@@ -113,7 +117,15 @@ class DramatiqPublisher:
 
     def _send_span(self, delivery: Delivery, message: Message[Any]) -> Any:
         """A PRODUCER span for this message in the event's trace, linked to the relay's current
-        span; its context replaces the recorded one in the message's options."""
+        span; its context replaces the recorded one in the message's options. None if it cannot be
+        made (a recorded context the propagators choke on): the message keeps the recorded one."""
+        try:
+            return self._start_send_span(delivery, message)
+        except Exception:  # tracing never holds an event back
+            log.warning("outbox publisher: no send span for event %s", delivery.event.id, exc_info=True)
+            return None
+
+    def _start_send_span(self, delivery: Delivery, message: Message[Any]) -> Any:
         from opentelemetry import propagate, trace
 
         event = delivery.event
@@ -126,7 +138,11 @@ class DramatiqPublisher:
                         "messaging.operation.name": "send", "messaging.destination.name": message.queue_name,
                         "messaging.message.id": message.message_id, "dramatiq.actor": message.actor_name,
                         "atelier.outbox.event_id": event.id, "atelier.outbox.event_type": event.type})
-        propagate.inject(message.options, context=trace.set_span_in_context(span, parent))
+        try:
+            propagate.inject(message.options, context=trace.set_span_in_context(span, parent))
+        except Exception:
+            span.end()
+            raise
         return span
 
     def _outage_unless_reachable(self, exc: Exception) -> None:

@@ -221,7 +221,11 @@ def current_trace_context() -> dict[str, str] | None:
     from opentelemetry import propagate
 
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    try:
+        propagate.inject(carrier)
+    except Exception:  # baggage the propagator cannot encode must not fail the producer's transaction
+        log.warning("the trace context could not be recorded with the event", exc_info=True)
+        return None
     return carrier or None
 
 

@@ -26,6 +26,9 @@ TRACEPARENT = "traceparent"
 LINK_OPTION = "trace_link"
 #: Send spans whose enqueue never completed (the broker raised) are ended once this many wait.
 MAX_PENDING_SENDS = 1000
+#: How long a stopping worker waits for its last spans to be exported (a collector that does not
+#: answer must not eat the shutdown timeout: compose gives 35 s for a 25 s timeout).
+SHUTDOWN_FLUSH_MS = 3000
 
 
 class _OptionsGetter(Getter[dict[str, Any]]):
@@ -45,6 +48,13 @@ _W3C = TraceContextTextMapPropagator()
 
 def traceparent(span_context: trace.SpanContext) -> str:
     return f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{int(span_context.trace_flags):02x}"
+
+
+def _text(exception: BaseException) -> str:
+    try:
+        return str(exception)
+    except Exception:  # an exception whose __str__ raises
+        return "(its text could not be read)"
 
 
 def _link(value: Any) -> list[Link] | None:
@@ -129,7 +139,14 @@ class Tracing(Middleware):
                                                "messaging.message.id": message.message_id,
                                                "dramatiq.actor": message.actor_name,
                                            })
-            propagate.inject(options, context=trace.set_span_in_context(span, parent))
+            try:
+                propagate.inject(options, context=trace.set_span_in_context(span, parent))
+            except Exception:  # the producer's baggage cannot be encoded: the message goes without a context
+                for field in self._fields:
+                    options.pop(field, None)
+                span.set_status(Status(StatusCode.ERROR, "the context could not be put in the message"))
+                span.end()
+                raise
             self._sending[message.message_id] = span
             if len(self._sending) > MAX_PENDING_SENDS:
                 self._abandon_oldest()
@@ -199,21 +216,27 @@ class Tracing(Middleware):
         if run is None:
             return
         span = run.span
-        if exception is None:
-            outcome = "done"
-        else:
-            outcome = "retried" if run.requeued and not message.failed else "failed"
-            span.set_attribute("error.type", f"{type(exception).__module__}.{type(exception).__qualname__}")
-            span.set_status(Status(StatusCode.ERROR, f"{type(exception).__name__}: {exception}"[:500]))
+        try:
+            if exception is None:
+                span.set_attribute("dramatiq.outcome", "done")
+                return
+            span.set_attribute("dramatiq.outcome", "retried" if run.requeued and not message.failed else "failed")
+            kind = type(exception)
+            span.set_attribute("error.type", f"{kind.__module__}.{kind.__qualname__}")
+            span.set_status(Status(StatusCode.ERROR, f"{kind.__name__}: {_text(exception)}"[:500]))
             span.record_exception(exception)
-        span.set_attribute("dramatiq.outcome", outcome)
-        self._end(run)
+        except Exception:  # an exception whose text cannot be read, say: the span has the rest
+            self.logger.debug("Could not record the failure of message %r.", message.message_id, exc_info=True)
+        finally:  # the span ends and the thread's context is restored, whatever happened above
+            self._end(run)
 
     def after_skip_message(self, broker: Broker, message: Message) -> None:
         run = self._finish(message)
         if run is not None:
-            run.span.set_attribute("dramatiq.outcome", "parked" if run.requeued else "skipped")
-            self._end(run)
+            try:
+                run.span.set_attribute("dramatiq.outcome", "parked" if run.requeued else "skipped")
+            finally:
+                self._end(run)
 
     def _finish(self, message: Message) -> _Run | None:
         run = _RUNNING.get()
@@ -223,11 +246,10 @@ class Tracing(Middleware):
         return run
 
     def _end(self, run: _Run) -> None:
-        run.span.end()
         try:
-            otel_context.detach(run.token)  # type: ignore[arg-type]
-        except Exception:
-            self.logger.debug("Could not detach the context of message %r.", run.message.message_id, exc_info=True)
+            run.span.end()
+        finally:
+            otel_context.detach(run.token)  # type: ignore[arg-type]  # logs, never raises
 
     def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
         # Dramatiq's worker processes end without running atexit: export what is buffered now.
@@ -235,6 +257,6 @@ class Tracing(Middleware):
         flush = getattr(provider, "force_flush", None)
         if flush is not None:
             try:
-                flush(5000)
+                flush(SHUTDOWN_FLUSH_MS)
             except Exception:
                 self.logger.warning("Could not export the last spans.", exc_info=True)

@@ -105,6 +105,29 @@ def test_the_relay_passes_a_recorded_context_on_when_it_does_not_trace_itself(re
     assert decoded.options["traceparent"].split("-")[2] == format(request.get_span_context().span_id, "016x")
 
 
+def test_only_the_w3c_fields_of_a_recorded_context_go_on_the_message(recorder, sqlite_url):
+    """A row edited by hand must not set delivery options (max_retries, dedup_key) through it."""
+    from sqlalchemy import update
+
+    container = Container(load_settings(database_url=sqlite_url))
+    broker = dramatiq.brokers.stub.StubBroker()
+    dramatiq.actor(lambda image_id: None, broker=broker, actor_name="sub", queue_name="q")
+    with container.uow() as uow:
+        event = DomainEvent("image.uploaded", "image", "i-2")
+        uow.add_event(event)
+        uow.commit()
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    with container.engine.begin() as conn:
+        conn.execute(update(t.outbox_events).values(trace_context={
+            "traceparent": traceparent, "max_retries": "lots", "dedup_key": "mine", "baggage": 7}))
+    OutboxRelay(container.uow, DramatiqPublisher(broker),
+                [Route("image.*", "sub", args=lambda e: (e["aggregate_id"],))]).relay_batch()
+    container.close()
+    options = dramatiq.Message.decode(broker.queues["q"].queue[0]).options
+    assert options["traceparent"] == traceparent and "max_retries" not in options and "baggage" not in options
+    assert options["dedup_key"] == f"{event.id}:sub"
+
+
 @pytest.fixture
 def mock():
     m = Mock()

@@ -25,7 +25,7 @@ from domain.clock import SystemClock
 from domain.errors import InvalidPayload
 from domain.services.deadletters import DeadLetterService
 from entrypoints.devtools.otlp_sink import tree
-from middleware.tracing import LINK_OPTION, TRACEPARENT, Tracing
+from middleware.tracing import LINK_OPTION, SHUTDOWN_FLUSH_MS, TRACEPARENT, Tracing
 from tests import services
 from tests.tracing_support import Recorder, ancestors, named, one, tracing_on
 from tests.unit.stack import make_stack
@@ -242,11 +242,47 @@ def test_a_message_skipped_before_the_tracing_hook_leaves_no_span_open(traced, r
     assert [s.name for s in recorder.spans()] == ["process fresh"]
 
 
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise ValueError("no text")
+
+
+def test_a_run_ends_its_span_and_restores_the_context_whatever_its_exception_does(recorder):
+    middleware = Tracing(tracer_provider=recorder.provider)
+    broker = dramatiq.brokers.stub.StubBroker(middleware=[])
+    message = dramatiq.Message("q", "a", (), {}, {})
+    before = otel_context.get_current()
+    middleware.before_process_message(broker, message)
+    assert otel_context.get_current() != before
+    middleware.after_process_message(broker, message, exception=Unprintable())
+    assert otel_context.get_current() == before
+    [span] = recorder.spans()
+    assert span.attributes["error.type"].endswith("Unprintable") and span.attributes["dramatiq.outcome"] == "failed"
+
+
+def test_baggage_that_cannot_be_encoded_fails_neither_the_send_nor_the_transaction(traced, recorder):
+    @dramatiq.actor(broker=traced.broker, queue_name="q")
+    def work():
+        pass
+
+    with tracing_on(recorder.provider):
+        token = otel_context.attach(baggage.set_baggage("who", "\ud800"))
+        try:
+            with recorder.tracer.start_as_current_span("request"):
+                assert tracing.current_trace_context() is None  # what the unit of work records
+                sent = work.send()
+        finally:
+            otel_context.detach(token)
+    traced.join()
+    assert TRACEPARENT not in sent.options and "baggage" not in sent.options
+    assert one(recorder.spans(), "process work").attributes["dramatiq.outcome"] == "done"
+
+
 def test_the_worker_exports_what_is_buffered_when_it_stops(recorder):
     flushed = []
     recorder.provider.force_flush = lambda timeout_millis=30000: flushed.append(timeout_millis) or True
     Tracing(tracer_provider=recorder.provider).after_worker_shutdown(None, None)
-    assert flushed == [5000]
+    assert flushed == [SHUTDOWN_FLUSH_MS]
 
 
 def test_a_send_whose_enqueue_never_completes_is_ended_as_an_error(recorder):
