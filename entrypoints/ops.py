@@ -156,7 +156,9 @@ class OpsApp:
             return self._send(start_response, "200 OK" if ok else "503 Service Unavailable",
                               json.dumps(body, indent=2).encode() + b"\n", "application/json")
         if path == "/metrics":
-            return self._send(start_response, "200 OK", generate_latest(self.registry), CONTENT_TYPE_LATEST)
+            with untraced():  # scraped every few seconds, like the probes
+                body = generate_latest(self.registry)
+            return self._send(start_response, "200 OK", body, CONTENT_TYPE_LATEST)
         if self.jobs is not None and (path == "/workers" or path == "/jobs" or path.startswith("/jobs/")):
             return self._jobs(environ, path, start_response)
         if self.jobs is not None and path == "/ui/jobs":

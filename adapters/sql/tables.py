@@ -63,7 +63,7 @@ outbox_events = Table(
     Column("last_error", Text),
     Column("dead", Boolean, nullable=False, default=False),
     # The recording transaction's W3C trace context (migration trc1); NULL when it was not traced.
-    Column("trace_context", JSON),
+    Column("trace_context", JSON(none_as_null=True)),
 )
 
 # Undelivered events by due time: the relay's claim (migration obx1; PostgreSQL adds a NOTIFY trigger).
