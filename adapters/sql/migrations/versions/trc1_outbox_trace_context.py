@@ -1,14 +1,14 @@
 """outbox events keep the trace context of the transaction that recorded them
 
 Revision ID: trc1
-Revises: dlq1
+Revises: mta1
 Create Date: 2026-12-02
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = "trc1"
-down_revision = "dlq1"
+down_revision = "mta1"
 branch_labels = None
 depends_on = None
 
