@@ -18,6 +18,8 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from domain.errors import Cancelled
+
 #: The W3C trace context of the message (set by the producer's send span); ``tracestate`` and
 #: ``baggage`` travel beside it, under their W3C names too.
 TRACEPARENT = "traceparent"
@@ -93,7 +95,7 @@ class Tracing(Middleware):
     and the actor run, so what the actor sends, its HTTP calls and its log lines belong to it.
     Attributes: messaging.system, messaging.operation.type/name (process), messaging.destination.name
     (the queue), messaging.message.id, messaging.message.conversation_id (the correlation id),
-    dramatiq.actor, dramatiq.retries, dramatiq.outcome (done, failed, retried, parked, skipped),
+    dramatiq.actor, dramatiq.retries, dramatiq.outcome (done, failed, retried, cancelled, parked, skipped),
     error.type. A retry or a park is the same message enqueued again: the next run is a span of
     the same trace (the same parent), linked to the run before (``trace_link`` option).
 
@@ -219,6 +221,9 @@ class Tracing(Middleware):
         try:
             if exception is None:
                 span.set_attribute("dramatiq.outcome", "done")
+                return
+            if isinstance(exception, Cancelled):  # cancelled while it ran (middleware/jobs.py): not a failure
+                span.set_attribute("dramatiq.outcome", "cancelled")
                 return
             span.set_attribute("dramatiq.outcome", "retried" if run.requeued and not message.failed else "failed")
             kind = type(exception)

@@ -22,7 +22,7 @@ from adapters.sender import BrokerSender
 from bootstrap import tracing
 from bootstrap.settings import ConfigError, Settings
 from domain.clock import SystemClock
-from domain.errors import InvalidPayload
+from domain.errors import Cancelled, InvalidPayload
 from domain.services.deadletters import DeadLetterService
 from entrypoints.devtools.otlp_sink import tree
 from middleware.tracing import LINK_OPTION, SHUTDOWN_FLUSH_MS, TRACEPARENT, Tracing
@@ -260,6 +260,16 @@ def test_a_run_ends_its_span_and_restores_the_context_whatever_its_exception_doe
     assert span.attributes["error.type"].endswith("Unprintable") and span.attributes["dramatiq.outcome"] == "failed"
 
 
+def test_a_run_cancelled_while_it_ran_is_cancelled_not_an_error(recorder):
+    middleware = Tracing(tracer_provider=recorder.provider)
+    broker = dramatiq.brokers.stub.StubBroker(middleware=[])
+    message = dramatiq.Message("q", "a", (), {}, {})
+    middleware.before_process_message(broker, message)
+    middleware.after_process_message(broker, message, exception=Cancelled("cancelled by an operator"))
+    [span] = recorder.spans()
+    assert span.attributes["dramatiq.outcome"] == "cancelled" and span.status == "UNSET"
+
+
 def test_baggage_that_cannot_be_encoded_fails_neither_the_send_nor_the_transaction(traced, recorder):
     @dramatiq.actor(broker=traced.broker, queue_name="q")
     def work():
@@ -358,7 +368,7 @@ def test_otel_traces_exporter_puts_tracing_in_the_stack_and_spans_on_stdout():
                    OTEL_TRACES_EXPORTER="console", OTEL_SERVICE_NAME="atelier-test")
     assert done.returncode == 0, done.stderr
     stack, *spans = done.stdout.splitlines()
-    assert "'Correlation', 'Tracing', 'DeadLetters'" in stack
+    assert "'Correlation', 'Tracing', 'Jobs', 'DeadLetters'" in stack
     [span] = [json.loads(line) for line in spans]
     assert span["name"] == "producer" and span["resource"]["attributes"]["service.name"] == "atelier-test"
     [line] = [json.loads(x) for x in done.stderr.splitlines() if '"inside"' in x]
