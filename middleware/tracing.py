@@ -18,7 +18,7 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from domain.errors import Cancelled
+from domain.errors import Cancelled, Paced
 
 #: The W3C trace context of the message (set by the producer's send span); ``tracestate`` and
 #: ``baggage`` travel beside it, under their W3C names too.
@@ -224,6 +224,10 @@ class Tracing(Middleware):
                 return
             if isinstance(exception, Cancelled):  # cancelled while it ran (middleware/jobs.py): not a failure
                 span.set_attribute("dramatiq.outcome", "cancelled")
+                return
+            if isinstance(exception, Paced):  # waits for its slot in a channel's rate: parked, not a failure
+                span.set_attribute("dramatiq.outcome", "parked")
+                span.set_attribute("atelier.paced_s", float(exception.wait_s))
                 return
             span.set_attribute("dramatiq.outcome", "retried" if run.requeued and not message.failed else "failed")
             kind = type(exception)

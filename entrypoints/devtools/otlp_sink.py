@@ -99,7 +99,7 @@ def from_sdk(span: Any) -> SpanRecord:
 SHOWN = {"messaging.destination.name": "queue", "dramatiq.retries": "retries", "dramatiq.outcome": "outcome",
          "atelier.outbox.event_type": "event", "http.request.method": "method", "http.method": "method",
          "url.full": "url", "http.url": "url", "http.response.status_code": "status", "http.status_code": "status",
-         "error.type": "error"}
+         "error.type": "error", "atelier.paced_s": "paced_s"}
 
 
 def tree(spans: Iterable[SpanRecord], trace_id: str | None = None) -> str:

@@ -22,7 +22,7 @@ from adapters.sender import BrokerSender
 from bootstrap import tracing
 from bootstrap.settings import ConfigError, Settings
 from domain.clock import SystemClock
-from domain.errors import Cancelled, InvalidPayload
+from domain.errors import Cancelled, InvalidPayload, Paced
 from domain.services.deadletters import DeadLetterService
 from entrypoints.devtools.otlp_sink import tree
 from middleware.tracing import LINK_OPTION, SHUTDOWN_FLUSH_MS, TRACEPARENT, Tracing
@@ -260,14 +260,16 @@ def test_a_run_ends_its_span_and_restores_the_context_whatever_its_exception_doe
     assert span.attributes["error.type"].endswith("Unprintable") and span.attributes["dramatiq.outcome"] == "failed"
 
 
-def test_a_run_cancelled_while_it_ran_is_cancelled_not_an_error(recorder):
+@pytest.mark.parametrize(("exception", "outcome"), [(Cancelled("cancelled by an operator"), "cancelled"),
+                                                    (Paced("over the channel's rate", wait_s=1.5), "parked")])
+def test_a_run_cancelled_or_paced_is_not_an_error(recorder, exception, outcome):
     middleware = Tracing(tracer_provider=recorder.provider)
     broker = dramatiq.brokers.stub.StubBroker(middleware=[])
     message = dramatiq.Message("q", "a", (), {}, {})
     middleware.before_process_message(broker, message)
-    middleware.after_process_message(broker, message, exception=Cancelled("cancelled by an operator"))
+    middleware.after_process_message(broker, message, exception=exception)
     [span] = recorder.spans()
-    assert span.attributes["dramatiq.outcome"] == "cancelled" and span.status == "UNSET"
+    assert span.attributes["dramatiq.outcome"] == outcome and span.status == "UNSET"
 
 
 def test_baggage_that_cannot_be_encoded_fails_neither_the_send_nor_the_transaction(traced, recorder):
