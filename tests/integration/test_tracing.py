@@ -4,6 +4,10 @@ moto's S3 server (urllib3 instrumented). Spans go to the SDK's in-memory exporte
 
 from __future__ import annotations
 
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import dramatiq
 import pytest
 from sqlalchemy import select
@@ -155,6 +159,51 @@ def test_minio_calls_are_client_spans_of_the_run(recorder, minio_store):
     spans = recorder.spans()
     puts = [s for s in spans if s.kind == "CLIENT" and s.name == "PUT"]
     assert puts and all(s.parent_id == format(run.get_span_context().span_id, "016x") for s in puts), tree(spans)
+
+
+class FakeQdrant(ThreadingHTTPServer):
+    """Answers the Qdrant REST calls QdrantIndex.ping makes, keeping each request's traceparent."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str | None]] = []
+        seen = self.seen
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+                seen.append((self.path, self.headers.get("traceparent")))
+                body = ({"title": "qdrant", "version": "1.12.0"} if self.path == "/"
+                        else {"result": {"collections": []}, "status": "ok", "time": 0.0})
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+def test_qdrant_calls_over_http_are_client_spans_carrying_the_run(recorder):
+    from adapters.vector_index import QdrantIndex
+
+    server = FakeQdrant()
+    index = QdrantIndex("images", url=f"http://127.0.0.1:{server.server_address[1]}")
+    try:
+        with recorder.tracer.start_as_current_span("process embed_image") as run:
+            index.ping()
+    finally:
+        index.close()
+        server.shutdown()
+        server.server_close()
+    run_id = format(run.get_span_context().span_id, "016x")
+    [call] = [s for s in recorder.spans() if s.kind == "CLIENT" and s.parent_id == run_id
+              and str(s.attributes.get("url.full", s.attributes.get("http.url", ""))).endswith("/collections")]
+    received = [header.split("-")[1:3] for path, header in server.seen if path == "/collections" and header]
+    assert received == [[call.trace_id, call.span_id]]
 
 
 def test_readiness_probes_make_no_spans(recorder, minio_store):
