@@ -13,6 +13,7 @@ from dramatiq import Broker
 
 import middleware
 from bootstrap.settings import ConfigError, Settings
+from bootstrap.tracing import tracer_provider, tracing_enabled
 from brokers.dispatch import AtelierRabbitmqBroker, AtelierRedisBroker, AtelierStubBroker
 from brokers.shutdown import RequeueUnfinished
 
@@ -53,6 +54,10 @@ def build_broker(settings: Settings) -> Broker:
         job_store=_from_container("job_store") if settings.jobs_enabled else None,
         jobs_flush_interval=settings.jobs_flush_interval_s,
         jobs_heartbeat=settings.jobs_heartbeat_s,
+        # Tracing: only once bootstrap.tracing.configure_tracing found it on (actors/__init__.py).
+        tracing=tracing_enabled(),
+        tracer_provider=tracer_provider(),
+        messaging_system=settings.broker_kind,
     )
     kind = settings.broker_kind
     broker: Broker

@@ -1,7 +1,8 @@
 """structlog set-up: one JSON object per line, or a readable console format.
 
 Dramatiq's own stdlib logs go through the same renderer, so every line carries the
-context the middleware binds (actor, message_id, queue, correlation_id, ...).
+context the middleware binds (actor, message_id, queue, correlation_id, ...), and, while a span
+is active, its trace_id and span_id (bootstrap/tracing.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 import structlog
 
 from bootstrap.settings import Settings
+from bootstrap.tracing import add_trace_ids
 from runtime import merge_message_context
 
 _configured = False
@@ -34,6 +36,7 @@ def configure_logging(settings: Settings, *, force: bool = False) -> None:
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         merge_message_context,  # after merge_contextvars: what code binds itself wins
+        add_trace_ids,  # trace_id, span_id of the active span; returns at once while tracing is off
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.stdlib.ExtraAdder(),

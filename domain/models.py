@@ -129,6 +129,9 @@ class OutboxEvent:
     published_at: datetime | None = None
     last_error: str | None = None
     dead: bool = False
+    #: The W3C trace context (traceparent, tracestate, baggage) of the work that recorded the
+    #: event, if it was traced: the relay sends the event's messages in that trace.
+    trace_context: dict[str, str] | None = None
 
     def message(self) -> dict[str, Any]:
         """What subscribers receive: the event as plain JSON-able data."""

@@ -38,6 +38,7 @@ import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from adapters.health import Check
+from bootstrap.tracing import untraced
 from entrypoints.jobs_page import PAGE as JOBS_PAGE
 
 log = structlog.get_logger(__name__)
@@ -111,7 +112,8 @@ class Readiness:
     def _timed(check: Check) -> dict[str, Any]:
         t0 = time.perf_counter()
         try:
-            check.run()
+            with untraced():  # a span per probe every few seconds would bury the traces
+                check.run()
         except Exception as exc:  # a readiness check reports, it does not raise
             return {"status": "down", "error": f"{type(exc).__name__}: {exc}"[:500],
                     "ms": round((time.perf_counter() - t0) * 1000, 1)}
@@ -154,7 +156,9 @@ class OpsApp:
             return self._send(start_response, "200 OK" if ok else "503 Service Unavailable",
                               json.dumps(body, indent=2).encode() + b"\n", "application/json")
         if path == "/metrics":
-            return self._send(start_response, "200 OK", generate_latest(self.registry), CONTENT_TYPE_LATEST)
+            with untraced():  # scraped every few seconds, like the probes
+                body = generate_latest(self.registry)
+            return self._send(start_response, "200 OK", body, CONTENT_TYPE_LATEST)
         if self.jobs is not None and (path == "/workers" or path == "/jobs" or path.startswith("/jobs/")):
             return self._jobs(environ, path, start_response)
         if self.jobs is not None and path == "/ui/jobs":

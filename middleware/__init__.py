@@ -16,6 +16,12 @@ before_process_message hook stops the hooks after it (but every after_skip_messa
    enqueue hooks does not matter, no other middleware reads them there) and notes the running
    message for the causation id of what it sends. After LogContext, whose before-hook clears the
    context (Correlation binds a fresh id for a message that carries none).
+4a. Tracing (only while tracing is on: bootstrap/tracing.py): the consumer span of each run and the
+   trace context of what is sent. Its before-hook comes before every hook that can log, skip,
+   park or re-enqueue the message (so their lines carry the trace id, and a park or a retry is
+   seen as this run's), and its after-hooks run after Jobs', DeadLetters' and Retries' (reverse
+   order): the span ends with the outcome they decided (failed, retried, cancelled), and a retry's
+   re-enqueue still happens inside the run's span. After Correlation, whose ids it records.
 4b. Jobs: a record per message (status, attempts, times, progress) and cancellation. Before
    DeadLetters and Retries, so its after-hooks run after theirs: it records the outcome they
    decided (failed for good with the letter's id, or re-enqueued for a retry). Its before-hook
@@ -51,9 +57,11 @@ messages)): Dedup takes the batch's free keys there, in one round trip.
 
 Dedup, CircuitBreaker, DeadLetters and Jobs take their state ports as callables resolved on first use
 (build_stack connects to nothing); without them those middleware are left out of the stack.
+Tracing is imported only when asked for: with tracing off, nothing of OpenTelemetry is loaded.
 """
 
 from collections.abc import Callable
+from typing import Any
 
 from dramatiq.middleware import (
     AgeLimit,
@@ -98,8 +106,11 @@ def build_stack(*, max_retries: int = 20, min_backoff_ms: int = 1000,
                 dead_letter_store: Callable[[], DeadLetterStore] | None = None,
                 letter_fallback: Callable[[], LetterFallback] | None = None,
                 job_store: Callable[[], JobStore] | None = None, jobs_flush_interval: float = 0.2,
-                jobs_heartbeat: float = 5.0) -> list[Middleware]:
-    """The middleware list every broker in atelier is built with (order: see the module docstring)."""
+                jobs_heartbeat: float = 5.0, tracing: bool = False, tracer_provider: Any = None,
+                messaging_system: str = "dramatiq") -> list[Middleware]:
+    """The middleware list every broker in atelier is built with (order: see the module docstring).
+    ``tracing``: include Tracing, its spans going to ``tracer_provider`` (None: OpenTelemetry's
+    global provider) with ``messaging_system`` as their messaging.system."""
     stack: list[Middleware] = [
         AgeLimit(),
         ShutdownNotifications(),
@@ -110,6 +121,10 @@ def build_stack(*, max_retries: int = 20, min_backoff_ms: int = 1000,
         LogContext(),
         Correlation(),
     ]
+    if tracing:
+        from middleware.tracing import Tracing
+
+        stack.append(Tracing(tracer_provider=tracer_provider, messaging_system=messaging_system))
     if job_store is not None:
         stack.append(Jobs(job_store, flush_interval=jobs_flush_interval, heartbeat_interval=jobs_heartbeat,
                           dedup=dedup_store is not None,

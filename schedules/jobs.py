@@ -5,6 +5,9 @@ live in other modules join by declaring their actor. Each tick belongs to a slot
 number since the epoch, or the cron minute); before sending, a replica claims
 "schedule:<job>:<slot>" with Redis SET NX, and the message carries the same string as its
 dedup_key, so several scheduler replicas never send the same tick twice.
+
+With tracing on, each tick sent starts a trace of its own (a root span ``schedule <job>``), so a
+tick's run is never filed under whatever else the scheduler process was doing.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +27,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from bootstrap.settings import Settings
+from bootstrap.tracing import tracer_provider
 
 log = structlog.get_logger("schedules")
 
@@ -111,8 +117,11 @@ def fire(job: Job, broker: Any, guard: RedisTickGuard | LocalTickGuard, now: flo
         if not guard.claim(key, job.ttl_ms):
             log.debug("schedule tick taken by another replica", job=job.name, slot=slot)
             return False
-        message = broker.get_actor(job.actor).send_with_options(
-            dedup_key=key, dedup_window=max(job.ttl_ms // 1000, 1))
+        with _tick_trace(job, slot):
+            message = broker.get_actor(job.actor).send_with_options(
+                dedup_key=key, dedup_window=max(job.ttl_ms // 1000, 1))
+            log.info("schedule sent", job=job.name, actor=job.actor, slot=slot, dedup_key=key,
+                     message_id=message.message_id)
     except Exception as exc:
         log.error("schedule send failed", job=job.name, actor=job.actor, slot=slot, error=str(exc))
         try:
@@ -120,6 +129,20 @@ def fire(job: Job, broker: Any, guard: RedisTickGuard | LocalTickGuard, now: flo
         except Exception:  # Redis down too: the key expires by itself
             pass
         return False
-    log.info("schedule sent", job=job.name, actor=job.actor, slot=slot, dedup_key=key,
-             message_id=message.message_id)
     return True
+
+
+@contextmanager
+def _tick_trace(job: Job, slot: str) -> Iterator[None]:
+    """A new trace for the tick while tracing is on: its send span and its run are children."""
+    provider = tracer_provider()
+    if provider is None:
+        yield
+        return
+    from opentelemetry import context, trace
+
+    tracer = trace.get_tracer("atelier.schedules", tracer_provider=provider)
+    with tracer.start_as_current_span(f"schedule {job.name}", context=context.Context(),
+                                      attributes={"atelier.schedule.job": job.name, "atelier.schedule.slot": slot,
+                                                  "dramatiq.actor": job.actor}):
+        yield

@@ -25,7 +25,15 @@ def _event(row) -> OutboxEvent:  # type: ignore[no-untyped-def]
         payload=row.payload, correlation_id=row.correlation_id, created_at=_aware(row.created_at),
         attempts=row.attempts, next_attempt_at=_aware(row.next_attempt_at),
         published_at=_aware(row.published_at), last_error=row.last_error, dead=bool(row.dead),
+        trace_context=_trace_context(row.trace_context),
     )
+
+
+def _trace_context(value: object) -> dict[str, str] | None:
+    # Only text fields: whatever else a hand-edited row holds is not a context to send on.
+    if not isinstance(value, dict):
+        return None
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)} or None
 
 
 class SqlOutboxRepository:

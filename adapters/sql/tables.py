@@ -62,6 +62,8 @@ outbox_events = Table(
     Column("next_attempt_at", DateTime(timezone=True), nullable=False),
     Column("last_error", Text),
     Column("dead", Boolean, nullable=False, default=False),
+    # The recording transaction's W3C trace context (migration trc1); NULL when it was not traced.
+    Column("trace_context", JSON(none_as_null=True)),
 )
 
 # Undelivered events by due time: the relay's claim (migration obx1; PostgreSQL adds a NOTIFY trigger).

@@ -20,13 +20,16 @@ class SqlUnitOfWork:
 
     ``correlation_id`` is called when an event is recorded, to stamp it with the
     correlation id of the work that caused it (the composition root reads it from
-    the running message's context).
+    the running message's context); ``trace_context`` likewise, for the W3C trace context
+    of the current span (None when not traced), with which the relay sends the event.
     """
 
     def __init__(self, session_factory: sessionmaker[Session],
-                 correlation_id: Callable[[], str | None] = lambda: None) -> None:
+                 correlation_id: Callable[[], str | None] = lambda: None,
+                 trace_context: Callable[[], dict[str, str] | None] = lambda: None) -> None:
         self._factory = session_factory
         self._correlation_id = correlation_id
+        self._trace_context = trace_context
         self.session: Session | None = None
 
     def add_event(self, event: DomainEvent) -> None:
@@ -39,7 +42,7 @@ class SqlUnitOfWork:
             id=event.id, type=event.type, aggregate_type=event.aggregate_type,
             aggregate_id=event.aggregate_id, payload=event.payload,
             correlation_id=correlation_id, created_at=event.occurred_at,
-            next_attempt_at=event.occurred_at, attempts=0, dead=False,
+            next_attempt_at=event.occurred_at, attempts=0, dead=False, trace_context=self._trace_context(),
         ))
 
     def __enter__(self) -> SqlUnitOfWork:
@@ -67,7 +70,8 @@ class SqlUnitOfWork:
         self.session.rollback()
 
 
-def uow_factory(engine: Engine, correlation_id: Callable[[], str | None] = lambda: None):  # type: ignore[no-untyped-def]
+def uow_factory(engine: Engine, correlation_id: Callable[[], str | None] = lambda: None,  # type: ignore[no-untyped-def]
+                trace_context: Callable[[], dict[str, str] | None] = lambda: None):
     """Return a callable that makes a fresh SqlUnitOfWork per use."""
     factory = sessionmaker(bind=engine, expire_on_commit=False)
-    return lambda: SqlUnitOfWork(factory, correlation_id)
+    return lambda: SqlUnitOfWork(factory, correlation_id, trace_context)

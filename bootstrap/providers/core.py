@@ -25,10 +25,12 @@ class CoreProviders:
     @cached_property
     def uow(self):  # type: ignore[no-untyped-def]
         from adapters.sql.uow import uow_factory
+        from bootstrap.tracing import current_trace_context
         from runtime import current_correlation_id
 
-        # Events inherit the running message's correlation id (or the producer's correlation_scope).
-        return uow_factory(self.engine, current_correlation_id)
+        # Events inherit the running message's correlation id (or the producer's correlation_scope),
+        # and the trace context of the current span, with which the relay sends them.
+        return uow_factory(self.engine, current_correlation_id, current_trace_context)
 
     @cached_property
     def store(self) -> ObjectStore:

@@ -22,10 +22,12 @@ class OutboxProviders:
     def outbox_publisher(self):  # type: ignore[no-untyped-def]
         from adapters.outbox_publisher import DramatiqPublisher, events_channel
         from bootstrap.broker import get_broker
+        from bootstrap.tracing import tracer_provider
 
         s = self.settings
         return DramatiqPublisher(get_broker(), self.redis, channel=events_channel(s.queue_prefix),
-                                 dedup_window=s.outbox_dedup_window)
+                                 dedup_window=s.outbox_dedup_window, tracer_provider=tracer_provider(),
+                                 messaging_system=s.broker_kind)
 
     @cached_property
     def outbox_relay(self) -> OutboxRelay:

@@ -51,7 +51,8 @@ Control API (JSON):
   rate_limited, throughput_limited, pair_limited, window_refused, template_refused, rejected,
   statuses_reported...), unique ids, ids accepted more than once.
 - ``GET /_mock/deliveries?channel=whatsapp``: ``{message id: {"accepted", "delivered", "recipient",
-  "provider_message_id"}}``. ``GET /_mock/timeline?channel=whatsapp``: ``[{"t", "sender",
+  "provider_message_id", "traceparent"}}`` (the last request's W3C trace context, when it had
+  one). ``GET /_mock/timeline?channel=whatsapp``: ``[{"t", "sender",
   "recipient", "outcome"}]`` (``accepted``, ``replay`` or the error code).
 - ``POST /_mock/reset``: forget everything, back to the defaults.
 
@@ -123,6 +124,7 @@ class Record:
     delivered: int = 0
     provider_message_id: str | None = None
     recipient: str | None = None
+    traceparent: str | None = None  # the W3C trace context of the last request taken (docs/tracing.md)
 
 
 @dataclass
@@ -283,7 +285,9 @@ class MockChannels:
 
     def deliveries(self, channel: str) -> dict[str, Any]:
         with self._lock:
-            return {i: r.__dict__.copy() for i, r in self.channels[channel].records.items()}
+            # traceparent only when a request carried one: untraced callers see the records as before.
+            return {i: {k: v for k, v in r.__dict__.items() if k != "traceparent" or v is not None}
+                    for i, r in self.channels[channel].records.items()}
 
     def timeline(self, channel: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -315,6 +319,7 @@ class MockChannels:
                     record = state.records.setdefault(headers.get("x-atelier-message-id") or key,
                                                       Record(recipient=recipient))
                     record.accepted += 1
+                    record.traceparent = headers.get("traceparent")
                     state.counters["accepted"] += 1
                     state.timeline.append({"t": now, "sender": sender, "recipient": recipient, "outcome": "replay"})
                     answer, report = state.answers[key], None
@@ -445,6 +450,7 @@ class MockChannels:
         message_id = headers.get("x-atelier-message-id") or key or recipient
         record = state.records.setdefault(message_id, Record(recipient=recipient))
         record.accepted += 1
+        record.traceparent = headers.get("traceparent")
         state.counters["accepted"] += 1
         provider_id = f"wamid.{uuid.uuid4().hex}" if state.name == "whatsapp" else f"mid.{uuid.uuid4().hex}"
         answer = ({"messaging_product": "whatsapp", "contacts": [{"input": recipient, "wa_id": recipient}],

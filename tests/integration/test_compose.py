@@ -25,15 +25,19 @@ IMAGE_VARIABLES = {
     "rabbitmq": {"RABBITMQ_DEFAULT_USER", "RABBITMQ_DEFAULT_PASS"},
     "minio/minio": {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"},
     "minio/mc": {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"},
+    "jaegertracing/all-in-one": {"COLLECTOR_OTLP_ENABLED"},
 }
+#: OpenTelemetry's standard variables, read by the SDK and bootstrap/tracing.py, not atelier settings.
+OTEL_VARIABLES = {"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_EXPORTER", "OTEL_TRACES_SAMPLER",
+                  "OTEL_TRACES_SAMPLER_ARG", "OTEL_SERVICE_NAME"}
 SERVICES = {"redis", "rabbitmq", "postgres", "minio", "minio-buckets", "qdrant", "migrate", "worker", "scheduler",
-            "ops", "mock-channels", "message-webhooks"}
+            "ops", "mock-channels", "message-webhooks", "jaeger"}
 
 
 def compose_config(broker: str = "redis", path: str = "compose.yaml", **env: str) -> subprocess.CompletedProcess:
     binary = shutil.which("docker-compose")
     assert binary, "Debian's docker-compose is missing: scripts/tools.sh installs it"
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("WORKER_", "OPS_", "ATELIER_"))}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("WORKER_", "OPS_", "ATELIER_", "OTEL_"))}
     return subprocess.run([binary, "-f", path, "config"], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env={**clean, "ATELIER_BROKER": broker, **env})
 
@@ -112,18 +116,37 @@ def test_pending_entry_points_are_still_pending():
 
 def test_every_variable_is_a_setting_or_the_images_own(config):
     from bootstrap.settings import Settings, load_settings
+    from bootstrap.tracing import plan_from_env
 
-    known = {field.upper() for field in Settings.model_fields} | PENDING_SETTINGS
+    known = {field.upper() for field in Settings.model_fields} | PENDING_SETTINGS | OTEL_VARIABLES
     for name, service in config["services"].items():
         variables = set(service.get("environment") or {})
         if service.get("image") == "atelier:latest":
             assert variables <= known, f"{name}: not settings: {sorted(variables - known)}"
-            # And the values pass the settings' own validation.
-            values = {k.lower(): v for k, v in service["environment"].items() if k not in PENDING_SETTINGS}
+            # And the values pass the settings' own validation, the OTEL_* ones tracing's.
+            values = {k.lower(): v for k, v in service["environment"].items()
+                      if k not in PENDING_SETTINGS and k not in OTEL_VARIABLES}
             load_settings(**values)
+            plan_from_env(service["environment"])
         else:
             image = service["image"].split(":")[0]
             assert variables <= IMAGE_VARIABLES.get(image, set()), f"{name}: {sorted(variables)}"
+
+
+def test_tracing_is_off_by_default_and_jaeger_waits_behind_a_profile(config):
+    from bootstrap.tracing import plan_from_env
+
+    jaeger = config["services"]["jaeger"]
+    assert jaeger["profiles"] == ["tracing"] and jaeger["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
+    for name, service in ours(config).items():
+        assert not plan_from_env(service["environment"]).enabled, name
+    names = {name: s["environment"]["OTEL_SERVICE_NAME"] for name, s in ours(config).items()}
+    assert (names["worker"], names["scheduler"], names["ops"]) == ("atelier-worker", "atelier-scheduler", "atelier-ops")
+
+    on = yaml.safe_load(compose_config(OTEL_EXPORTER_OTLP_ENDPOINT="http://jaeger:4318").stdout)
+    for name, service in ours(on).items():
+        assert plan_from_env(service["environment"]).exporters == ("otlp",), name
+        assert service["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
 
 
 def test_dependencies_wait_for_health_or_completion(config):

@@ -39,13 +39,15 @@ class Stack:
 POLICY = BreakerPolicy(failure_threshold=3, window_ms=60_000, reset_timeout_ms=300, half_open_trials=1)
 
 
-def make_stack() -> Stack:
+def make_stack(*, tracer_provider: object = None) -> Stack:
+    """``tracer_provider``: with one, the stack has the Tracing middleware, its spans going there."""
     s = Stack(None, None, InMemoryMetricsStore(), InMemoryDedupStore(), InMemoryBreakerStore(),  # type: ignore[arg-type]
               InMemoryFallbackQueue(), FakeDeadLetterStore())
     s.broker = AtelierStubBroker(middleware=middleware.build_stack(
         max_retries=2, min_backoff_ms=1, max_backoff_ms=20, metrics_store=lambda: s.metrics,
         dedup_store=lambda: s.dedup, breaker_store=lambda: s.breakers, fallback_queue=lambda: s.fallback,
-        breaker_policy=POLICY, dead_letter_store=lambda: s.letters))
+        breaker_policy=POLICY, dead_letter_store=lambda: s.letters,
+        tracing=tracer_provider is not None, tracer_provider=tracer_provider, messaging_system="stub"))
     s.broker.emit_after("process_boot")
     s.worker = dramatiq.Worker(s.broker, worker_threads=2, worker_timeout=20)
     s.worker.start()
