@@ -3,8 +3,9 @@
 On a Redis broker the whole batch goes in one MULTI/EXEC transaction: per queue one HSET of the
 message bodies and one RPUSH of their ids (what RedisBroker.enqueue's Lua script does for one
 message: it depends on that layout, which is Dramatiq's own), with the same before/after enqueue
-middleware hooks; one round trip for the batch instead of one per message, and all of it or none
-of it lands. Other brokers enqueue message by message (RabbitMQ with publisher confirms).
+middleware hooks, and one PUBLISH per queue that wakes atelier's idle consumers
+(brokers/redis_wakeups.py); one round trip for the batch instead of one per message, and all of it
+or none of it lands. Other brokers enqueue message by message (RabbitMQ with publisher confirms).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import redis
 from dramatiq import Broker, Message
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
+
+from brokers.redis_wakeups import wake_channel
 
 #: What a broker raises when it cannot be reached (not a fault of one message).
 BROKER_OUTAGE = (redis.ConnectionError, redis.TimeoutError, dramatiq.errors.ConnectionError, ConnectionError,
@@ -83,6 +86,9 @@ def _enqueue_redis(broker: RedisBroker, messages: Sequence[Message[Any]]) -> lis
         key = f"{broker.namespace}:{queue_name}"
         pipe.hset(f"{key}.msgs", mapping={m.options["redis_message_id"]: m.encode() for m in group})
         pipe.rpush(key, *(m.options["redis_message_id"] for m in group))
+        # Idle consumers of atelier's broker wait for a wake-up instead of polling
+        # (brokers/redis_wakeups.py); once per queue per batch, whether or not it was empty.
+        pipe.publish(wake_channel(broker.namespace, queue_name), b"")
     pipe.execute()
     for message in ready:
         broker.emit_after("enqueue", message, None)

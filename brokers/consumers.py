@@ -30,18 +30,23 @@ consumers emit it say so with ``settles_in_batches = True``.
 
 from __future__ import annotations
 
+import heapq
 import threading
+import time
 from collections import deque
 from queue import Empty
 from typing import Any
 
 import pika.exceptions
+import redis
+from dramatiq.broker import MessageProxy
 from dramatiq.brokers.rabbitmq import _RabbitmqConsumer, _RabbitmqMessage
 from dramatiq.brokers.redis import _RedisConsumer
 from dramatiq.brokers.stub import _StubConsumer, _StubMessageProxy
+from dramatiq.common import current_millis
 from dramatiq.errors import ConnectionClosed
 
-from brokers.admission import admit, decode
+from brokers.admission import Junk, admit, carrier, decode, letter_for, undecodable_letter
 
 
 class FetchBatches:
@@ -77,8 +82,8 @@ class FetchBatches:
             try:
                 message = self._receive()
             except BaseException as exc:
-                # The server cancelled the consumer, a connection failed, a body did not decode
-                # (Redis raises): what came before is handed out first, as Dramatiq's would be.
+                # The server cancelled the consumer, a connection failed: what came before is
+                # handed out first, as Dramatiq's would be.
                 self._error = exc
                 break
             if message is not None:
@@ -88,15 +93,175 @@ class FetchBatches:
         return first
 
 
+class MissingBody(Exception):
+    """An id in a Redis queue with no body in the queue's hash."""
+
+
 class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
-    """Dramatiq's Redis consumer, emitting "fetch" per fetch."""
+    """Dramatiq's Redis consumer, emitting "fetch" per fetch, waiting for work instead of polling,
+    and reading every body it fetches (brokers/redis_wakeups.py has the design).
+
+    Waiting. When the queue was empty at its last fetch, the consumer waits on an event that the
+    broker's wake-up listener sets when an enqueue makes the queue non-empty, with the worker
+    timeout as its limit (capped at a third of the heartbeat timeout: each fetch also beats the
+    process's heartbeat), and fetches once when the limit passes. When the queue had more than it
+    could take, it waits for its room: worker threads settling messages wake it once a quarter of
+    its prefetch is free, so it fetches several at a time instead of one per ack. It also returns
+    (None) when the eta of a delayed message it handed out passes, so that the consumer thread
+    moves that message on time.
+
+    Fetching. The broker's fetch script moves ids into the process's ack set as Dramatiq's does
+    and returns each id with its body, so every delivery is acked and nacked under the id it was
+    stored under (``redis_message_id`` is set to it, whatever the body said). A body that is not a
+    message, or an id without a body, becomes a carrier of an ``undecodable`` dead letter (raw
+    bytes, the id, the queue, the decode error): the worker rejects it at once, which removes it
+    from the ack set, and the rest of the fetch is handed on. Maintenance (dead workers' ack sets
+    back to the queue) rides on fetches, at least every ``broker.maintenance_interval`` ms.
+    """
+
+    #: When the queue had more than the consumer could take, it fetches again once this share of
+    #: its prefetch is free.
+    REFILL_SHARE = 4
 
     def __init__(self, broker, queue_name, prefetch, timeout) -> None:
         super().__init__(broker, queue_name, prefetch, timeout)
         self._init_batches()
+        self.message_cache: deque[tuple[Any, Any]] = deque()  # (id, body) fetched, not yet handed out
+        self.queued_message_ids: set[str] = set()  # ids handed out and not settled (Dramatiq: message ids)
+        self._etas: list[tuple[int, str]] = []  # (eta, id) of delayed messages handed out
+        self._refill = max(1, prefetch // self.REFILL_SHARE)
+        self._backlog = False  # the last fetch took all it asked for: the queue may hold more
+        self._want_room = 0  # while waiting for room: how much frees it (0: not waiting for room)
+        self._idle_wait = min(timeout, broker.heartbeat_timeout / 3) / 1000
+        self._next_maintenance = 0.0  # the first fetch runs it: a restart recovers dead workers' acks
+        self._wake = threading.Event()
+        self._channel = broker.wake_channel(queue_name)
+        broker.wakeups.register(self._channel, self._wake)
 
     def _waiting(self) -> bool:
         return bool(self.message_cache)
+
+    def _receive(self) -> Any:
+        if self.message_cache:
+            return self._deliver(*self.message_cache.popleft())
+        return self._fetch_or_wait()
+
+    def _fetch_or_wait(self) -> Any:
+        deadline = time.monotonic() + self._idle_wait
+        fetched = False
+        while True:
+            self._wake.clear()  # before looking: a wake-up from now on is kept for the wait below
+            room = self.prefetch - self.outstanding_message_count
+            need = self._refill if self._backlog else 1
+            if room >= need:
+                fetched = True
+                first = self._fetch(room)
+                if first is not None:
+                    return first
+            else:
+                self._want_room = need
+                if self.prefetch - self.outstanding_message_count >= need:  # freed meanwhile
+                    self._want_room = 0
+                    continue
+            if not self._wait(deadline):
+                break
+        if not fetched:  # waited for room all along: fetch what fits, or only beat the heartbeat
+            return self._fetch(max(0, self.prefetch - self.outstanding_message_count))
+        return None
+
+    def _wait(self, deadline: float) -> bool:
+        """Wait until woken (True), or until the deadline or a delayed message's eta (False)."""
+        try:
+            while not self._eta_due():
+                wait = min(deadline - time.monotonic(), self._until_eta())
+                if wait <= 0:
+                    return False
+                if self._wake.wait(wait):
+                    return True
+            return False
+        finally:
+            self._want_room = 0
+
+    def _fetch(self, count: int) -> Any:
+        """Fetch up to ``count`` messages (0: heartbeat and maintenance only); the first, or None."""
+        now = time.monotonic()
+        maintenance = now >= self._next_maintenance
+        if maintenance:
+            self._next_maintenance = now + self.broker.maintenance_interval / 1000
+        try:
+            pairs = self.broker.fetch(self.queue_name, count, maintenance=maintenance)
+        except redis.ConnectionError as e:
+            raise ConnectionClosed(e) from None
+        if count:
+            self._backlog = len(pairs) >= count
+        if not pairs:
+            return None
+        self.message_cache.extend(pairs[1:])
+        return self._deliver(*pairs[0])
+
+    def _deliver(self, redis_id: Any, body: Any) -> MessageProxy:
+        """The delivery of ``body`` stored under ``redis_id``: its message, acked under that id, or
+        a carrier of its dead letter."""
+        rid = redis_id.decode("utf-8", "replace") if isinstance(redis_id, bytes) else str(redis_id)
+        keep = {"redis_message_id": rid}
+        queue_name = self.queue_name
+        if body is None:
+            error = MissingBody(f"no body under this id in {queue_name}.msgs")
+            message = carrier(queue_name, undecodable_letter(queue_name, b"", rid, error), options=keep)
+        else:
+            message = decode(queue_name, body, rid)  # a body that is not a message: a carrier
+            options = message.options
+            if isinstance(options, dict):
+                options["redis_message_id"] = rid  # acked under the id it was stored under
+            else:
+                junk = Junk("invalid_options", f"options must be an object, not {type(options).__name__}")
+                message = carrier(queue_name, letter_for(queue_name, message, junk), options=keep)
+        self.queued_message_ids.add(rid)
+        eta = message.options.get("eta")
+        if isinstance(eta, int) and not isinstance(eta, bool):
+            heapq.heappush(self._etas, (eta, rid))
+        return MessageProxy(message)
+
+    def _eta_due(self) -> bool:
+        """Whether a delayed message handed out is due (each eta answers once)."""
+        etas = self._etas
+        while etas and etas[0][1] not in self.queued_message_ids:
+            heapq.heappop(etas)  # moved on already
+        if etas and etas[0][0] <= current_millis():
+            heapq.heappop(etas)
+            return True
+        return False
+
+    def _until_eta(self) -> float:
+        etas = self._etas
+        return (etas[0][0] - current_millis()) / 1000 if etas else float("inf")
+
+    def _settled(self, redis_id: str) -> None:
+        self.queued_message_ids.discard(redis_id)
+        need = self._want_room
+        if need and self.prefetch - self.outstanding_message_count >= need:
+            self._wake.set()
+
+    def ack(self, message) -> None:
+        redis_id = message.options["redis_message_id"]
+        try:
+            self.broker.do_ack(self.queue_name, redis_id)
+        except redis.ConnectionError as e:
+            raise ConnectionClosed(e) from None
+        finally:
+            self._settled(redis_id)
+
+    def nack(self, message) -> None:
+        redis_id = message.options["redis_message_id"]
+        try:
+            self.broker.do_nack(self.queue_name, redis_id)
+        except redis.ConnectionError as e:
+            raise ConnectionClosed(e) from None
+        finally:
+            self._settled(redis_id)
+
+    def close(self) -> None:
+        self.broker.wakeups.unregister(self._channel, self._wake)
 
 
 class AtelierRabbitmqConsumer(FetchBatches, _RabbitmqConsumer):

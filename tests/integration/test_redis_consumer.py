@@ -1,0 +1,382 @@
+"""atelier's Redis consumer (brokers/consumers.py AtelierRedisConsumer, brokers/redis_wakeups.py)
+against real Redis: delivery semantics with many consumers on one queue (each message runs once,
+acks and nacks land, delayed messages move on time, a dead consumer's messages come back), idle
+consumers woken by the enqueue instead of polling, and raw bodies that are not messages."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+import pytest
+import redis
+from dramatiq.middleware import Retries
+
+from adapters.sql.deadletters import SqlDeadLetterStore
+from adapters.sql.engine import make_engine
+from brokers.admission import CARRIER_ACTOR
+from brokers.batch import enqueue_batch
+from brokers.dispatch import AtelierRedisBroker
+from middleware.deadletters import DeadLetters
+from tests import services
+
+
+class Queue:
+    """A queue name of this test's own on the shared Redis, and the brokers made on it; every key
+    of the queue (list, hash, delay queue, dead letters, ack sets) is deleted afterwards."""
+
+    def __init__(self, url: str = services.REDIS_URL) -> None:
+        self.url = url
+        self.name = services.unique("rc")
+        self.client = redis.Redis.from_url(url)
+        self.brokers: list[AtelierRedisBroker] = []
+
+    def broker(self, **kwargs: Any) -> AtelierRedisBroker:
+        broker = AtelierRedisBroker(url=self.url, **kwargs)
+        self.brokers.append(broker)
+        return broker
+
+    def keys(self) -> list[bytes]:
+        return [*self.client.scan_iter(f"dramatiq:{self.name}*"),
+                *self.client.scan_iter(f"dramatiq:__acks__.*.{self.name}*")]
+
+    def unacked(self) -> int:
+        return sum(self.client.scard(k) for k in self.client.scan_iter(f"dramatiq:__acks__.*.{self.name}*"))
+
+    def close(self) -> None:
+        for broker in self.brokers:
+            broker.close()
+            self.client.zrem("dramatiq:__heartbeats__", broker.broker_id)
+        keys = self.keys()
+        if keys:
+            self.client.delete(*keys)
+        self.client.close()
+
+
+@pytest.fixture
+def queue() -> Iterator[Queue]:
+    q = Queue()
+    yield q
+    q.close()
+
+
+def start(broker: AtelierRedisBroker, threads: int = 4, timeout: int = 1000) -> dramatiq.Worker:
+    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=timeout)
+    worker.start()
+    return worker
+
+
+def test_with_many_consumers_on_one_queue_every_message_runs_once_and_acks_and_nacks_land(queue: Queue) -> None:
+    runs: Counter[int] = Counter()
+    lock = threading.Lock()
+    brokers = [queue.broker(middleware=[Retries(max_retries=0)]) for _ in range(3)]
+    for broker in brokers:
+        @dramatiq.actor(broker=broker, queue_name=queue.name, actor_name=f"{queue.name}_job")
+        def job(i: int) -> None:
+            with lock:
+                runs[i] += 1
+            if i % 10 == 0:
+                raise ValueError(f"job {i} fails")
+
+    producer = queue.broker()
+    sender = dramatiq.actor(lambda i: None, broker=producer, queue_name=queue.name, actor_name=f"{queue.name}_job")
+    workers = [start(b) for b in brokers]
+    try:
+        for i in range(600):  # sent while the consumers run: each enqueue may wake them
+            sender.send(i)
+        services.wait_for(lambda: sum(runs.values()) >= 600, timeout=60, message="600 runs")
+        services.wait_for(lambda: queue.unacked() == 0, timeout=10, message="every message settled")
+    finally:
+        for w in workers:
+            w.stop()
+    assert sorted(runs) == list(range(600))
+    assert set(runs.values()) == {1}
+    c = queue.client
+    assert c.llen(f"dramatiq:{queue.name}") == 0
+    assert c.hlen(f"dramatiq:{queue.name}.msgs") == 0  # every ack removed its body
+    assert c.zcard(f"dramatiq:{queue.name}.XQ") == 60  # every nack moved its body to the XQ
+    assert c.hlen(f"dramatiq:{queue.name}.XQ.msgs") == 60
+
+
+def test_an_idle_consumer_starts_a_message_within_milliseconds_not_at_its_next_poll(queue: Queue) -> None:
+    started: list[float] = []
+    event = threading.Event()
+    broker = queue.broker(middleware=[])
+
+    @dramatiq.actor(broker=broker, queue_name=queue.name, actor_name=f"{queue.name}_job")
+    def job(sent: float) -> None:
+        started.append(time.time() - sent)
+        event.set()
+
+    # A worker timeout of 5 s: a polling consumer idle for a second waits hundreds of ms to look again.
+    worker = start(broker, threads=2, timeout=5000)
+    try:
+        for _ in range(4):
+            # Idle for a second (a measurement gap, not a synchronisation).
+            time.sleep(1.0)
+            event.clear()
+            job.send(time.time())
+            assert event.wait(10)
+    finally:
+        worker.stop()
+    assert max(started) < 0.15, started
+
+
+def test_a_batch_enqueued_in_one_transaction_wakes_an_idle_consumer(queue: Queue) -> None:
+    started: list[float] = []
+    broker = queue.broker(middleware=[])
+
+    @dramatiq.actor(broker=broker, queue_name=queue.name, actor_name=f"{queue.name}_job")
+    def job(sent: float) -> None:
+        started.append(time.time() - sent)
+
+    worker = start(broker, threads=2, timeout=5000)
+    try:
+        for _ in range(2):
+            time.sleep(1.0)  # idle (a measurement gap, not a synchronisation)
+            count = len(started)
+            sent = time.time()
+            assert enqueue_batch(broker, [job.message(sent) for _ in range(3)]) == [None] * 3
+            services.wait_for(lambda: len(started) >= count + 3, timeout=10, message="the batch run")  # noqa: B023
+    finally:
+        worker.stop()
+    assert max(started) < 0.15, started
+
+
+def test_delayed_messages_move_to_their_queue_on_time(queue: Queue) -> None:
+    lateness: list[float] = []
+    done = threading.Event()
+    broker = queue.broker(middleware=[])
+
+    @dramatiq.actor(broker=broker, queue_name=queue.name, actor_name=f"{queue.name}_job")
+    def job(due: float) -> None:
+        lateness.append(time.time() - due)
+        if len(lateness) == 5:
+            done.set()
+
+    worker = start(broker, threads=2, timeout=1000)
+    try:
+        now = time.time()
+        for i in range(5):
+            delay = 400 + 250 * i
+            job.send_with_options(args=(now + delay / 1000,), delay=delay)
+        assert done.wait(20)
+    finally:
+        worker.stop()
+    # Dramatiq's delay-queue consumer polls, backing off to the worker timeout (1 s here).
+    assert max(lateness) < 0.2, lateness
+    assert min(lateness) >= -0.01, lateness  # never early
+
+
+def test_a_dead_consumers_messages_come_back_after_the_heartbeat_timeout(queue: Queue) -> None:
+    ran: Counter[int] = Counter()
+    dead = queue.broker(middleware=[])
+    alive = queue.broker(middleware=[], heartbeat_timeout=1000)
+    for broker in (dead, alive):
+        @dramatiq.actor(broker=broker, queue_name=queue.name, actor_name=f"{queue.name}_job")
+        def job(i: int) -> None:
+            ran[i] += 1
+
+    for i in range(10):
+        job.send(i)
+    # A consumer takes all ten into its process's ack set, then its process dies: no ack, no
+    # requeue, no heartbeat again.
+    consumer = dead.consume(queue.name, prefetch=10, timeout=100)
+    taken = [next(consumer) for _ in range(10)]
+    assert sorted(m.args[0] for m in taken) == list(range(10))
+    assert queue.unacked() == 10
+    died = time.monotonic()
+
+    worker = start(alive, threads=2)
+    try:
+        services.wait_for(lambda: len(ran) == 10, timeout=15, message="the dead consumer's messages run again")
+        recovered = time.monotonic() - died
+    finally:
+        worker.stop()
+    assert set(ran.values()) == {1}
+    assert recovered < 1.0 + 0.25 + 2.0  # heartbeat timeout + maintenance interval + slack
+    assert queue.unacked() == 0
+
+
+def test_the_fetch_moves_ids_into_the_ack_set_and_returns_each_with_its_body(queue: Queue) -> None:
+    broker = queue.broker(middleware=[])
+    c = queue.client
+    key = f"dramatiq:{queue.name}"
+    c.hset(f"{key}.msgs", mapping={"a": b"body a", "b": b"body b"})
+    c.rpush(key, "a", "gone", "b")
+    assert broker.fetch(queue.name, 2) == [(b"a", b"body a"), (b"gone", None)]
+    assert c.smembers(f"dramatiq:__acks__.{broker.broker_id}.{queue.name}") == {b"a", b"gone"}
+    assert c.lrange(key, 0, -1) == [b"b"]
+    assert broker.fetch(queue.name, 0) == []  # only beats the heartbeat
+    assert c.zscore("dramatiq:__heartbeats__", broker.broker_id) is not None
+    assert c.lrange(key, 0, -1) == [b"b"]
+
+
+def good_body(queue_name: str, actor_name: str, *args: Any, **options: Any) -> bytes:
+    return json.dumps({"queue_name": queue_name, "actor_name": actor_name, "args": list(args), "kwargs": {},
+                       "options": options, "message_id": services.unique("m"),
+                       "message_timestamp": int(time.time() * 1000)}).encode()
+
+
+#: Raw bodies no producer of Dramatiq's would write, and what makes each one junk.
+def junk_bodies(queue_name: str, actor_name: str) -> dict[str, bytes]:
+    def fields(**changes: Any) -> bytes:
+        base = json.loads(good_body(queue_name, actor_name, 1))
+        base.update(changes)
+        return json.dumps(base).encode()
+
+    return {
+        "not utf-8": b"\xff\xfe\x00junk",
+        "not json": b"{not json",
+        "a json list": b"[1, 2, 3]",
+        "args a string": fields(args="abc"),
+        "args an object": fields(args={"x": 1}),
+        "an unknown field": fields(surprise=True),
+        "no actor_name": json.dumps({"queue_name": queue_name, "args": [], "kwargs": {}, "options": {}}).encode(),
+    }
+
+
+def write_raw(client: redis.Redis, queue_name: str, bodies: dict[str, bytes]) -> None:
+    key = f"dramatiq:{queue_name}"
+    client.hset(f"{key}.msgs", mapping=bodies)
+    client.rpush(key, *bodies)
+
+
+def test_undecodable_bodies_mid_fetch_become_carriers_acked_under_their_ids_and_the_rest_is_handed_on(
+        queue: Queue) -> None:
+    broker = queue.broker(middleware=[])
+    actor = f"{queue.name}_job"
+    dramatiq.actor(lambda i: None, broker=broker, queue_name=queue.name, actor_name=actor)
+    junk = junk_bodies(queue.name, actor)
+    key = f"dramatiq:{queue.name}"
+    bodies = {"good1": good_body(queue.name, actor, 1), **junk, "good2": good_body(queue.name, actor, 2)}
+    queue.client.hset(f"{key}.msgs", mapping=bodies)
+    queue.client.rpush(key, "good1", *junk, "missing", "good2")  # "missing": an id without a body
+    consumer = broker.consume(queue.name, prefetch=20, timeout=100)
+    got = [next(consumer) for _ in range(len(bodies) + 1)]
+    by_id = {m.options["redis_message_id"]: m for m in got}
+    assert set(by_id) == {*bodies, "missing"}
+    assert by_id["good1"].args == (1,) and by_id["good2"].args == (2,)
+    for rid in [*junk, "missing"]:
+        message = by_id[rid]
+        assert message.actor_name == CARRIER_ACTOR, rid
+        letter = message.options["dead_letter"]
+        assert letter["reason"] == "undecodable"
+        assert letter["options"]["broker_message_id"] == rid
+    assert "no body" in by_id["missing"].options["dead_letter"]["error"]
+    assert "args must be a list" in by_id["args a string"].options["dead_letter"]["error"]
+    for message in got:
+        (consumer.nack if message.actor_name == CARRIER_ACTOR else consumer.ack)(message)
+    assert queue.unacked() == 0
+    assert consumer.outstanding_message_count == 0
+
+
+def test_a_body_acks_under_the_id_it_was_stored_under_whatever_its_options_say(queue: Queue) -> None:
+    ran: list[int] = []
+    broker = queue.broker(middleware=[])
+    actor = f"{queue.name}_job"
+    dramatiq.actor(lambda i: ran.append(i), broker=broker, queue_name=queue.name, actor_name=actor)
+    write_raw(queue.client, queue.name, {
+        "no-option": good_body(queue.name, actor, 1),  # a producer that is not Dramatiq's
+        "stored-id": good_body(queue.name, actor, 2, redis_message_id="another-id"),
+    })
+    worker = start(broker, threads=2)
+    try:
+        services.wait_for(lambda: sorted(ran) == [1, 2], timeout=10, message="both run")
+        services.wait_for(lambda: queue.unacked() == 0, timeout=10, message="both acked")
+    finally:
+        worker.stop()
+    assert queue.client.hlen(f"dramatiq:{queue.name}.msgs") == 0
+
+
+def test_a_worker_writes_one_dead_letter_per_undecodable_body_and_keeps_running(queue: Queue,
+                                                                                 sqlite_url: str) -> None:
+    store = SqlDeadLetterStore(make_engine(sqlite_url))
+    broker = queue.broker(middleware=[Retries(max_retries=0), DeadLetters(lambda: store)])
+    ran: list[int] = []
+    actor = f"{queue.name}_job"
+    dramatiq.actor(lambda i: ran.append(i), broker=broker, queue_name=queue.name, actor_name=actor)
+    junk = junk_bodies(queue.name, actor)
+    worker = start(broker, threads=2)
+    try:
+        write_raw(queue.client, queue.name, junk)
+        services.wait_for(lambda: len(store.list(limit=100)) >= len(junk), timeout=15, message="the dead letters")
+        broker.enqueue(dramatiq.Message(queue_name=queue.name, actor_name=actor, args=(7,), kwargs={}, options={}))
+        services.wait_for(lambda: ran == [7], timeout=10, message="a good message after the junk")
+        services.wait_for(lambda: queue.unacked() == 0, timeout=10, message="nothing left in the ack set")
+        assert all(t.is_alive() for t in worker.workers)
+        assert all(t.is_alive() for t in worker.consumers.values())
+    finally:
+        worker.stop()
+    letters = store.list(limit=100)
+    assert sorted(letter.options["broker_message_id"] for letter in letters) == sorted(junk)
+    assert {letter.reason for letter in letters} == {"undecodable"}
+
+
+# -- Redis's idle command rate, on a private redis-server (the shared one has other users) --
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[str]:
+    server = shutil.which("redis-server")
+    assert server, "redis-server is not installed"
+    port = services.free_port()
+    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+
+    def up() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    try:
+        services.wait_for(up, timeout=10, message="private redis-server")
+        yield url
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(10)
+
+
+def command_rates(url: str, seconds: float) -> tuple[float, float]:
+    """Script calls and all commands (those run inside scripts included) per second, over a window."""
+    client = redis.Redis.from_url(url)
+    try:
+        client.config_resetstat()
+        at = time.monotonic()
+        time.sleep(seconds)  # the measurement window
+        calls = {k: v["calls"] for k, v in client.info("commandstats").items() if not k.startswith("cmdstat_config")}
+        elapsed = time.monotonic() - at
+    finally:
+        client.close()
+    return calls.get("cmdstat_evalsha", 0) / elapsed, sum(calls.values()) / elapsed
+
+
+def test_an_idle_worker_sends_one_fetch_per_consumer_per_worker_timeout(private_redis: str) -> None:
+    queue = Queue(private_redis)
+    try:
+        broker = queue.broker(middleware=[])
+        dramatiq.actor(lambda: None, broker=broker, queue_name=queue.name, actor_name=f"{queue.name}_job")
+        worker = start(broker, threads=8, timeout=1000)  # two consumers: the queue and its delay queue
+        try:
+            services.wait_for(lambda: queue.client.pubsub_numsub(broker.wake_channel(queue.name))[0][1] == 1,
+                              timeout=10, message="the wake-up subscription")
+            scripts, everything = command_rates(private_redis, 5.0)
+        finally:
+            worker.stop()
+    finally:
+        queue.close()
+    # Dramatiq's two consumers, idle, poll every 500-1000 ms: 2.4-2.7 script calls/s, 7-8 commands/s.
+    assert 1.6 <= scripts <= 2.2, scripts
+    assert everything <= 7.2, everything
