@@ -63,7 +63,8 @@ def build_broker(settings: Settings) -> Broker:
     broker: Broker
     if kind == "redis":
         stack.append(RequeueUnfinished())
-        broker = AtelierRedisBroker(url=settings.broker_url, middleware=stack)
+        broker = AtelierRedisBroker(url=settings.broker_url, middleware=stack,
+                                    heartbeat_timeout=settings.broker_heartbeat_timeout_ms)
     elif kind == "rabbitmq":
         # Publisher confirms: send() returns only once RabbitMQ has the message.
         broker = AtelierRabbitmqBroker(url=settings.broker_url, confirm_delivery=True, middleware=stack)

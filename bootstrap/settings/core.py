@@ -12,6 +12,12 @@ from bootstrap.settings.base import Group
 
 class CoreSettings(Group):
     broker_url: str = Field("stub://", description="redis://, rediss://, amqp://, amqps:// or stub:// (in-process).")
+    # A worker beats its heartbeat with every fetch, at least once per worker timeout (1 s by default).
+    broker_heartbeat_timeout_ms: int = Field(
+        60_000, ge=3_000, le=86_400_000,
+        description="Redis broker: a worker process silent this long is taken for dead, and the messages it had "
+                    "fetched go back to their queues (within a few seconds more). Longer than any stall of a live "
+                    "worker; ignored on RabbitMQ.")
     queue_prefix: str = Field("", pattern=r"^[A-Za-z0-9_.-]*$",
                               description="Prefix of every queue name, so runs and tenants can share a broker.")
     redis_url: str | None = Field(None, description="Redis for shared state (dedup, breakers, metrics); "
