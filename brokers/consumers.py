@@ -31,6 +31,7 @@ consumers emit it say so with ``settles_in_batches = True``.
 from __future__ import annotations
 
 import heapq
+import itertools
 import threading
 import time
 from collections import deque
@@ -39,6 +40,7 @@ from typing import Any
 
 import pika.exceptions
 import redis
+from dramatiq import Message
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.rabbitmq import _RabbitmqConsumer, _RabbitmqMessage
 from dramatiq.brokers.redis import _RedisConsumer
@@ -128,7 +130,8 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
         self._init_batches()
         self.message_cache: deque[tuple[Any, Any]] = deque()  # (id, body) fetched, not yet handed out
         self.queued_message_ids: set[str] = set()  # ids handed out and not settled (Dramatiq: message ids)
-        self._etas: list[tuple[int, str]] = []  # (eta, id) of delayed messages handed out
+        self._etas: list[tuple[int, int, Any]] = []  # (eta, n, id) of delayed messages handed out
+        self._handed = itertools.count()
         self._refill = max(1, prefetch // self.REFILL_SHARE)
         self._backlog = False  # the last fetch took all it asked for: the queue may hold more
         self._want_room = 0  # while waiting for room: how much frees it (0: not waiting for room)
@@ -202,30 +205,40 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
     def _deliver(self, redis_id: Any, body: Any) -> MessageProxy:
         """The delivery of ``body`` stored under ``redis_id``: its message, acked under that id, or
         a carrier of its dead letter."""
-        rid = redis_id.decode("utf-8", "replace") if isinstance(redis_id, bytes) else str(redis_id)
-        keep = {"redis_message_id": rid}
         queue_name = self.queue_name
-        if body is None:
-            error = MissingBody(f"no body under this id in {queue_name}.msgs")
-            message = carrier(queue_name, undecodable_letter(queue_name, b"", rid, error), options=keep)
+        try:
+            rid: Any = redis_id.decode() if isinstance(redis_id, bytes) else str(redis_id)
+        except UnicodeDecodeError as exc:
+            # Written by hand: acked under its raw bytes, which is all Redis knows it by.
+            rid = redis_id
+            letter = undecodable_letter(queue_name, body or b"", repr(redis_id), exc)
+            message = carrier(queue_name, letter, options={"redis_message_id": rid})
         else:
-            message = decode(queue_name, body, rid)  # a body that is not a message: a carrier
-            options = message.options
-            if isinstance(options, dict):
-                options["redis_message_id"] = rid  # acked under the id it was stored under
-            else:
-                junk = Junk("invalid_options", f"options must be an object, not {type(options).__name__}")
-                message = carrier(queue_name, letter_for(queue_name, message, junk), options=keep)
+            message = self._message(queue_name, rid, body)
         self.queued_message_ids.add(rid)
         eta = message.options.get("eta")
         if isinstance(eta, int) and not isinstance(eta, bool):
-            heapq.heappush(self._etas, (eta, rid))
+            heapq.heappush(self._etas, (eta, next(self._handed), rid))
         return MessageProxy(message)
+
+    @staticmethod
+    def _message(queue_name: str, rid: str, body: Any) -> Message:
+        keep = {"redis_message_id": rid}
+        if body is None:
+            error = MissingBody(f"no body under this id in {queue_name}.msgs")
+            return carrier(queue_name, undecodable_letter(queue_name, b"", rid, error), options=keep)
+        message = decode(queue_name, body, rid)  # a body that is not a message: a carrier
+        options = message.options
+        if isinstance(options, dict):
+            options["redis_message_id"] = rid  # acked under the id it was stored under
+            return message
+        junk = Junk("invalid_options", f"options must be an object, not {type(options).__name__}")
+        return carrier(queue_name, letter_for(queue_name, message, junk), options=keep)
 
     def _eta_due(self) -> bool:
         """Whether a delayed message handed out is due (each eta answers once)."""
         etas = self._etas
-        while etas and etas[0][1] not in self.queued_message_ids:
+        while etas and etas[0][2] not in self.queued_message_ids:
             heapq.heappop(etas)  # moved on already
         if etas and etas[0][0] <= current_millis():
             heapq.heappop(etas)
@@ -261,7 +274,21 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
             self._settled(redis_id)
 
     def close(self) -> None:
+        """Stop waiting for wake-ups, and put back what was fetched but never handed to the
+        consumer thread (Dramatiq's consumer drops it: it stayed in the ack set until the process
+        stopped, when the consumer is replaced after an error)."""
         self.broker.wakeups.unregister(self._channel, self._wake)
+        undelivered = [m.options["redis_message_id"] for m in self._fetched] + [rid for rid, _ in self.message_cache]
+        self._fetched.clear()
+        self.message_cache.clear()
+        if undelivered:
+            try:
+                self.broker.do_requeue(self.queue_name, *undelivered)
+            except redis.RedisError:  # RequeueUnfinished or the heartbeat timeout still return them
+                self.logger.warning("Could not put back %d fetched message(s) of %r.", len(undelivered),
+                                    self.queue_name, exc_info=True)
+            for rid in undelivered:
+                self.queued_message_ids.discard(rid)
 
 
 class AtelierRabbitmqConsumer(FetchBatches, _RabbitmqConsumer):

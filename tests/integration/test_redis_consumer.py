@@ -284,6 +284,36 @@ def test_undecodable_bodies_mid_fetch_become_carriers_acked_under_their_ids_and_
     assert consumer.outstanding_message_count == 0
 
 
+def test_an_id_that_is_not_utf8_is_dead_lettered_and_acked_under_its_raw_bytes(queue: Queue) -> None:
+    broker = queue.broker(middleware=[])
+    actor = f"{queue.name}_job"
+    dramatiq.actor(lambda i: None, broker=broker, queue_name=queue.name, actor_name=actor)
+    write_raw(queue.client, queue.name, {b"\xff\xfeid": good_body(queue.name, actor, 1)})
+    consumer = broker.consume(queue.name, prefetch=4, timeout=100)
+    message = services.wait_for(lambda: next(consumer), timeout=5, message="the delivery")
+    assert message.actor_name == CARRIER_ACTOR
+    assert message.options["dead_letter"]["reason"] == "undecodable"
+    consumer.nack(message)
+    assert queue.unacked() == 0
+    assert queue.client.hlen(f"dramatiq:{queue.name}.msgs") == 0  # moved to the XQ with its body
+    assert queue.client.zcard(f"dramatiq:{queue.name}.XQ") == 1
+
+
+def test_closing_a_consumer_puts_back_what_it_fetched_and_never_handed_out(queue: Queue) -> None:
+    broker = queue.broker(middleware=[])
+    job = dramatiq.actor(lambda i: None, broker=broker, queue_name=queue.name, actor_name=f"{queue.name}_job")
+    for i in range(5):
+        job.send(i)
+    consumer = broker.consume(queue.name, prefetch=5, timeout=100)
+    first = next(consumer)  # one fetch took all five; one handed out
+    assert queue.unacked() == 5
+    consumer.close()  # as the consumer thread does when it replaces a consumer after an error
+    assert queue.unacked() == 1  # the one handed out is still the worker's
+    assert queue.client.llen(f"dramatiq:{queue.name}") == 4
+    consumer.ack(first)
+    assert queue.unacked() == 0
+
+
 def test_a_body_acks_under_the_id_it_was_stored_under_whatever_its_options_say(queue: Queue) -> None:
     ran: list[int] = []
     broker = queue.broker(middleware=[])
@@ -388,3 +418,36 @@ def test_an_idle_worker_sends_one_fetch_per_consumer_per_worker_timeout(private_
     # Dramatiq's two consumers, idle, poll every 500-1000 ms: 2.4-2.7 script calls/s, 7-8 commands/s.
     assert 1.6 <= scripts <= 2.2, scripts
     assert everything <= 7.2, everything
+
+
+def test_the_wake_up_listener_reconnects_and_consumers_poll_meanwhile(private_redis: str) -> None:
+    queue = Queue(private_redis)
+    started: list[float] = []
+    try:
+        broker = queue.broker(middleware=[])
+
+        @dramatiq.actor(broker=broker, queue_name=queue.name, actor_name=f"{queue.name}_job")
+        def job(sent: float) -> None:
+            started.append(time.time() - sent)
+
+        channel = broker.wake_channel(queue.name)
+        worker = start(broker, threads=2, timeout=1000)
+        try:
+            services.wait_for(lambda: queue.client.pubsub_numsub(channel)[0][1] == 1, timeout=10,
+                              message="the wake-up subscription")
+            killed = queue.client.client_kill_filter(_type="pubsub")
+            assert killed == 1
+            job.send(time.time())  # maybe before the listener is back: the consumer's next fetch gets it
+            services.wait_for(lambda: len(started) == 1, timeout=10, message="the message sent meanwhile")
+            services.wait_for(lambda: queue.client.pubsub_numsub(channel)[0][1] == 1, timeout=10,
+                              message="the subscription made again")
+            for _ in range(3):
+                time.sleep(0.3)  # idle (a measurement gap)
+                count = len(started)
+                job.send(time.time())
+                services.wait_for(lambda: len(started) > count, timeout=10, message="a message run")  # noqa: B023
+        finally:
+            worker.stop()
+    finally:
+        queue.close()
+    assert max(started[1:]) < 0.15, started
