@@ -10,7 +10,15 @@ Throughput: N messages enqueued first, then the worker starts; time until the la
 Latency: enqueue-to-start at idle: one message at a time into an idle worker, the actor notes
 when it started; median and p99.
 
+What these in-process figures stand for: the cost of the stack and of atelier's broker classes
+against Dramatiq's, measured in one process where both sides share everything else. They are
+not what a user sees: the worker here has worker_timeout=100 (`dramatiq actors` uses 1000) and
+the latency samples come 20 ms apart, so a polling consumer (bare Dramatiq on Redis) never backs
+off far and looks faster than it is. Latency as users run it, with real `dramatiq` processes and
+default options: bench/worker_latency.py.
+
     .venv/bin/python bench/middleware_overhead.py [messages] [latency_samples]    (from the checkout root)
+    BENCH_BROKERS=redis .venv/bin/python bench/middleware_overhead.py 5000 200  (one broker only)
     .venv/bin/python bench/middleware_overhead.py --attribution [messages]        (RabbitMQ, by part)
 """
 
@@ -63,6 +71,7 @@ RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
 THREADS = 8
 STACKS = ("bare", "broker", "stack", "dedup")
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+KINDS = tuple(os.environ.get("BENCH_BROKERS", "redis,rabbitmq").split(","))
 
 
 class Setup:
@@ -206,7 +215,7 @@ def main() -> None:
     upgrade(db_url)
     results: dict[tuple[str, str], dict[str, float]] = {}
     try:
-        for kind in ("redis", "rabbitmq"):
+        for kind in KINDS:
             setups = {stack: Setup(kind, stack, ns, db_url) for stack in STACKS}
             try:
                 for s in setups.values():
@@ -235,7 +244,7 @@ def main() -> None:
     print(f"{'broker':<9} {'middleware':<22} {'msg/s':>8} {'ratio':>6} {'paired':>7} {'start median':>13} {'p99':>9}")
     names = {"bare": "bare Dramatiq", "broker": "bare, atelier broker", "stack": "atelier stack",
              "dedup": "atelier stack + dedup"}
-    for kind in ("redis", "rabbitmq"):
+    for kind in KINDS:
         bare = results[(kind, "bare")]
         for stack in STACKS:
             r = results[(kind, stack)]
@@ -245,7 +254,7 @@ def main() -> None:
             print(f"{kind:<9} {names[stack]:<22} {r['rate']:8.0f} {r['rate'] / bare['rate']:6.2f} {paired:7.2f} "
                   f"{r['median']:10.1f} ms {r['p99']:6.1f} ms")
     print("middleware alone (against bare Dramatiq's middleware on atelier's broker, best round; paired):")
-    for kind in ("redis", "rabbitmq"):
+    for kind in KINDS:
         own = results[(kind, "broker")]
         for stack in ("stack", "dedup"):
             r = results[(kind, stack)]

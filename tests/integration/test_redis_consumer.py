@@ -451,3 +451,25 @@ def test_the_wake_up_listener_reconnects_and_consumers_poll_meanwhile(private_re
     finally:
         queue.close()
     assert max(started[1:]) < 0.15, started
+
+
+def test_the_dashboard_reads_atelier_queues_and_workers(queue: Queue) -> None:
+    from dramatiq_dashboard.interface import RedisInterface
+
+    broker = queue.broker(middleware=[])
+    job = dramatiq.actor(lambda i: None, broker=broker, queue_name=queue.name, actor_name=f"{queue.name}_job")
+    for i in range(3):
+        job.send(i)
+    job.send_with_options(args=(9,), delay=60_000)
+    dashboard = RedisInterface(broker)
+    stats = dashboard.get_queue(queue.name)
+    assert (stats.jobs, stats.jobs_delayed, stats.jobs_dead) == (3, 1, 0)
+    consumer = broker.consume(queue.name, prefetch=2, timeout=100)
+    held = [next(consumer), next(consumer)]
+    workers = {w.name: w.jobs_in_flight for w in dashboard.workers}
+    assert workers[broker.broker_id] == 2  # fetched, in this process's ack set
+    _, jobs = dashboard.get_jobs(queue.name)
+    assert sorted(j.args[0] for j in jobs) == [0, 1, 2]
+    for message in held:
+        consumer.ack(message)
+    consumer.close()
