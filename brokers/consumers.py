@@ -132,6 +132,7 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
         self.queued_message_ids: set[str] = set()  # ids handed out and not settled (Dramatiq: message ids)
         self._etas: list[tuple[int, int, Any]] = []  # (eta, n, id) of delayed messages handed out
         self._handed = itertools.count()
+        self._raw_ids: dict[str, bytes] = {}  # ids that are not UTF-8: their readable form -> their bytes
         self._refill = max(1, prefetch // self.REFILL_SHARE)
         self._backlog = False  # the last fetch took all it asked for: the queue may hold more
         self._want_room = 0  # while waiting for room: how much frees it (0: not waiting for room)
@@ -209,9 +210,11 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
         try:
             rid: Any = redis_id.decode() if isinstance(redis_id, bytes) else str(redis_id)
         except UnicodeDecodeError as exc:
-            # Written by hand: acked under its raw bytes, which is all Redis knows it by.
-            rid = redis_id
-            letter = undecodable_letter(queue_name, body or b"", repr(redis_id), exc)
+            # Written by hand: Redis knows it by its raw bytes only, so this consumer acks it under
+            # those; the message carries a readable (JSON-safe) form of them.
+            rid = redis_id.decode("utf-8", "backslashreplace")
+            self._raw_ids[rid] = redis_id
+            letter = undecodable_letter(queue_name, body or b"", rid, exc)
             message = carrier(queue_name, letter, options={"redis_message_id": rid})
         else:
             message = self._message(queue_name, rid, body)
@@ -251,14 +254,20 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
 
     def _settled(self, redis_id: str) -> None:
         self.queued_message_ids.discard(redis_id)
+        if self._raw_ids:
+            self._raw_ids.pop(redis_id, None)
         need = self._want_room
         if need and self.prefetch - self.outstanding_message_count >= need:
             self._wake.set()
 
+    def _key(self, redis_id: str) -> str | bytes:
+        """What Redis knows the delivery by."""
+        return self._raw_ids.get(redis_id, redis_id)
+
     def ack(self, message) -> None:
         redis_id = message.options["redis_message_id"]
         try:
-            self.broker.do_ack(self.queue_name, redis_id)
+            self.broker.do_ack(self.queue_name, self._key(redis_id))
         except redis.ConnectionError as e:
             raise ConnectionClosed(e) from None
         finally:
@@ -267,18 +276,25 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
     def nack(self, message) -> None:
         redis_id = message.options["redis_message_id"]
         try:
-            self.broker.do_nack(self.queue_name, redis_id)
+            self.broker.do_nack(self.queue_name, self._key(redis_id))
         except redis.ConnectionError as e:
             raise ConnectionClosed(e) from None
         finally:
             self._settled(redis_id)
+
+    def requeue(self, messages) -> None:
+        keys = [self._key(message.options["redis_message_id"]) for message in messages]
+        if keys:
+            self.logger.debug("Re-enqueueing %r on queue %r.", keys, self.queue_name)
+            self.broker.do_requeue(self.queue_name, *keys)
 
     def close(self) -> None:
         """Stop waiting for wake-ups, and put back what was fetched but never handed to the
         consumer thread (Dramatiq's consumer drops it: it stayed in the ack set until the process
         stopped, when the consumer is replaced after an error)."""
         self.broker.wakeups.unregister(self._channel, self._wake)
-        undelivered = [m.options["redis_message_id"] for m in self._fetched] + [rid for rid, _ in self.message_cache]
+        handed = [m.options["redis_message_id"] for m in self._fetched]  # admitted, not yet returned
+        undelivered = [self._key(rid) for rid in handed] + [rid for rid, _ in self.message_cache]
         self._fetched.clear()
         self.message_cache.clear()
         if undelivered:
@@ -287,8 +303,8 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
             except redis.RedisError:  # RequeueUnfinished or the heartbeat timeout still return them
                 self.logger.warning("Could not put back %d fetched message(s) of %r.", len(undelivered),
                                     self.queue_name, exc_info=True)
-            for rid in undelivered:
-                self.queued_message_ids.discard(rid)
+        for rid in handed:
+            self._settled(rid)
 
 
 class AtelierRabbitmqConsumer(FetchBatches, _RabbitmqConsumer):

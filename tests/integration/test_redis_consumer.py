@@ -293,6 +293,9 @@ def test_an_id_that_is_not_utf8_is_dead_lettered_and_acked_under_its_raw_bytes(q
     message = services.wait_for(lambda: next(consumer), timeout=5, message="the delivery")
     assert message.actor_name == CARRIER_ACTOR
     assert message.options["dead_letter"]["reason"] == "undecodable"
+    consumer.requeue([message])  # as a stopping worker does with what it did not start
+    assert queue.unacked() == 0 and queue.client.lrange(f"dramatiq:{queue.name}", 0, -1) == [b"\xff\xfeid"]
+    message = services.wait_for(lambda: next(consumer), timeout=5, message="the delivery again")
     consumer.nack(message)
     assert queue.unacked() == 0
     assert queue.client.hlen(f"dramatiq:{queue.name}.msgs") == 0  # moved to the XQ with its body
