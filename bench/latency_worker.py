@@ -2,7 +2,8 @@
 
 BENCH_SIDE=bare: Dramatiq's own broker class (from BROKER_URL) with its default middleware (but
 Prometheus, whose HTTP port would clash between runs), consuming the same queues as atelier's
-`actors` package (one no-op actor each) and the bench queue. BENCH_SIDE=atelier: atelier's
+`actors` package (one no-op actor each) and the bench queue. BENCH_SIDE=broker: the same on
+atelier's broker class (its consumer, Dramatiq's middleware). BENCH_SIDE=atelier: atelier's
 `actors` package as `dramatiq actors` loads it (its broker, its stack, every actor), and the probe.
 
 The probe actor records when it started (``time.time()``) in BENCH_STATE_URL under BENCH_KEY.
@@ -24,15 +25,19 @@ ATELIER_QUEUES = ("fallback", "media", "embeddings", "messages", "outbox", "uplo
 state = redis.Redis.from_url(os.environ["BENCH_STATE_URL"])
 KEY = os.environ["BENCH_KEY"]
 
-if SIDE == "bare":
+if SIDE in ("bare", "broker"):
     from dramatiq.brokers.rabbitmq import RabbitmqBroker
     from dramatiq.brokers.redis import RedisBroker
     from dramatiq.middleware import default_middleware
 
+    from brokers.dispatch import AtelierRabbitmqBroker, AtelierRedisBroker
+
     url = os.environ["BROKER_URL"]
     middleware = [m() for m in default_middleware if m.__name__ != "Prometheus"]
-    broker = RedisBroker(url=url, middleware=middleware) if url.startswith("redis") else \
-        RabbitmqBroker(url=url, middleware=middleware)
+    redis_cls, rabbitmq_cls = (RedisBroker, RabbitmqBroker) if SIDE == "bare" else \
+        (AtelierRedisBroker, AtelierRabbitmqBroker)
+    broker = redis_cls(url=url, middleware=middleware) if url.startswith("redis") else \
+        rabbitmq_cls(url=url, middleware=middleware)
     dramatiq.set_broker(broker)
     for name in ATELIER_QUEUES:
         dramatiq.actor(lambda: None, actor_name=f"idle_{name}", queue_name=f"{PREFIX}{name}")

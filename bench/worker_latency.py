@@ -6,6 +6,8 @@ Sides, each on Redis and on RabbitMQ:
 - **bare Dramatiq**: Dramatiq's broker class and default middleware (Prometheus left out), with
   one no-op actor on each queue atelier's `actors` package declares, so both sides consume the
   same queues (7 with the bench's, each with its delay queue);
+- **atelier broker**: the same as bare Dramatiq on atelier's broker class (its consumer and
+  enqueue, Dramatiq's middleware): what the consumer alone does;
 - **atelier**: atelier's `actors` package (its broker from BROKER_URL, the full stack, state in
   Redis, dead letters in SQLite), what `dramatiq actors` runs;
 - **atelier + dedup**: the same worker, a distinct `dedup_key` on every message.
@@ -13,7 +15,7 @@ Sides, each on Redis and on RabbitMQ:
 Latency: both workers of a broker run at once, each on queues of its own. This process sends one
 message at a time, 50-150 ms apart (uniform), each when the previous one has started, in blocks
 of 25 per side, the sides taking turns so that every side meets the same machine over the run
-(bare Dramatiq's broker sends for the bare side, atelier's broker class for the others: on
+(bare Dramatiq's broker class sends for the bare side, atelier's for the others: on
 RabbitMQ with publisher confirms, as atelier sends). A side's first messages of a block come
 after its worker idled through the other side's block, as intermittent traffic does. Figures: the
 time from ``send()`` returning to the actor starting, and from ``send()`` called (``time.time()``
@@ -116,7 +118,7 @@ class Side:
 
     def __init__(self, kind: str, side: str, dedup: bool, broker_url: str, prefix: str, key: str) -> None:
         self.name, self.dedup, self.key = side, dedup, key
-        self.broker, self.actor = producer(kind, "bare" if side == "bare" else "atelier", broker_url, prefix)
+        self.broker, self.actor = producer(kind, side, broker_url, prefix)
         self.after_return: list[float] = []
         self.after_call: list[float] = []
 
@@ -199,7 +201,7 @@ def idle_rate(side: str, window: float, tmp: Path) -> tuple[float, float]:
     server, url = private_redis(tmp)
     prefix = f"idle{uuid.uuid4().hex[:6]}_"
     env = env_for(side, url, url, prefix, "unused", f"sqlite:///{tmp}/idle_{side}.db")
-    if side != "bare":
+    if side == "atelier":
         migrate(env)
     worker = Worker(env, tmp / f"idle_{side}.log")
     client = redis.Redis.from_url(url)
@@ -234,17 +236,17 @@ def main() -> None:
             sides: list[Side] = []
             prefixes: list[str] = []
             try:
-                for worker_side in ("bare", "atelier"):  # both up at once, each on queues of its own
+                for worker_side in ("bare", "broker", "atelier"):  # all up at once, each on queues of its own
                     prefix = f"lat{uuid.uuid4().hex[:6]}_"
                     prefixes.append(prefix)
                     key = f"bench:{prefix}started"
                     env = env_for(worker_side, broker_url, REDIS_URL, prefix, key,
                                   f"sqlite:///{tmp}/{kind}_{worker_side}.db")
-                    if worker_side != "bare":
+                    if worker_side == "atelier":
                         migrate(env)
                     workers.append(Worker(env, tmp / f"{kind}_{worker_side}.log"))
                     sides.append(Side(kind, worker_side, False, broker_url, prefix, key))
-                    if worker_side != "bare":
+                    if worker_side == "atelier":
                         sides.append(Side(kind, "dedup", True, broker_url, prefix, key))
                 latencies(sides, samples, state)
                 for side in sides:
@@ -259,22 +261,22 @@ def main() -> None:
                     purge(kind, prefix, REDIS_URL)
         state.close()
         if "redis" in kinds:
-            for side in ("bare", "atelier"):
+            for side in ("bare", "broker", "atelier"):
                 rates[side] = idle_rate(side, window, tmp)
 
     print(f"enqueue-to-start at idle, `dramatiq` 1 process x 8 threads, default options, {samples} samples per "
           f"side, 50-150 ms apart")
     print(f"{'':<26} {'from send() returning':^32} {'from send() called':^32}")
     print(f"{'broker':<9} {'side':<16} {'median':>10} {'p90':>10} {'p99':>10} {'median':>10} {'p90':>10} {'p99':>10}")
-    names = {"bare": "bare Dramatiq", "atelier": "atelier", "dedup": "atelier + dedup"}
+    names = {"bare": "bare Dramatiq", "broker": "atelier broker", "atelier": "atelier", "dedup": "atelier + dedup"}
     for kind in kinds:
-        for side in ("bare", "atelier", "dedup"):
+        for side in ("bare", "broker", "atelier", "dedup"):
             cells = " ".join(f"{v:7.2f} ms" for figures in results[(kind, side)] for v in figures)
             print(f"{kind:<9} {names[side]:<16} {cells}")
     if rates:
         print(f"Redis at idle, one worker process alone on a private redis-server, {window:.0f} s window")
         print(f"{'side':<16} {'commands/s':>11} {'script calls/s':>15}")
-        for side in ("bare", "atelier"):
+        for side in ("bare", "broker", "atelier"):
             total, scripts = rates[side]
             print(f"{names[side]:<16} {total:11.1f} {scripts:15.1f}")
 
