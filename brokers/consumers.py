@@ -145,6 +145,16 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
     def _waiting(self) -> bool:
         return bool(self.message_cache)
 
+    def __next__(self) -> Any:
+        message = FetchBatches.__next__(self)
+        if message is not None:
+            # As admitted (admission may shorten a long delay): the consumer thread holds a
+            # delayed message until this eta, and moves it when next() returns after it.
+            eta = message.options.get("eta")
+            if isinstance(eta, int) and not isinstance(eta, bool):
+                heapq.heappush(self._etas, (eta, next(self._handed), message.options.get("redis_message_id")))
+        return message
+
     def _receive(self) -> Any:
         if self.message_cache:
             return self._deliver(*self.message_cache.popleft())
@@ -219,9 +229,6 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
         else:
             message = self._message(queue_name, rid, body)
         self.queued_message_ids.add(rid)
-        eta = message.options.get("eta")
-        if isinstance(eta, int) and not isinstance(eta, bool):
-            heapq.heappush(self._etas, (eta, next(self._handed), rid))
         return MessageProxy(message)
 
     @staticmethod
