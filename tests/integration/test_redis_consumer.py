@@ -476,3 +476,24 @@ def test_the_dashboard_reads_atelier_queues_and_workers(queue: Queue) -> None:
     for message in held:
         consumer.ack(message)
     consumer.close()
+
+
+def test_a_delay_admission_shortens_is_moved_at_its_new_eta(queue: Queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    import brokers.admission
+
+    monkeypatch.setattr(brokers.admission, "MAX_DELAY_MS", 600)  # one park: 0.6 s instead of 15 min
+    moved: list[float] = []
+    broker = queue.broker(middleware=[])  # no ClassifiedRetries here to honour not_before: it runs
+
+    @dramatiq.actor(broker=broker, queue_name=queue.name, actor_name=f"{queue.name}_job")
+    def job(sent: float) -> None:
+        moved.append(time.time() - sent)
+
+    worker = start(broker, threads=2, timeout=2000)
+    try:
+        time.sleep(0.5)  # the consumers idle (a measurement gap)
+        job.send_with_options(args=(time.time(),), delay=3_600_000)
+        services.wait_for(lambda: moved, timeout=10, message="the message moved after one park")
+    finally:
+        worker.stop()
+    assert 0.55 <= moved[0] < 0.8, moved
