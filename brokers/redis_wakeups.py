@@ -2,7 +2,7 @@
 
 Dramatiq's Redis consumer polls: when a queue is empty it sleeps 2.5-5 ms, then twice as long, up
 to the worker timeout (1 s with `dramatiq actors`), so a message sent to an idle worker waits for
-the next poll (a median of tens of milliseconds, 800-900 ms at p99). Here:
+the next poll (43-53 ms at the median, 465-638 ms at p99 in bench/worker_latency.py). Here:
 
 - the enqueue script (``ENQUEUE``) does what Dramatiq's does (HSET of the body, RPUSH of its id)
   and, when the push made the queue non-empty, PUBLISHes to the queue's wake-up channel;
@@ -15,7 +15,7 @@ the next poll (a median of tens of milliseconds, 800-900 ms at p99). Here:
 Only the transition from empty to non-empty publishes, so a busy queue costs nothing extra: a
 consumer that found the queue empty is waiting for exactly that transition, and one that did not
 (it took as much as it could hold) fetches again when its room frees. Producers that do not
-publish (plain Dramatiq, Dramatiq's requeue) are still seen within the worker timeout.
+publish (plain Dramatiq producers and workers) are still seen within the worker timeout.
 
 The fetch script also runs maintenance, on a clock instead of Dramatiq's 0.1 % chance per call:
 a dead worker's ack set for the queue goes back to the queue (time-based, see
