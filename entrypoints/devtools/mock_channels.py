@@ -31,13 +31,15 @@ Every request is on the timeline with its time, number, recipient and outcome.
 Control API (JSON):
 
 - ``POST /_mock/control`` ``{"channel": "whatsapp"|"instagram"|"all", ...}`` with any of:
-  ``mode`` ``ok``|``fail``|``slow``|``ratelimit`` and its ``status``, ``code``, ``subcode``,
+  ``mode`` ``ok``|``fail``|``slow``|``ratelimit``|``drop`` and its ``status``, ``code``, ``subcode``,
   ``delay_s``, ``retry_after`` (a Retry-After header), ``count`` (the next N requests it applies
   to, then ``ok``), ``probability`` (the share of requests it applies to): ``fail`` answers an
   error without taking the message (by default 131016/503 for a 5xx, 100 for a 4xx; Instagram 2),
   ``ratelimit`` a rate limit (by default 130429 on WhatsApp, 613 on Instagram, HTTP 400),
   ``slow`` takes the message and answers after ``delay_s`` (a client that times out has been
-  delivered to all the same). Also ``limits`` ``{"throughput": n|null, "pair_interval_s": s|null}``,
+  delivered to all the same), ``drop`` takes the message and closes the connection without an
+  answer (the answer lost on the way back: the client cannot know it was delivered). Also
+  ``limits`` ``{"throughput": n|null, "pair_interval_s": s|null}``,
   ``window`` ``open`` (every recipient wrote recently, the default) | ``enforce``, ``statuses``
   (what is reported per accepted message, in order: ``sent``, ``delivered``, ``read``, ``failed``;
   default ``["delivered"]``) with ``failed_code`` (131026), ``templates`` (see below),
@@ -84,7 +86,8 @@ from entrypoints.webhooks import sign
 log = logging.getLogger(__name__)
 
 CHANNELS = ("whatsapp", "instagram")
-MODES = ("ok", "fail", "slow", "ratelimit")
+MODES = ("ok", "fail", "slow", "ratelimit", "drop")
+DROP = 0  # take()'s status for "close the connection, answer nothing"
 REPORTABLE = ("sent", "delivered", "read", "failed")
 #: Meta's published limits (docs/messaging.md): throughput per number, pair interval.
 DEFAULT_LIMITS = {"whatsapp": {"throughput": 80, "pair_interval_s": 6.0},
@@ -275,7 +278,7 @@ class MockChannels:
                 name: {
                     "mode": state.behaviour.mode,
                     **{k: state.counters[k] for k in (
-                        "requests", "accepted", "delivered", "replays", "failed", "rate_limited",
+                        "requests", "accepted", "delivered", "replays", "failed", "rate_limited", "dropped",
                         "throughput_limited", "pair_limited", "window_refused", "template_refused", "rejected",
                         "statuses_reported", "status_report_errors")},
                     "unique": len(state.records),
@@ -297,7 +300,8 @@ class MockChannels:
 
     def take(self, channel: str, sender: str, body: Any,
              headers: dict[str, str]) -> tuple[int, dict[str, Any], dict[str, str]]:
-        """Handle one send request: (status, answer, extra headers). Sleeps outside the lock."""
+        """Handle one send request: (status, answer, extra headers); status DROP: close the
+        connection without answering. Sleeps outside the lock."""
         now = time.time()
         state = self.channels[channel]
         recipient = _recipient(channel, body)
@@ -330,6 +334,8 @@ class MockChannels:
                     self._check_rates(state, sender, recipient, now)
                     answer, report = self._accept(state, sender, recipient, body, headers, now)
                 hook, statuses, failed_code = self.status_webhook, list(state.statuses), state.failed_code
+                if behaviour is not None and behaviour.mode == "drop":
+                    state.counters["dropped"] += 1
         except MockError as exc:
             with self._lock:
                 state.counters[exc.counter] += 1
@@ -341,6 +347,8 @@ class MockChannels:
             self._reporter.submit(self._report, channel, hook, *report, statuses, failed_code)
         if behaviour is not None and behaviour.mode == "slow":
             time.sleep(behaviour.delay_s)
+        if behaviour is not None and behaviour.mode == "drop":
+            return DROP, answer, {}
         return 200, answer, {}
 
     def _injected(self, state: ChannelState) -> ChannelBehaviour | None:
@@ -576,6 +584,9 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("mock request: " + format, *args)
 
     def _reply(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        if status == DROP:
+            self.close_connection = True  # the server closes the socket; the client gets no answer
+            return
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")

@@ -257,6 +257,25 @@ def test_connection_errors_and_timeouts_are_transient(mock):
     assert mock.stats("whatsapp")["accepted_more_than_once"] == [message.id]
 
 
+def test_drop_mode_takes_the_message_and_closes_the_connection_without_an_answer(mock):
+    """A channel that accepted a message whose answer never reached us: the gateway sees a
+    transport error (retried); the retry with the same Idempotency-Key gets the first answer back
+    and the user sees the message once."""
+    gateway = _gateways(mock.url)[WA]
+    message = _message(text="x")
+    assert mock.control(channel="whatsapp", mode="drop", count=1).status_code == 200
+    with pytest.raises(TransientError, match="whatsapp"):
+        gateway.send(message, f"{message.id}:whatsapp")
+    assert mock.deliveries("whatsapp")[message.id]["delivered"] == 1  # it was taken all the same
+    receipt = gateway.send(message, f"{message.id}:whatsapp")  # count=1: back to ok
+    record = mock.deliveries("whatsapp")[message.id]
+    assert (record["accepted"], record["delivered"]) == (2, 1)
+    assert receipt.provider_message_id == record["provider_message_id"]
+    stats = mock.stats("whatsapp")
+    assert (stats["dropped"], stats["replays"], stats["mode"]) == (1, 1, "ok")
+    assert stats["accepted_more_than_once"] == [message.id]
+
+
 def test_an_unconfigured_channel_is_a_permanent_error(mock):
     with pytest.raises(PermanentError, match="WHATSAPP_PHONE_NUMBER_ID"):
         WhatsAppGateway(f"{mock.url}/whatsapp", "tok", None).send(_message(text="x"), "k")
