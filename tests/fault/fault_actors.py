@@ -1,7 +1,8 @@
 """The fault suite's test actor and its producer.
 
 Worker: ``dramatiq actors tests.fault.fault_actors`` (atelier's actors, broker and middleware stack,
-plus ``effect``). Producer: ``python -m tests.fault.fault_actors send OUT COUNT [options]``.
+plus ``effect``). Producers: ``python -m tests.fault.fault_actors send OUT COUNT [options]`` (effect
+messages) and ``... chat OUT COUNT [options]`` (chat messages, recorded as a producer records them).
 
 ``effect(key)`` is a handler written as the project asks handlers to be: idempotent. In one
 PostgreSQL transaction (FAULT_EFFECTS_DSN) it inserts the effect, a row keyed by ``key`` (INSERT
@@ -102,6 +103,45 @@ def send(out: str, count: int, *, rate: float = 0.0, prefix: str = "k", deadline
     return {"sent": count + duplicates, "keys": count, "duplicates": duplicates, "failed_sends": failures}
 
 
+def chat(out: str, count: int, *, rate: float = 0.0, every_all: int = 0, deadline_s: float = 120.0) -> dict[str, int]:
+    """Record ``count`` chat messages through MessagingService.create (the message and its
+    message.created event in one transaction: the outbox relay routes it). A create that raised
+    (the database down) is tried again with the same id (create is idempotent on it) until it
+    commits or the deadline passes; ``id channel time`` is appended to ``out`` once it committed.
+    Every ``every_all``-th message goes to both channels ("all"), the others to WhatsApp."""
+    import uuid
+
+    import actors  # noqa: F401 - the broker and settings, as a producer has them
+    from bootstrap import get_container
+
+    service = get_container().messaging
+    started = time.monotonic()
+    failures = 0
+    with open(out, "a", buffering=1) as created:
+        for i in range(count):
+            if rate:
+                time.sleep(max(0.0, started + i / rate - time.monotonic()))
+            message_id = str(uuid.uuid4())
+            channel = "all" if every_all and i % every_all == 0 else "whatsapp"
+            while True:
+                try:
+                    service.create(channel=channel, recipient=f"+1555{i:07d}", text=f"fault {i}",
+                                   message_id=message_id)
+                except Exception as exc:
+                    failures += 1
+                    if failures == 1 or failures % 20 == 0:
+                        print(f"create {i} failed ({failures} so far): {type(exc).__name__}: {exc}"[:300],
+                              file=sys.stderr, flush=True)
+                    if time.monotonic() - started > deadline_s:
+                        raise SystemExit(f"gave up at message {i} after {failures} failed creates") from exc
+                    time.sleep(0.2)
+                    continue
+                created.write(f"{message_id} {channel} {time.time():.3f}\n")
+                break
+    get_container().close()
+    return {"created": count, "failed_creates": failures}
+
+
 def main(argv: list[str]) -> int:
     import argparse
 
@@ -114,9 +154,18 @@ def main(argv: list[str]) -> int:
     p.add_argument("--prefix", default="k")
     p.add_argument("--deadline", type=float, default=120.0)
     p.add_argument("--duplicate-every", type=int, default=0)
+    c = sub.add_parser("chat")
+    c.add_argument("out")
+    c.add_argument("count", type=int)
+    c.add_argument("--rate", type=float, default=0.0)
+    c.add_argument("--every-all", type=int, default=0)
+    c.add_argument("--deadline", type=float, default=120.0)
     args = parser.parse_args(argv)
-    result = send(args.out, args.count, rate=args.rate, prefix=args.prefix, deadline_s=args.deadline,
-                  duplicate_every=args.duplicate_every)
+    if args.command == "chat":
+        result = chat(args.out, args.count, rate=args.rate, every_all=args.every_all, deadline_s=args.deadline)
+    else:
+        result = send(args.out, args.count, rate=args.rate, prefix=args.prefix, deadline_s=args.deadline,
+                      duplicate_every=args.duplicate_every)
     print(json.dumps(result), flush=True)
     return 0
 

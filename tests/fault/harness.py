@@ -84,9 +84,17 @@ class Worker(services.WorkerProcess):
         super().__init__(env, log_path, processes=1, threads=threads, modules=modules)
 
     def pids(self) -> set[int]:
+        """The processes of this command's process group (read from /proc: no procps needed)."""
         assert self.proc is not None
-        out = subprocess.run(["ps", "-o", "pid=", "-g", str(self.proc.pid)], capture_output=True, text=True)
-        return {int(p) for p in out.stdout.split()}
+        found = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            if int(fields[2]) == self.proc.pid:  # pgrp (fields after "pid (comm)": state, ppid, pgrp)
+                found.add(int(stat.parent.name))
+        return found
 
     def kill9(self) -> float:
         """SIGKILL to the whole command (main and worker process), as the OOM killer or a lost node
@@ -97,9 +105,6 @@ class Worker(services.WorkerProcess):
         self.proc.wait(10)
         return at
 
-    def stop(self, timeout: float = 30) -> int:
-        code = super().stop(timeout)
-        return code
 
 
 class Producer:
@@ -107,9 +112,9 @@ class Producer:
     succeed so far."""
 
     def __init__(self, env: dict[str, str], tmp: Path, count: int, *, rate: float = 0.0, prefix: str = "k",
-                 duplicate_every: int = 0, deadline: float = 120.0) -> None:
-        self.out = tmp / f"sent-{prefix}.txt"
-        self.log = tmp / f"producer-{prefix}.log"
+                 duplicate_every: int = 0, deadline: float = 120.0, name: str = "effects") -> None:
+        self.out = tmp / f"{name}.txt"
+        self.log = tmp / f"{name}-producer.log"
         args = [sys.executable, "-m", MODULE, "send", str(self.out), str(count), "--rate", str(rate), "--prefix",
                 prefix, "--duplicate-every", str(duplicate_every), "--deadline", str(deadline)]
         self._log = open(self.log, "ab")
@@ -220,3 +225,167 @@ def wait_stable(dsn: str, *, seconds: float, timeout: float) -> int:
         elif time.monotonic() - since >= seconds:
             break
     return last
+
+
+# --- chat: the mock channels, the scheduler (outbox relay), the chat producer ---
+
+class MockChannelsServer:
+    """The mock-channels dev server (entrypoints/devtools/mock_channels.py) in a thread of the test."""
+
+    def __init__(self) -> None:
+        import threading
+
+        from entrypoints.devtools.mock_channels import MockChannels, make_server
+
+        self.state = MockChannels()
+        self.server = make_server("127.0.0.1", 0, self.state)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def env(self) -> dict[str, str]:
+        """The channel settings of a worker sending to this mock."""
+        return {"WHATSAPP_BASE_URL": f"{self.url}/whatsapp", "WHATSAPP_TOKEN": "fault-token",
+                "WHATSAPP_PHONE_NUMBER_ID": "100200300", "INSTAGRAM_BASE_URL": f"{self.url}/instagram",
+                "INSTAGRAM_TOKEN": "fault-token"}
+
+    def control(self, **body: object) -> None:
+        self.state.control(dict(body))
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.state.close()
+
+
+class Scheduler:
+    """`python -m schedules` (the periodic ticks and the outbox relay loop), as deployed."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "schedules"], env=env, cwd=services.ROOT,
+                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        services.wait_for(lambda: "scheduler started" in self.output() or self.proc.poll() is not None,
+                          timeout=60, message="scheduler start")
+        assert self.proc.poll() is None, self.output()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+
+
+class ChatProducer:
+    """``python -m tests.fault.fault_actors chat`` in the background."""
+
+    def __init__(self, env: dict[str, str], tmp: Path, count: int, *, rate: float = 0.0, every_all: int = 0,
+                 deadline: float = 120.0, name: str = "chat") -> None:
+        self.out = tmp / f"{name}.txt"
+        self.log = tmp / f"{name}-producer.log"
+        self._log = open(self.log, "ab")
+        args = [sys.executable, "-m", MODULE, "chat", str(self.out), str(count), "--rate", str(rate),
+                "--every-all", str(every_all), "--deadline", str(deadline)]
+        self.proc = subprocess.Popen(args, env=env, cwd=services.ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def created(self) -> dict[str, tuple[str, float]]:
+        """message id -> (channel, when its create committed)."""
+        found: dict[str, tuple[str, float]] = {}
+        if self.out.exists():
+            for line in self.out.read_text().splitlines():
+                parts = line.split()
+                if len(parts) == 3:
+                    found[parts[0]] = (parts[1], float(parts[2]))
+        return found
+
+    def wait(self, timeout: float = 180) -> dict:
+        try:
+            self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(10)
+            self._log.close()
+        output = self.log.read_text(errors="replace")
+        assert self.proc.returncode == 0, f"chat producer failed:\n{output[-3000:]}"
+        return json.loads(output.strip().splitlines()[-1])
+
+
+@dataclass
+class ChatTally:
+    """What the channels got against what the producer recorded, and the deliveries' status."""
+
+    expected: set[tuple[str, str]]  # (message id, channel)
+    arrived: dict[tuple[str, str], dict]  # the mock's record of each
+    statuses: Counter[str]  # delivery statuses in the database of record
+
+    @classmethod
+    def read(cls, mock: MockChannelsServer, created: dict[str, tuple[str, float]], dsn: str) -> ChatTally:
+        expected = {(m, c) for m, (channel, _) in created.items()
+                    for c in (("whatsapp", "instagram") if channel == "all" else (channel,))}
+        arrived = {(m, c): r for c in ("whatsapp", "instagram") for m, r in mock.state.deliveries(c).items()}
+        statuses: Counter[str] = Counter()
+        if created:
+            with psycopg.connect(dsn) as conn:
+                for (status,) in conn.execute("SELECT status FROM message_deliveries WHERE message_id = ANY(%s)",
+                                              (list(created),)):
+                    statuses[status] += 1
+        return cls(expected, arrived, statuses)
+
+    @property
+    def lost(self) -> set[tuple[str, str]]:
+        return {d for d in self.expected if self.arrived.get(d, {}).get("delivered", 0) == 0}
+
+    @property
+    def shown_twice(self) -> int:
+        """Deliveries a user saw more than once."""
+        return sum(r["delivered"] - 1 for r in self.arrived.values() if r["delivered"] > 1)
+
+    @property
+    def sent_twice(self) -> int:
+        """Requests the channel accepted beyond the first, for one delivery (sent again)."""
+        return sum(r["accepted"] - 1 for r in self.arrived.values() if r["accepted"] > 1)
+
+    @property
+    def all_sent(self) -> bool:
+        return not self.lost and self.statuses.get("SENT", 0) == len(self.expected)
+
+
+def wait_chat(mock: MockChannelsServer, producer: ChatProducer, dsn: str, *, timeout: float) -> bool:
+    """Poll until every delivery the producer's messages need reached the channel and is SENT in
+    the database of record; False at the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if producer.proc.poll() is not None:
+            try:
+                if ChatTally.read(mock, producer.created(), dsn).all_sent:
+                    return True
+            except psycopg.OperationalError:
+                pass  # the database is still down
+        time.sleep(0.5)
+    return False
+
+
+def chat_env(mock: MockChannelsServer) -> dict[str, str]:
+    """Channel calls and leases tuned for seconds; the scheduler's ticks every second; deliveries
+    nothing is sending routed again after 5 s (MESSAGE_SWEEP_*)."""
+    return {**mock.env(), "CHANNEL_TIMEOUT_S": "5", "MESSAGE_SEND_LEASE_S": "10",
+            "FALLBACK_POLL_INTERVAL": "1", "MESSAGE_SWEEP_AFTER_S": "5", "MESSAGE_SWEEP_UNKNOWN_AFTER_S": "15",
+            "MESSAGE_SWEEP_INTERVAL_S": "1", "OUTBOX_POLL_INTERVAL_MS": "500"}
+
+
+def outbox_state(dsn: str) -> dict[str, int]:
+    """The outbox's events: published, dead (given up), and still due."""
+    with psycopg.connect(dsn) as conn:
+        published, dead, due = conn.execute(
+            "SELECT count(*) FILTER (WHERE published_at IS NOT NULL AND NOT dead), count(*) FILTER (WHERE dead), "
+            "count(*) FILTER (WHERE published_at IS NULL AND NOT dead) FROM outbox_events").fetchone()
+    return {"published": published, "dead": dead, "due": due}
