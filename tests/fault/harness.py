@@ -51,9 +51,12 @@ class Row:
 
 
 def record(scenario: str, broker: str, *, messages: int, lost: int, duplicates: int,
-           recovery_s: float | None, note: str = "") -> Row:
+           recovery_s: float | None, note: str = "", ok: bool | None = None) -> Row:
+    """One row of the table. ``ok``: whether this row's promise held, when a test records several
+    rows (else the test's own result is the row's)."""
     row = Row(scenario, broker, messages, lost, duplicates,
-              None if recovery_s is None else round(recovery_s, 1), note)
+              None if recovery_s is None else round(recovery_s, 1), note,
+              "?" if ok is None else "pass" if ok else "FAIL")
     RESULTS.append(row)
     line = json.dumps(asdict(row))
     print(f"FAULT {line}", flush=True)
@@ -67,7 +70,7 @@ def record(scenario: str, broker: str, *, messages: int, lost: int, duplicates: 
 def table(rows: list[Row]) -> str:
     lines = ["| scenario | broker | messages | lost | duplicate effects | recovery (s) | result | note |",
              "|---|---|---:|---:|---:|---:|---|---|"]
-    for r in rows:
+    for r in sorted(rows, key=lambda r: r.scenario.split(" ", 1)[0]):
         recovery = "-" if r.recovery_s is None else f"{r.recovery_s:.1f}"
         lines.append(f"| {r.scenario} | {r.broker} | {r.messages} | {r.lost} | {r.duplicates} | {recovery} | "
                      f"{r.outcome} | {r.note} |")

@@ -82,6 +82,7 @@ def test_state_redis_crashed_and_flushed_mid_load_on_rabbitmq(fault_env, effects
         effects_done = harness.wait_all_effects(dsn, producer, timeout=RECOVERY_BOUND_S)
         harness.wait_stable(dsn, seconds=2.0, timeout=30)
         chats_done = harness.wait_chat(mock, chats, dsn, timeout=RECOVERY_BOUND_S if effects_done else 5)
+        chat_recovery = time.time() - back_at if chats_done else None
         tally = harness.Tally.read(dsn, producer.sent())  # (the resent keys are among these)
         chat = harness.ChatTally.read(mock, chats.created(), dsn)
         left = wait_empty(vhost.url, queue, timeout=20 if effects_done else 0)
@@ -100,10 +101,13 @@ def test_state_redis_crashed_and_flushed_mid_load_on_rabbitmq(fault_env, effects
     harness.record("3 state Redis crashed + flushed (effects)", "rabbitmq", messages=len(tally.sent),
                    lost=len(tally.lost), duplicates=len(after_crash_twice), recovery_s=recovery,
                    note=f"{forgotten} of the {RESENT} keys sent again after the flush ran again (their window "
-                        f"forgotten; the handler's idempotency absorbs it); left after: {left}")
+                        f"forgotten; the handler's idempotency absorbs it); left after: {left}",
+                   ok=effects_done and not tally.lost and not after_crash_twice and left == 0)
     harness.record("3 state Redis crashed + flushed (chat parked on the fallback list)", "rabbitmq",
                    messages=len(chat.expected), lost=len(chat.lost), duplicates=chat.sent_twice + chat.shown_twice,
-                   recovery_s=None, note=f"{parked} parked when Redis was wiped; statuses {dict(chat.statuses)}")
+                   recovery_s=chat_recovery,
+                   note=f"{parked} parked when Redis was wiped; statuses {dict(chat.statuses)}",
+                   ok=chats_done and not chat.lost and chat.sent_twice == chat.shown_twice == 0)
 
     assert effects_done and not tally.lost, f"{len(tally.lost)} of {len(tally.sent)} sent never ran"
     assert not after_crash_twice, f"keys run twice after the crash: {dict(list(after_crash_twice.items())[:5])}"
