@@ -35,6 +35,12 @@ def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untype
     terminalreporter.write_line(f"(written to {path})")
 
 
+@pytest.fixture(autouse=True)
+def _no_leftover_processes() -> Iterator[None]:
+    yield
+    harness.kill_leftovers()
+
+
 @pytest.fixture
 def effects_db() -> Iterator[tuple[str, str]]:
     """A migrated database of the test's own on the shared PostgreSQL (it is never stopped), with

@@ -36,6 +36,9 @@ MODULE = "tests.fault.fault_actors"
 
 #: Rows of this session, in run order (the conftest prints them).
 RESULTS: list[Row] = []
+#: Background processes a test started; the conftest kills those still running after each test,
+#: so a test that fails half-way leaves no producer sending on.
+STARTED: list[subprocess.Popen[bytes]] = []
 
 
 @dataclass
@@ -86,6 +89,12 @@ class Worker(services.WorkerProcess):
     def __init__(self, env: dict[str, str], log_path: Path, *, threads: int = 4, modules: tuple[str, ...] = (MODULE,)):
         super().__init__(env, log_path, processes=1, threads=threads, modules=modules)
 
+    def start(self) -> Worker:
+        super().start()
+        assert self.proc is not None
+        STARTED.append(self.proc)
+        return self
+
     def pids(self) -> set[int]:
         """The processes of this command's process group (read from /proc: no procps needed)."""
         assert self.proc is not None
@@ -122,6 +131,7 @@ class Producer:
                 prefix, "--duplicate-every", str(duplicate_every), "--deadline", str(deadline)]
         self._log = open(self.log, "ab")
         self.proc = subprocess.Popen(args, env=env, cwd=services.ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        STARTED.append(self.proc)
 
     def sent(self) -> dict[str, list[str]]:
         """key -> message ids the producer saw sent."""
@@ -269,6 +279,7 @@ class Scheduler:
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "schedules"], env=env, cwd=services.ROOT,
                                      stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        STARTED.append(self.proc)
         services.wait_for(lambda: "scheduler started" in self.output() or self.proc.poll() is not None,
                           timeout=60, message="scheduler start")
         assert self.proc.poll() is None, self.output()
@@ -298,6 +309,7 @@ class ChatProducer:
         args = [sys.executable, "-m", MODULE, "chat", str(self.out), str(count), "--rate", str(rate),
                 "--every-all", str(every_all), "--deadline", str(deadline)]
         self.proc = subprocess.Popen(args, env=env, cwd=services.ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        STARTED.append(self.proc)
 
     def created(self) -> dict[str, tuple[str, float]]:
         """message id -> (channel, when its create committed)."""
@@ -395,3 +407,18 @@ def outbox_state(dsn: str) -> dict[str, int]:
             "SELECT count(*) FILTER (WHERE published_at IS NOT NULL AND NOT dead), count(*) FILTER (WHERE dead), "
             "count(*) FILTER (WHERE published_at IS NULL AND NOT dead) FROM outbox_events").fetchone()
     return {"published": published, "dead": dead, "due": due}
+
+
+def kill_leftovers() -> None:
+    """Kill (their whole process group where they have one) the processes a test left running."""
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            try:
+                if os.getpgid(proc.pid) == proc.pid:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                else:
+                    proc.kill()
+            except ProcessLookupError:
+                pass
+            proc.wait(10)
