@@ -1,5 +1,6 @@
 """Fixtures of the fault suite: servers of its own, an effects database, the tuned environment,
-and the results table printed at the end of the run (and written to var/fault-table.md)."""
+and the results table printed at the end of the run (and written to var/fault-table.md); a failed
+scenario's logs are kept in var/fault-logs/."""
 
 from __future__ import annotations
 
@@ -21,6 +22,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # type
         for row in harness.RESULTS:
             if row.outcome == "?":
                 row.outcome = "pass" if report.passed else "FAIL"
+        if report.failed and "tmp_path" in getattr(item, "funcargs", {}):
+            _keep_logs(item.nodeid, item.funcargs["tmp_path"])
+
+
+def _keep_logs(nodeid: str, tmp_path: Path) -> None:
+    """A failed scenario's logs (workers, scheduler, producers) go to var/fault-logs/<test>/:
+    pytest keeps only its last three temporary directories, and other runs rotate them away."""
+    import re
+    import shutil
+
+    target = services.ROOT / "var" / "fault-logs" / re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid.split("::")[-1])
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True, exist_ok=True)
+    for path in tmp_path.iterdir():
+        if path.is_file() and path.suffix in (".log", ".txt"):
+            shutil.copy(path, target / path.name)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]

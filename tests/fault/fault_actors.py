@@ -67,12 +67,13 @@ def effect(key: str) -> None:
 
 
 def send(out: str, count: int, *, rate: float = 0.0, prefix: str = "k", deadline_s: float = 120.0,
-         duplicate_every: int = 0) -> dict[str, int]:
+         duplicate_every: int = 0, delay_ms: int | None = None) -> dict[str, int]:
     """Send ``count`` keys; append ``key message_id`` to ``out`` for each send that returned
     (the producer saw it succeed). A send that raised is tried again (a new message, same key) until
     it returns or the deadline passes: what a producer does during a broker outage. With
     ``duplicate_every`` K, every K-th key is sent a second time right away (a duplicate the dedup
-    key should absorb). ``rate`` (messages a second, 0 = as fast as it goes) spreads the load."""
+    key should absorb). ``rate`` (messages a second, 0 = as fast as it goes) spreads the load;
+    ``delay_ms`` sends each with that delay (a worker holds it, fetched, until it is due)."""
     import actors
 
     started = time.monotonic()
@@ -86,7 +87,7 @@ def send(out: str, count: int, *, rate: float = 0.0, prefix: str = "k", deadline
             for _ in range(copies):
                 while True:
                     try:
-                        message = effect.send(key)
+                        message = effect.send_with_options(args=(key,), delay=delay_ms)
                     except Exception as exc:  # broker down: the producer did not see it succeed
                         failures += 1
                         if failures == 1 or failures % 50 == 0:
@@ -154,6 +155,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--prefix", default="k")
     p.add_argument("--deadline", type=float, default=120.0)
     p.add_argument("--duplicate-every", type=int, default=0)
+    p.add_argument("--delay-ms", type=int, default=None)
     c = sub.add_parser("chat")
     c.add_argument("out")
     c.add_argument("count", type=int)
@@ -165,7 +167,7 @@ def main(argv: list[str]) -> int:
         result = chat(args.out, args.count, rate=args.rate, every_all=args.every_all, deadline_s=args.deadline)
     else:
         result = send(args.out, args.count, rate=args.rate, prefix=args.prefix, deadline_s=args.deadline,
-                      duplicate_every=args.duplicate_every)
+                      duplicate_every=args.duplicate_every, delay_ms=args.delay_ms)
     print(json.dumps(result), flush=True)
     return 0
 

@@ -124,11 +124,14 @@ class Producer:
     succeed so far."""
 
     def __init__(self, env: dict[str, str], tmp: Path, count: int, *, rate: float = 0.0, prefix: str = "k",
-                 duplicate_every: int = 0, deadline: float = 120.0, name: str = "effects") -> None:
+                 duplicate_every: int = 0, deadline: float = 120.0, name: str = "effects",
+                 delay_ms: int | None = None) -> None:
         self.out = tmp / f"{name}.txt"
         self.log = tmp / f"{name}-producer.log"
         args = [sys.executable, "-m", MODULE, "send", str(self.out), str(count), "--rate", str(rate), "--prefix",
                 prefix, "--duplicate-every", str(duplicate_every), "--deadline", str(deadline)]
+        if delay_ms is not None:
+            args += ["--delay-ms", str(delay_ms)]
         self._log = open(self.log, "ab")
         self.proc = subprocess.Popen(args, env=env, cwd=services.ROOT, stdout=self._log, stderr=subprocess.STDOUT)
         STARTED.append(self.proc)
@@ -206,18 +209,27 @@ class Tally:
         return Counter(pid for r in self.runs.values() for pid, _ in r)
 
 
+def all_sent(*producers: Producer) -> dict[str, list[str]]:
+    """key -> message ids, over several producers."""
+    found: dict[str, list[str]] = {}
+    for producer in producers:
+        for key, ids in producer.sent().items():
+            found.setdefault(key, []).extend(ids)
+    return found
+
+
 def count_effects(dsn: str) -> int:
     with psycopg.connect(dsn) as conn:
         return conn.execute("SELECT count(*) FROM fault_effects").fetchone()[0]
 
 
-def wait_all_effects(dsn: str, producer: Producer, *, timeout: float, what: str = "every effect") -> bool:
-    """Poll until every key the producer saw sent has its effect; False at the deadline (the test
+def wait_all_effects(dsn: str, *producers: Producer, timeout: float) -> bool:
+    """Poll until every key the producers saw sent has its effect; False at the deadline (the test
     records its figures before failing)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        sent = producer.sent()
-        if producer.proc.poll() is not None and sent and count_effects(dsn) >= len(sent):
+        sent = all_sent(*producers)
+        if all(p.proc.poll() is not None for p in producers) and sent and count_effects(dsn) >= len(sent):
             with psycopg.connect(dsn) as conn:
                 done = {k for (k,) in conn.execute("SELECT key FROM fault_effects")}
             if set(sent) <= done:
