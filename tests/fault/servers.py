@@ -3,8 +3,8 @@
 - PrivateRedis: a redis-server on a free port in a temporary directory; ``crash()`` is kill -9,
   ``start()`` again replays the append-only file when it was started with ``appendonly=True``
   (``--appendfsync always``: every write is on disk before Redis answers it).
-- PrivatePostgres: a PostgreSQL cluster made with initdb into a temporary directory (trust,
-  127.0.0.1 only), run as the ``postgres`` user when the tests run as root (initdb refuses root).
+- PrivatePostgres (tests/private_pg.py): a PostgreSQL cluster made with initdb into a temporary
+  directory (trust, 127.0.0.1 only), run as the ``postgres`` user when the tests run as root.
 - PrivateRabbit: a RabbitMQ node of its own (its node name, AMQP and distribution ports, Mnesia
   directory, config file and Erlang cookie in a temporary directory), run as the ``rabbitmq``
   user; ``crash()`` is kill -9 of its Erlang VM only (never a process group: the node shares the
@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import glob
 import os
 import pwd
 import shutil
@@ -26,6 +25,9 @@ import time
 from pathlib import Path
 
 from tests import services
+from tests.private_pg import PrivatePostgres
+
+__all__ = ["PrivatePostgres", "PrivateRabbit", "PrivateRedis", "RabbitVhost", "rabbitmqctl"]
 
 
 def _owned_tmpdir(prefix: str, user: str | None) -> Path:
@@ -102,86 +104,6 @@ class PrivateRedis:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> PrivateRedis:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _pg_bin_dir() -> Path:
-    def version(path: str) -> int:
-        name = Path(path).parent.parent.name
-        return int(name) if name.isdigit() else 0
-
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=version)
-    if found:
-        return Path(found[-1]).parent
-    initdb = shutil.which("initdb")
-    if initdb is None:
-        raise AssertionError("no initdb: install PostgreSQL (apt-get install postgresql)")
-    return Path(initdb).parent
-
-
-class PrivatePostgres:
-    """A PostgreSQL cluster of the test's own: ``start()``, ``stop()`` (fast shutdown: every
-    connection is cut, as in an outage), ``create_database()`` (migrated), ``close()``."""
-
-    def __init__(self) -> None:
-        self.bin = _pg_bin_dir()
-        self.user = "postgres" if os.geteuid() == 0 else None
-        self.root = _owned_tmpdir("atelier-pg-", self.user)
-        self.data = self.root / "data"
-        self.port = services.free_port()
-        self._run(["initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
-        with open(self.data / "postgresql.conf", "a") as conf:
-            # Thrown away afterwards: no fsync. Enough connections for workers, relay and test.
-            conf.write(f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\n"
-                       f"unix_socket_directories = '{self.root}'\nfsync = off\nfull_page_writes = off\n"
-                       "synchronous_commit = off\nmax_connections = 200\n")
-
-    def _run(self, args: list[str], timeout: float = 60) -> None:
-        cmd = [str(self.bin / args[0]), *args[1:]]
-        if self.user is not None:
-            cmd = ["runuser", "-u", self.user, "--", *cmd]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=self.root)
-        if done.returncode != 0:
-            raise AssertionError(f"{' '.join(args[:2])} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
-
-    def start(self) -> PrivatePostgres:
-        self._run(["pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-w", "-t", "60", "start"])
-        return self
-
-    def stop(self) -> None:
-        self._run(["pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop"])
-
-    def running(self) -> bool:
-        return (self.data / "postmaster.pid").exists()
-
-    @property
-    def admin_url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
-    def create_database(self) -> str:
-        """A new database migrated to the current schema; its SQLAlchemy URL."""
-        import psycopg
-
-        from adapters.sql.migrate import upgrade
-
-        name = services.unique("atelier_fault_")
-        with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
-        upgrade(url)
-        return url
-
-    def close(self) -> None:
-        try:
-            if self.running():
-                self._run(["pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "-t", "30", "stop"])
-        finally:
-            shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> PrivatePostgres:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
