@@ -203,8 +203,15 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
         if maintenance:
             self._next_maintenance = now + self.broker.maintenance_interval / 1000
         try:
+            if self.queue_name in self.broker.dropped_delays:
+                self._restore_dropped_delays()
             pairs = self.broker.fetch(self.queue_name, count, maintenance=maintenance)
         except redis.ConnectionError as e:
+            if self.queue_name.endswith(".DQ"):
+                # Dramatiq's consumer thread answers a ConnectionClosed by dropping the delayed
+                # messages it holds (worker.py: delay_queue = PriorityQueue()); this process keeps
+                # beating its heartbeat, so nothing would ever give them back.
+                self.broker.dropped_delays.add(self.queue_name)
             raise ConnectionClosed(e) from None
         if count:
             self._backlog = len(pairs) >= count
@@ -212,6 +219,18 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
             return None
         self.message_cache.extend(pairs[1:])
         return self._deliver(*pairs[0])
+
+    def _restore_dropped_delays(self) -> None:
+        """Back to the delay queue: every message this process's ack set holds for it. After a
+        dropped connection the consumer thread holds none of them any more (each delivery of a
+        delay queue waits in its memory until due, then is enqueued and acked)."""
+        key = f"{self.broker.namespace}:__acks__.{self.broker.broker_id}.{self.queue_name}"
+        held = self.broker.client.smembers(key)
+        if held:
+            self.broker.do_requeue(self.queue_name, *held)
+            self.logger.warning("Returned %d delayed message(s) of %r dropped with the lost connection.",
+                                len(held), self.queue_name)
+        self.broker.dropped_delays.discard(self.queue_name)
 
     def _deliver(self, redis_id: Any, body: Any) -> MessageProxy:
         """The delivery of ``body`` stored under ``redis_id``: its message, acked under that id, or

@@ -127,6 +127,9 @@ class AtelierRedisBroker(HookTable, RedisBroker):
         if maintenance_interval is None:
             maintenance_interval = min(5000, max(100, self.heartbeat_timeout // 4))
         self.maintenance_interval = maintenance_interval
+        #: Delay queues whose consumer lost its connection: Dramatiq's consumer thread then drops the
+        #: delayed messages it holds in memory, which stay in this process's ack set (consumers.py).
+        self.dropped_delays: set[str] = set()
         self._enqueue_script = self.client.register_script(ENQUEUE)
         self._fetch_script = self.client.register_script(FETCH)
         self._wakeups: WakeupListener | None = None
