@@ -16,7 +16,7 @@ from dramatiq.logging import get_logger
 from dramatiq.middleware import Middleware, SkipMessage
 
 from domain.errors import Cancelled
-from domain.jobs import CANCELLED, DELAYED, DONE, FAILED, QUEUED, RETRYING, RUNNING, SKIPPED
+from domain.jobs import CANCELLED, DELAYED, DONE, FAILED, FINAL, QUEUED, RETRYING, RUNNING, SKIPPED, WAITING
 from domain.ports import JobStore
 from runtime.jobs import CURRENT_JOB
 
@@ -82,6 +82,7 @@ class Jobs(Middleware):
         self._dedup, self._circuit = dedup, circuit
         self._lock = threading.Lock()
         self._pending: dict[str, list[Any]] = {}  # message id -> [order, fields]
+        self._enqueue_started: dict[int, int] = {}  # id(message) -> ms, between before and after enqueue
         self._cancelled: dict[str, int] = {}  # message id -> when its cancellation was asked
         self._cancel_cursor: int | None = None  # None: never polled
         self._cancel_skips: set[str] = set()
@@ -106,6 +107,11 @@ class Jobs(Middleware):
             entry = self._pending.get(message_id)
             if entry is None:
                 self._pending[message_id] = [order, fields]
+            elif order < entry[0] and fields.get("status") in WAITING and entry[1].get("status") in FINAL:
+                # An enqueue that returned after the message ran (RabbitMQ's confirm): its "queued"
+                # fills what is missing and never undoes how the run ended.
+                for name, value in fields.items():
+                    entry[1].setdefault(name, value)
             else:
                 if order > entry[0]:
                     entry[0] = order
@@ -208,10 +214,20 @@ class Jobs(Middleware):
             self._worker = None
 
     # -- enqueue -----------------------------------------------------------------------------
+    def before_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
+        # The record's order is the time the enqueue began: a worker can take the message before
+        # the enqueue returns (RabbitMQ's publisher confirm), and its "running" and "done" must
+        # come after this "queued" in the record's order.
+        started = self._enqueue_started
+        if len(started) > 10_000:  # enqueues that raised never reach after_enqueue
+            started.clear()
+        started[id(message)] = _ms()
+
     def after_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
+        started = self._enqueue_started.pop(id(message), None)
         if "dead_letter" in message.options:
             return  # a dead letter waiting to be written, not a run of the message
-        now = _ms()
+        now = started if started is not None else _ms()
         job = CURRENT_JOB.get()
         mid = message.message_id
         if job is not None and job.message_id == mid:

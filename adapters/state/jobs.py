@@ -50,7 +50,12 @@ for k = 2, #KEYS do
     local f = parts[2 * j + 1]
     local v = parts[2 * j + 2]
     if newer then
-      if not (f == 'status' and cur[2] == 'cancelled' and (v == 'queued' or v == 'delayed' or v == 'retrying')) then
+      local waiting = v == 'queued' or v == 'delayed' or v == 'retrying'
+      local ended = cur[2] == 'done' or cur[2] == 'failed' or cur[2] == 'skipped' or cur[2] == 'cancelled'
+      -- A finished record never goes back to waiting: the enqueue that moves a delayed message to
+      -- its queue can record 'queued' after the message already ran (RabbitMQ's confirm comes back
+      -- after the worker took it).
+      if not (f == 'status' and ended and waiting) then
         sets[#sets + 1] = f
         sets[#sets + 1] = v
       end
@@ -217,7 +222,7 @@ class InMemoryJobStore:
                     continue
                 if current is None or order >= int(current):
                     for name, value in fields.items():
-                        if name == "status" and record.get("status") == CANCELLED and value in WAITING:
+                        if name == "status" and value in WAITING and record.get("status") in FINAL:
                             continue
                         record[name] = value
                     record["order"] = str(order)

@@ -132,3 +132,18 @@ def test_ops_server_follows_and_cancels_jobs_behind_its_auth(sqlite_url, tmp_pat
             client.delete(key)
         container.close()
         services.purge_queues(services.REDIS_URL, prefix, ("media",))
+
+
+@pytest.mark.parametrize("kind", ["redis", "memory"])
+def test_a_finished_record_never_goes_back_to_waiting(kind, store):
+    """The enqueue that moves a delayed message to its queue can record 'queued' after the message
+    ran: on RabbitMQ its publisher confirm comes back after a worker already took it."""
+    from adapters.state.jobs import InMemoryJobStore
+
+    jobs = store if kind == "redis" else InMemoryJobStore()
+    jobs.write([("m", 100 * 8 + 4, {"status": "done", "finished_at": "100"})])
+    jobs.write([("m", 101 * 8, {"status": "queued", "queue": "q"})])  # later by the clock
+    assert jobs.get("m")["status"] == "done" and jobs.get("m")["queue"] == "q"
+    jobs.write([("c", 8, {"status": "cancelled"})])
+    jobs.write([("c", 9 * 8, {"status": "retrying"})])
+    assert jobs.get("c")["status"] == "cancelled"

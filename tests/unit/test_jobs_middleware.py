@@ -311,3 +311,18 @@ def test_a_progress_of_nan_keeps_the_jobs_json_valid(env: Env) -> None:
     json.dumps(view, allow_nan=False)
     env.store.write([("forged", 1, {"status": "running", "progress": "nan"})])  # written by an older worker
     json.dumps(env.service.list(), allow_nan=False)
+
+
+def test_an_older_update_merged_before_a_flush_does_not_overwrite_a_newer_one():
+    """The enqueue that moves a due delayed message can return after the message ran (RabbitMQ's
+    confirm): its 'queued', ordered by when the enqueue began, must not undo the 'done' waiting in
+    the same flush."""
+    from adapters.state.jobs import InMemoryJobStore
+    from middleware.jobs import Jobs
+
+    store = InMemoryJobStore()
+    jobs = Jobs(lambda: store, flush_interval=3600)
+    jobs._put("m", 200 * 8 + 4, {"status": "done", "finished_at": 200})
+    jobs._put("m", 100 * 8, {"status": "queued", "queue": "q"})
+    jobs.flush()
+    assert store.get("m")["status"] == "done" and store.get("m")["queue"] == "q"
