@@ -36,7 +36,7 @@ from dramatiq import Broker, Message, get_encoder
 from dramatiq.common import q_name
 
 from brokers.park import MAX_DELAY_MS
-from domain.resilience import TRANSIENT_OPTIONS, DeadLetter, bounded_letter
+from domain.resilience import TRANSIENT_OPTIONS, DeadLetter, bounded_letter, enqueued_at
 
 #: The actor name of a carrier: never declared, so the worker rejects it before it runs.
 CARRIER_ACTOR = "atelier.dead_letter_carrier"
@@ -123,13 +123,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _enqueued_at(timestamp: Any) -> datetime:
-    try:
-        return datetime.fromtimestamp(int(timestamp) / 1000, UTC)
-    except (TypeError, ValueError, OverflowError, OSError):
-        return _now()
-
-
 def letter_for(queue_name: str, message: Message, junk: Junk) -> DeadLetter:
     """The dead letter of a decoded message that cannot run: what could be read of it, kept."""
     options = message.options if isinstance(message.options, dict) else {"options": message.options}
@@ -156,7 +149,7 @@ def letter_for(queue_name: str, message: Message, junk: Junk) -> DeadLetter:
         traceback="",
         reason=junk.reason,
         attempts=0,
-        enqueued_at=_enqueued_at(message.message_timestamp),
+        enqueued_at=enqueued_at(message.message_timestamp),
         failed_at=_now(),
         correlation_id=options.get("correlation_id") if isinstance(options.get("correlation_id"), str) else None,
     ))

@@ -9,7 +9,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 #: Options that describe one delivery, not the message: dead letters do not store them and a
@@ -123,6 +123,15 @@ LETTER_LIMITS = {"message_id": 64, "actor": 255, "queue": 255, "error_type": 255
                  "correlation_id": 64, "error": 16_384, "traceback": 65_536}
 LETTER_JSON_LIMIT = 256 * 1024
 _INT32_MAX = 2**31 - 1
+
+
+def enqueued_at(timestamp: Any) -> datetime:
+    """A message's ``message_timestamp`` (epoch ms) as a time; now when it is not one (a letter
+    must be written whatever the message held)."""
+    try:
+        return datetime.fromtimestamp(int(timestamp) / 1000, UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return datetime.now(UTC)
 
 
 def _text(text: str) -> str:

@@ -17,7 +17,7 @@ from brokers.admission import CARRIER_ACTOR, Junk, letter_for
 from brokers.park import fresh_copy, park
 from domain.errors import PermanentError
 from domain.ports import DeadLetterStore, LetterFallback, MetricsStore
-from domain.resilience import TRANSIENT_OPTIONS, DeadLetter, bounded_letter
+from domain.resilience import TRANSIENT_OPTIONS, DeadLetter, bounded_letter, enqueued_at
 
 #: Counter of dead letters written, labels (queue_name, actor_name, reason).
 DEAD_LETTERS = "atelier_dead_letters_total"
@@ -41,13 +41,6 @@ class MessageExpired(Exception):
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _enqueued_at(timestamp: Any) -> datetime:
-    try:
-        return datetime.fromtimestamp(int(timestamp) / 1000, UTC)
-    except (TypeError, ValueError, OverflowError, OSError):
-        return _now()
 
 
 def letter_of(broker: Broker, message: Message, exception: BaseException) -> DeadLetter:
@@ -82,7 +75,7 @@ def letter_of(broker: Broker, message: Message, exception: BaseException) -> Dea
                                                      limit=30)),
         reason=reason,
         attempts=attempts,
-        enqueued_at=_enqueued_at(message.message_timestamp),
+        enqueued_at=enqueued_at(message.message_timestamp),
         failed_at=_now(),
         correlation_id=options.get("correlation_id") if isinstance(options.get("correlation_id"), str) else None,
     ))
