@@ -32,6 +32,13 @@ def pg_test_url() -> Iterator[str]:
     services.drop_pg_database(url)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def outbox_db(request: pytest.FixtureRequest) -> str:
+    """SQLite, then a PostgreSQL database of the test's own: a relay claims every due event in
+    the table, so no other test's events may be there."""
+    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_test_url")
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     from adapters.sql.migrate import upgrade

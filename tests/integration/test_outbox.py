@@ -33,22 +33,6 @@ class Clock:
 
 
 @pytest.fixture
-def fresh_pg_url():
-    """A database of this test's own: relays claim every due event in the table."""
-    from adapters.sql.migrate import upgrade
-
-    url = services.create_pg_database()
-    upgrade(url)
-    yield url
-    services.drop_pg_database(url)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def outbox_db(request) -> str:
-    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "fresh_pg_url")
-
-
-@pytest.fixture
 def engine(outbox_db):
     engine = make_engine(outbox_db)
     yield engine
@@ -61,8 +45,8 @@ def uow(engine):
 
 
 @pytest.fixture
-def pg_engine(fresh_pg_url):
-    engine = make_engine(fresh_pg_url, pool_size=4)
+def pg_engine(pg_test_url):
+    engine = make_engine(pg_test_url, pool_size=4)
     yield engine
     engine.dispose()
 
@@ -275,8 +259,8 @@ def test_claims_skip_rows_another_relay_holds_on_postgresql(pg_engine):
         assert len(a) == 3 and len(b) == 2 and a | b == ids
 
 
-def test_two_relays_in_parallel_deliver_10000_events_once_to_each_subscriber(fresh_pg_url, broker):
-    engine = make_engine(fresh_pg_url, pool_size=4)
+def test_two_relays_in_parallel_deliver_10000_events_once_to_each_subscriber(pg_test_url, broker):
+    engine = make_engine(pg_test_url, pool_size=4)
     _bulk_insert(engine, 10_000)
     uow = uow_factory(engine)
     stats = []

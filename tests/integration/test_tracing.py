@@ -20,7 +20,6 @@ from bootstrap.settings import load_settings
 from domain.models import DomainEvent, MessageChannel, OutboundMessage, new_id
 from domain.services.outbox import OutboxRelay, Route
 from entrypoints.devtools.otlp_sink import tree
-from tests import services
 from tests.integration.test_channels import Mock
 from tests.tracing_support import Recorder, ancestors, named, one, tracing_on
 from tests.unit.stack import make_stack
@@ -32,22 +31,6 @@ def recorder():
     with tracing_on(r.provider):
         yield r
     r.close()
-
-
-@pytest.fixture
-def fresh_pg_url():
-    """A database of this test's own: the relay claims every due event in the table."""
-    from adapters.sql.migrate import upgrade
-
-    url = services.create_pg_database()
-    upgrade(url)
-    yield url
-    services.drop_pg_database(url)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def outbox_db(request) -> str:
-    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "fresh_pg_url")
 
 
 def test_an_event_is_relayed_in_the_trace_of_the_transaction_that_recorded_it(recorder, outbox_db):
