@@ -18,13 +18,16 @@ def _service():  # type: ignore[no-untyped-def]
     return get_container().jobs
 
 
-def cmd_show(args: argparse.Namespace) -> int:
-    view = _service().show(args.message_id)
+def _job(message_id: str, view: dict[str, Any] | None) -> int:
     if view is None:
-        print(f"no job {args.message_id} (unknown, or older than JOBS_RETENTION_S)", file=sys.stderr)
+        print(f"no job {message_id} (unknown, or older than JOBS_RETENTION_S)", file=sys.stderr)
         return 1
     _print(view)
     return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    return _job(args.message_id, _service().show(args.message_id))
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -37,12 +40,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    view = _service().cancel(args.message_id)
-    if view is None:
-        print(f"no job {args.message_id} (unknown, or older than JOBS_RETENTION_S)", file=sys.stderr)
-        return 1
-    _print(view)
-    return 0
+    return _job(args.message_id, _service().cancel(args.message_id))
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
