@@ -113,12 +113,17 @@ class Setup:
         self.lock = threading.Lock()
         self.latencies: list[float] = []
 
+        self.marks: dict[int, float] = {}  # done count -> when it was reached
+        self.steady = 0.0
+
         def noop(i: int, sent_at: float = 0.0) -> None:
             started = time.time()
             with self.lock:
                 if sent_at:
                     self.latencies.append(started - sent_at)
                 self.done += 1
+                if self.done in self.marks:
+                    self.marks[self.done] = time.perf_counter()
                 if self.done >= self.target:
                     self.finished.set()
 
@@ -132,7 +137,12 @@ class Setup:
             self.actor.send(i, sent_at)
 
     def throughput(self, n: int) -> float:
+        """Messages run per second, from the worker's start to the last message; ``self.steady``
+        is the rate between the 10th and the 90th percent of them, without the worker's start-up
+        and the last threads' tail (the figure to compare when a run lasts only a second)."""
         self.done, self.target = 0, n
+        lo, hi = max(1, n // 10), max(2, n * 9 // 10)
+        self.marks = {lo: 0.0, hi: 0.0}
         self.finished.clear()
         for i in range(n):
             self.send(i)
@@ -142,6 +152,7 @@ class Setup:
         assert self.finished.wait(600), f"{self.kind}/{self.stack}: {self.done} of {n}"
         elapsed = time.perf_counter() - started
         self._stop(worker)
+        self.steady = (hi - lo) / max(self.marks[hi] - self.marks[lo], 1e-9)
         return n / elapsed
 
     def _stop(self, worker: dramatiq.Worker) -> None:

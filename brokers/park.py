@@ -9,6 +9,8 @@ from typing import Any
 from dramatiq import Broker, Message
 from dramatiq.common import q_name
 
+from brokers.messages import unwrap
+
 #: Dramatiq holds a delayed message unacked until its eta, and RabbitMQ takes back a delivery left
 #: unacked past its consumer_timeout (30 min by default), closing the delay-queue consumer and
 #: redelivering everything it held: those would run twice (dramatiq issue 827). A message that
@@ -21,7 +23,7 @@ DELIVERY_OPTIONS = ("eta", "redis_message_id")
 def fresh_copy(message: Any, **options: Any) -> Message:
     """The message (a Message or a worker's MessageProxy) as a new delivery on its own queue:
     same id, arguments and options, without the last delivery's eta and broker id, plus ``options``."""
-    base: Message = getattr(message, "_message", message)
+    base = unwrap(message)
     kept = {k: v for k, v in base.options.items() if k not in DELIVERY_OPTIONS}
     return dataclasses.replace(base, queue_name=q_name(base.queue_name), options={**kept, **options})
 

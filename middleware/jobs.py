@@ -7,6 +7,7 @@ import os
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ from dramatiq.common import q_name
 from dramatiq.logging import get_logger
 from dramatiq.middleware import Middleware, SkipMessage
 
+from brokers.messages import unwrap
 from domain.errors import Cancelled
 from domain.jobs import CANCELLED, DELAYED, DONE, FAILED, FINAL, QUEUED, RETRYING, RUNNING, SKIPPED, WAITING
 from domain.ports import JobStore
@@ -34,18 +36,49 @@ def _ms() -> int:
 
 
 class _Job:
-    """The running message, as runtime.report_progress sees it."""
+    """The running message, as runtime.report_progress and the background writer see it. Its
+    "running" record is written by the writer only if it is still running at a write (or reports
+    progress): a message that starts and ends between two writes costs one record, not two."""
 
-    __slots__ = ("message_id", "attempt", "reenqueued", "_jobs")
+    __slots__ = ("message_id", "attempt", "reenqueued", "recorded", "started_at", "message", "_jobs")
 
-    def __init__(self, jobs: Jobs, message_id: str, attempt: int) -> None:
+    def __init__(self, jobs: Jobs, message: Message, attempt: int, started_at: int) -> None:
         self._jobs = jobs
-        self.message_id = message_id
+        self.message = message
+        self.message_id = message.message_id
         self.attempt = attempt
+        self.started_at = started_at
         self.reenqueued = False
+        self.recorded = False
 
     def report(self, fraction: float, note: str) -> None:
         self._jobs.progress(self, fraction, note)
+
+    def running_fields(self) -> dict[str, Any]:
+        message = self.message
+        fields = {"actor": message.actor_name, "queue": self._jobs.queue_of(message.queue_name), "status": RUNNING,
+                  "attempts": self.attempt, "started_at": self.started_at,
+                  "enqueued_at": message.message_timestamp, "correlation_id": message.options.get("correlation_id")}
+        if self.attempt > 1:  # what the previous attempt left
+            fields.update(finished_at="", next_attempt_at="", progress="", note="")
+        return fields
+
+
+def merge(entry: list[Any], order: int, fields: dict[str, Any]) -> None:
+    """Fold an update into ``entry`` ([order, fields]) by the JobStore's rules: an older update only
+    fills what is missing; a finished status never goes back to waiting; a skip never replaces
+    done or failed (a redelivery of a message that finished)."""
+    status, current = fields.get("status"), entry[1].get("status")
+    if status == SKIPPED and current in (DONE, FAILED):
+        return
+    if order < entry[0]:
+        for name, value in fields.items():
+            entry[1].setdefault(name, value)
+        return
+    entry[0] = order
+    if status in WAITING and current in FINAL:
+        fields = {k: v for k, v in fields.items() if k != "status"}
+    entry[1].update(fields)
 
 
 class Jobs(Middleware):
@@ -56,10 +89,11 @@ class Jobs(Middleware):
     running one raises domain.errors.Cancelled at its next ``runtime.report_progress``. Writes a
     heartbeat per worker process.
 
-    Cheap on the hot path: each hook adds to an in-memory dict (coalesced per message id) and a
-    background thread writes what added up every ``flush_interval`` seconds in one round trip,
-    reading the cancellations asked since its last write in the same pass. A record therefore
-    trails the message by up to that interval, and a cancel reaches the workers within it.
+    Cheap on the hot path: a message's run adds one update to a queue (no lock: a deque's append),
+    when it ends; a background thread folds what came per message id and writes it every
+    ``flush_interval`` seconds in one round trip, writes "running" for the messages still running
+    then, and reads the cancellations asked since its last pass. A record therefore trails the
+    message by up to that interval, and a cancel reaches the workers within it.
 
     Placed before DeadLetters and Retries in the list, so its after-hooks run after theirs and see
     the outcome they decided (failed for good, or re-enqueued for a retry) and the letter's id.
@@ -80,13 +114,16 @@ class Jobs(Middleware):
         self.flush_interval = flush_interval
         self.heartbeat_interval = heartbeat_interval
         self._dedup, self._circuit = dedup, circuit
-        self._lock = threading.Lock()
-        self._pending: dict[str, list[Any]] = {}  # message id -> [order, fields]
+        self._lock = threading.Lock()  # starts the writer once; guards the cancellations
+        self._flush_lock = threading.Lock()  # one write at a time (the writer, shutdown, atexit)
+        self._queue: deque[tuple[str, int, dict[str, Any]]] = deque(maxlen=MAX_PENDING)
+        self._unsent: dict[str, list[Any]] = {}  # message id -> [order, fields], a write that failed
         self._enqueue_started: dict[int, int] = {}  # id(message) -> ms, between before and after enqueue
         self._cancelled: dict[str, int] = {}  # message id -> when its cancellation was asked
         self._cancel_cursor: int | None = None  # None: never polled
         self._cancel_skips: set[str] = set()
         self._running: dict[str, _Job] = {}
+        self._queues: dict[str, str] = {}  # a message's queue name (maybe a delay queue's) -> its queue
         self._worker: dict[str, Any] | None = None
         self._last_heartbeat = 0.0
         self._flusher: threading.Thread | None = None
@@ -101,23 +138,21 @@ class Jobs(Middleware):
             self._store = self._store_factory()
         return self._store
 
+    def queue_of(self, name: str) -> str:
+        queue = self._queues.get(name)
+        if queue is None:
+            if len(self._queues) > 1000:  # names come from producers
+                self._queues.clear()
+            queue = self._queues[name] = q_name(name)
+        return queue
+
     # -- buffering -------------------------------------------------------------------------
     def _put(self, message_id: str, order: int, fields: dict[str, Any]) -> None:
-        with self._lock:
-            entry = self._pending.get(message_id)
-            if entry is None:
-                self._pending[message_id] = [order, fields]
-            elif order < entry[0] and fields.get("status") in WAITING and entry[1].get("status") in FINAL:
-                # An enqueue that returned after the message ran (RabbitMQ's confirm): its "queued"
-                # fills what is missing and never undoes how the run ended.
-                for name, value in fields.items():
-                    entry[1].setdefault(name, value)
-            else:
-                if order > entry[0]:
-                    entry[0] = order
-                entry[1].update(fields)
-            if self._flusher is None:
-                self._start_flusher()
+        self._queue.append((message_id, order, fields))
+        if self._flusher is None:
+            with self._lock:
+                if self._flusher is None:
+                    self._start_flusher()
 
     def _start_flusher(self) -> None:
         """Start the background writer (called holding the lock); producers flush at exit too."""
@@ -144,26 +179,31 @@ class Jobs(Middleware):
                 self._warn("Job records: background write failed.")
 
     def flush(self) -> None:
-        """Write what added up; on failure keep it for the next write."""
-        with self._lock:
-            pending, self._pending = self._pending, {}
-        if not pending:
-            return
-        updates = [(mid, order, fields) for mid, (order, fields) in pending.items()]
-        try:
-            self.store.write(updates)
-        except Exception:
-            with self._lock:
-                for mid, (order, fields) in pending.items():
-                    entry = self._pending.get(mid)
-                    if entry is None:
-                        self._pending[mid] = [order, fields]
-                    else:  # newer updates made meanwhile win over the ones put back
-                        entry[0] = max(entry[0], order)
-                        entry[1] = {**fields, **entry[1]}
-                while len(self._pending) > MAX_PENDING:
-                    self._pending.pop(next(iter(self._pending)))
-            self._warn("Could not write job records; will try again.")
+        """Write what added up, with "running" for the messages running now that have no record
+        yet; on failure keep it for the next write."""
+        with self._flush_lock:
+            pending, self._unsent = self._unsent, {}
+            for job in list(self._running.values()):  # a copy made under the GIL: threads add and pop
+                if not job.recorded:
+                    job.recorded = True
+                    self._queue.append((job.message_id, job.started_at * 8 + 1, job.running_fields()))
+            queue = self._queue
+            while queue:
+                mid, order, fields = queue.popleft()
+                entry = pending.get(mid)
+                if entry is None:
+                    pending[mid] = [order, fields]
+                else:
+                    merge(entry, order, fields)
+            if not pending:
+                return
+            try:
+                self.store.write([(mid, order, fields) for mid, (order, fields) in pending.items()])
+            except Exception:
+                while len(pending) > MAX_PENDING:  # the oldest go first
+                    pending.pop(next(iter(pending)))
+                self._unsent = pending
+                self._warn("Could not write job records; will try again.")
 
     def _warn(self, text: str) -> None:
         now = time.monotonic()
@@ -246,10 +286,11 @@ class Jobs(Middleware):
 
     # -- processing --------------------------------------------------------------------------
     def before_process_message(self, broker: Broker, message: Message) -> None:
-        options = message.options
+        raw = unwrap(message)
+        options = raw.options
         if "dead_letter" in options:
             return
-        mid = message.message_id
+        mid = raw.message_id
         if not self._first_poll.is_set() and self._worker is not None:
             # The worker is booting: learn the cancellations asked so far, read by the background
             # thread (never here: a store that does not answer would hold every message).
@@ -258,17 +299,9 @@ class Jobs(Middleware):
             self._cancel_skips.add(mid)
             raise SkipMessage("cancelled")
         retries = options.get("retries", 0)
-        attempt = (retries if isinstance(retries, int) else 0) + 1
-        job = _Job(self, mid, attempt)
+        job = _Job(self, raw, retries + 1 if type(retries) is int else 1, _ms())
         CURRENT_JOB.set(job)
         self._running[mid] = job
-        now = _ms()
-        fields = {"actor": message.actor_name, "queue": q_name(message.queue_name), "status": RUNNING,
-                  "attempts": attempt, "started_at": now, "enqueued_at": message.message_timestamp,
-                  "correlation_id": options.get("correlation_id")}
-        if attempt > 1:  # what the previous attempt left
-            fields.update(finished_at="", next_attempt_at="", progress="", note="")
-        self._put(mid, now * 8 + 1, fields)
 
     def progress(self, job: _Job, fraction: float, note: str) -> None:
         if job.message_id in self._cancelled:
@@ -279,24 +312,47 @@ class Jobs(Middleware):
             fraction = 0.0
         if fraction != fraction:  # NaN passes the clamp, and is not JSON
             fraction = 0.0
-        now = _ms()
-        self._put(job.message_id, now * 8 + 2, {"progress": f"{fraction:.4f}", "note": str(note)[:200]})
+        if not job.recorded:
+            job.recorded = True
+            self._put(job.message_id, job.started_at * 8 + 1, job.running_fields())
+        self._put(job.message_id, _ms() * 8 + 2, {"progress": f"{fraction:.4f}", "note": str(note)[:200]})
 
-    def _end(self, message: Message) -> _Job | None:
+    def _end(self, mid: str) -> _Job | None:
         job = CURRENT_JOB.get()
         CURRENT_JOB.set(None)
-        if job is not None and job.message_id != message.message_id:
+        if job is not None and job.message_id != mid:
             job = None
-        self._running.pop(message.message_id, None)
+        self._running.pop(mid, None)
         return job
 
+    @staticmethod
+    def _started(job: _Job | None) -> dict[str, Any]:
+        """What "running" would have said, for a run the writer never saw running (its one record)."""
+        return job.running_fields() if job is not None and not job.recorded else {}
+
+    def _reenqueued(self, job: _Job, now: int, **fields: Any) -> None:
+        """A run sent again (a retry, a park): after_enqueue wrote its "retrying" or "delayed" and the
+        next attempt's time; this run adds what it was, without undoing those."""
+        started = self._started(job)
+        started.pop("status", None)
+        started.pop("next_attempt_at", None)
+        if started or fields:
+            self._put(job.message_id, now * 8 + 3, {**started, **fields})
+
     def after_process_message(self, broker: Broker, message: Message, *, result=None, exception=None) -> None:
-        job = self._end(message)
-        options = message.options
+        raw = unwrap(message)
+        mid = raw.message_id
+        job = self._end(mid)
+        options = raw.options
         if "dead_letter" in options:
             return
         now = _ms()
-        fields: dict[str, Any] = {"finished_at": now}
+        if exception is not None and not message.failed and not isinstance(exception, Cancelled) \
+                and job is not None and job.reenqueued:
+            self._reenqueued(job, now, error=f"{type(exception).__name__}: {exception}"[:500])
+            return
+        fields = self._started(job)
+        fields["finished_at"] = now
         if exception is None:
             fields["status"] = DONE
         elif isinstance(exception, Cancelled):
@@ -305,17 +361,15 @@ class Jobs(Middleware):
             fields.update(status=FAILED, reason=options.get("failed_because") or "failed",
                           error=f"{type(exception).__name__}: {exception}"[:500],
                           dead_letter_id=options.get("dead_letter_id"))
-        elif job is not None and job.reenqueued:
-            self._put(message.message_id, now * 8 + 3, {"error": f"{type(exception).__name__}: {exception}"[:500]})
-            return
         else:
             fields.update(status=FAILED, reason="not_retried", error=f"{type(exception).__name__}: {exception}"[:500])
-        self._put(message.message_id, now * 8 + 4, fields)
+        self._put(mid, now * 8 + 4, fields)
 
     def after_skip_message(self, broker: Broker, message: Message) -> None:
-        job = self._end(message)
-        options = message.options
-        mid = message.message_id
+        raw = unwrap(message)
+        mid = raw.message_id
+        job = self._end(mid)
+        options = raw.options
         now = _ms()
         if "dead_letter" in options:
             if options.get("dead_letter_id"):  # the carrier wrote its letter at last
@@ -328,15 +382,19 @@ class Jobs(Middleware):
                                          "finished_at": now})
             return
         if job is not None and job.reenqueued:
-            return  # parked: it runs later, as its record says
+            self._reenqueued(job, now)  # parked: it runs later, as its record says
+            return
+        fields = self._started(job)
+        fields["finished_at"] = now
         if message.failed:
-            self._put(mid, now * 8 + 4, {"status": FAILED, "reason": options.get("failed_because") or "failed",
-                                         "dead_letter_id": options.get("dead_letter_id"),
-                                         "finished_at": now})
+            fields.update(status=FAILED, reason=options.get("failed_because") or "failed",
+                          dead_letter_id=options.get("dead_letter_id"))
+            self._put(mid, now * 8 + 4, fields)
             return
         actor_options = broker.get_actor(message.actor_name).options if message.actor_name in broker.actors else {}
         deduped = self._dedup and ("dedup_key" in options or "dedup_key" in actor_options)
         guarded = self._circuit and "circuit" in actor_options
         reason = ("duplicate or circuit_open" if deduped and guarded else "duplicate" if deduped
                   else "circuit_open" if guarded else "skipped")
-        self._put(mid, now * 8 + 4, {"status": SKIPPED, "reason": reason, "finished_at": now})
+        fields.update(status=SKIPPED, reason=reason)
+        self._put(mid, now * 8 + 4, fields)

@@ -20,57 +20,58 @@ from domain.jobs import CANCELLED, FINAL, WAITING
 #: Jobs per script call: a long script blocks Redis for everyone.
 CHUNK = 300
 
-# KEYS[1] index, KEYS[2..] job hashes; ARGV[1] now, ARGV[2] retention ms, then per job: message
-# id, order, and its fields as one string "field<US>value<US>..." (each ending in the unit
-# separator, byte 31): one argument per job costs redis-py far less packing than two per field.
+# KEYS[1] index; ARGV[1] now, ARGV[2] retention ms, ARGV[3] the job hashes' key prefix, ARGV[4] the
+# updates as one JSON array of [message id, order, {field: value}]. One argument for the whole
+# chunk: redis-py packs each argument in Python, and the hot path pays for every one. The hashes'
+# keys are made here from the prefix (they cannot be declared: a chunk's ids are only in ARGV[4]),
+# which holds on a single Redis, the only kind atelier's state runs on.
 _WRITE = r"""
 local now = tonumber(ARGV[1])
 local ret = tonumber(ARGV[2])
-local i = 3
-for k = 2, #KEYS do
-  local key = KEYS[k]
-  local id = ARGV[i]
-  local order = tonumber(ARGV[i + 1])
-  local parts = {}
-  for p in string.gmatch(ARGV[i + 2], '([^\31]*)\31') do parts[#parts + 1] = p end
-  local n = math.floor(#parts / 2)
-  i = i + 3
+local prefix = ARGV[3]
+local null = cjson.null
+local function text(v)
+  if type(v) == 'number' then return string.format('%.17g', v) end
+  return type(v) == 'string' and v or tostring(v)
+end
+local index = {}
+for _, u in ipairs(cjson.decode(ARGV[4])) do
+  local id, order, fields = u[1], u[2], u[3]
+  local key = prefix .. id
   local cur = redis.call('HMGET', key, 'order', 'status')
-  local newer = (not cur[1]) or order >= tonumber(cur[1])
-  local ended = false
-  if cur[2] == 'done' or cur[2] == 'failed' then
-    -- a redelivery of a message that finished, skipped as done: the record keeps how it ended
-    for j = 0, n - 1 do
-      if parts[2 * j + 1] == 'status' and parts[2 * j + 2] == 'skipped' then ended = true end
-    end
-  end
-  if ended then n = 0; newer = false end
-  local sets = {}
-  for j = 0, n - 1 do
-    local f = parts[2 * j + 1]
-    local v = parts[2 * j + 2]
-    if newer then
-      local waiting = v == 'queued' or v == 'delayed' or v == 'retrying'
-      local ended = cur[2] == 'done' or cur[2] == 'failed' or cur[2] == 'skipped' or cur[2] == 'cancelled'
+  local st = cur[2]
+  local status = fields.status
+  -- A redelivery of a message that finished, skipped as done: the record keeps how it ended.
+  if not (status == 'skipped' and (st == 'done' or st == 'failed')) then
+    if (not cur[1]) or order >= tonumber(cur[1]) then
       -- A finished record never goes back to waiting: the enqueue that moves a delayed message to
       -- its queue can record 'queued' after the message already ran (RabbitMQ's confirm comes back
       -- after the worker took it).
-      if not (f == 'status' and ended and waiting) then
-        sets[#sets + 1] = f
-        sets[#sets + 1] = v
+      if (status == 'queued' or status == 'delayed' or status == 'retrying') and
+         (st == 'done' or st == 'failed' or st == 'skipped' or st == 'cancelled') then
+        fields.status = nil
       end
+      local sets = {'order', text(order)}
+      for f, v in pairs(fields) do
+        if v ~= null then
+          sets[#sets + 1] = f
+          sets[#sets + 1] = text(v)
+        end
+      end
+      redis.call('HSET', key, unpack(sets))
     else
-      redis.call('HSETNX', key, f, v)
+      for f, v in pairs(fields) do
+        if v ~= null then
+          redis.call('HSETNX', key, f, text(v))
+        end
+      end
     end
   end
-  if newer then
-    sets[#sets + 1] = 'order'
-    sets[#sets + 1] = tostring(order)
-    redis.call('HSET', key, unpack(sets))
-  end
   redis.call('PEXPIRE', key, ret)
-  redis.call('ZADD', KEYS[1], now, id)
+  index[#index + 1] = now
+  index[#index + 1] = id
 end
+if #index > 0 then redis.call('ZADD', KEYS[1], unpack(index)) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ret)
 return 1
 """
@@ -98,12 +99,6 @@ def _ms() -> int:
     return int(time.time() * 1000)
 
 
-def _pack(fields: dict[str, Any]) -> str:
-    """Fields (None left out) as "name<US>value<US>...", the unit separator taken out of values."""
-    return "".join(f"{name}\x1f{value.replace(chr(31), ' ') if type(value) is str else value}\x1f"
-                   for name, value in fields.items() if value is not None)
-
-
 def _strings(fields: dict[str, Any]) -> dict[str, str]:
     return {name: str(value) for name, value in fields.items() if value is not None}
 
@@ -121,18 +116,19 @@ class RedisJobStore:
     def _key(self, message_id: str) -> str:
         return f"{self.namespace}j:{message_id}"
 
-    def write(self, updates: Sequence[tuple[str, int, dict[str, str]]]) -> None:
+    def write(self, updates: Sequence[tuple[str, int, dict[str, Any]]]) -> None:
         if not updates:
             return
         now = _ms()
         pipe = self.client.pipeline(transaction=False)
+        keys = [f"{self.namespace}index"]
+        prefix = f"{self.namespace}j:"
         for start in range(0, len(updates), CHUNK):
-            chunk = updates[start:start + CHUNK]
-            keys = [f"{self.namespace}index", *(self._key(mid) for mid, _, _ in chunk)]
-            args: list[Any] = [now, self.retention_ms]
-            for mid, order, fields in chunk:
-                args += [mid, order, _pack(fields)]
-            self._write(keys=keys, args=args, client=pipe)
+            # Text Redis cannot take (a lone surrogate, from an exception's text or a producer's
+            # message id) is replaced, not allowed to fail the batch and every record after it.
+            batch = json.dumps(updates[start:start + CHUNK], ensure_ascii=False, separators=(",", ":"),
+                               default=str).encode("utf-8", "replace")
+            self._write(keys=keys, args=[now, self.retention_ms, prefix, batch], client=pipe)
         pipe.execute()
 
     def get(self, message_id: str) -> dict[str, str] | None:

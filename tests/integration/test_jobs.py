@@ -147,3 +147,33 @@ def test_a_finished_record_never_goes_back_to_waiting(kind, store):
     jobs.write([("c", 8, {"status": "cancelled"})])
     jobs.write([("c", 9 * 8, {"status": "retrying"})])
     assert jobs.get("c")["status"] == "cancelled"
+
+
+def test_a_record_with_text_redis_cannot_encode_does_not_hold_up_the_others(store):
+    """An exception text or a producer's message id with a lone surrogate (both reach the record from
+    outside): the batch is written, the text with a replacement character, the rest as it came."""
+    store.write([("ok-1", 8, {"status": "done", "actor": "a"}),
+                 ("bad", 8, {"status": "failed", "error": "OSError: '/tmp/\udcff.jpg'", "note": "a\x1fb\x1ec"}),
+                 ("\ud800id", 8, {"status": "done"}),
+                 ("ok-2", 8, {"status": "done", "actor": "a"})])
+    assert store.get("ok-1")["status"] == "done" and store.get("ok-2")["status"] == "done"
+    bad = store.get("bad")
+    assert bad["status"] == "failed" and bad["error"].startswith("OSError: '/tmp/") and bad["note"] == "a\x1fb\x1ec"
+    assert {m for m, _ in store.recent(10)} >= {"ok-1", "bad", "ok-2"}
+
+
+def test_a_batch_larger_than_a_script_call_is_written_whole(store):
+    from adapters.state.jobs import CHUNK
+
+    n = CHUNK * 2 + 7
+    store.write([(f"m{i}", 8 * i, {"status": "done", "attempts": 1, "started_at": 1764496000123}) for i in range(n)])
+    assert len(store.recent(n + 10)) == n
+    assert store.get(f"m{n - 1}") == {"status": "done", "attempts": "1", "started_at": "1764496000123",
+                                      "order": str(8 * (n - 1))}
+
+
+def test_values_of_any_json_type_are_kept_as_text(store):
+    store.write([("m", 8, {"status": "done", "attempts": 2, "flag": True, "big": 10**30, "ratio": 0.5, "gone": None})])
+    record = store.get("m")
+    assert record["attempts"] == "2" and record["flag"] == "true" and record["ratio"] == "0.5"
+    assert float(record["big"]) == 1e30 and "gone" not in record
