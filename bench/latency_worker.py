@@ -6,7 +6,8 @@ Prometheus, whose HTTP port would clash between runs), consuming the same queues
 atelier's broker class (its consumer, Dramatiq's middleware). BENCH_SIDE=atelier: atelier's
 `actors` package as `dramatiq actors` loads it (its broker, its stack, every actor), and the probe.
 
-The probe actor records when it started (``time.time()``) in BENCH_STATE_URL under BENCH_KEY.
+The probe actor records when it started (``time.time()``) in BENCH_STATE_URL under BENCH_KEY; the
+count actor (bench/jobs_overhead.py) adds one to BENCH_KEY's counter.
 """
 
 from __future__ import annotations
@@ -48,3 +49,8 @@ else:
 @dramatiq.actor(queue_name=f"{PREFIX}bench", actor_name="bench_probe", max_retries=0)
 def probe(i: int) -> None:
     state.rpush(KEY, f"{i} {time.time()!r}")
+
+
+@dramatiq.actor(queue_name=f"{PREFIX}bench", actor_name="bench_count", max_retries=0)
+def count(i: int) -> None:
+    state.incr(KEY)

@@ -71,12 +71,14 @@ def env_for(side: str, broker_url: str, state_url: str, prefix: str, key: str, d
 
 
 class Worker:
-    """`python -m dramatiq bench.latency_worker --processes 1 --threads 8`, output to a file."""
+    """`python -m dramatiq bench.latency_worker --processes 1 --threads 8`, output to a file
+    (``processes=None``: Dramatiq's default, a process per core)."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], log: Path, processes: int | None = 1) -> None:
         self.log = log
         self.out = open(log, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "dramatiq", "bench.latency_worker", "--processes", "1",
+        count = [] if processes is None else ["--processes", str(processes)]
+        self.proc = subprocess.Popen([sys.executable, "-m", "dramatiq", "bench.latency_worker", *count,
                                       "--threads", "8"], env=env, cwd=ROOT, stdout=self.out,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 180
