@@ -177,3 +177,35 @@ def test_values_of_any_json_type_are_kept_as_text(store):
     record = store.get("m")
     assert record["attempts"] == "2" and record["flag"] == "true" and record["ratio"] == "0.5"
     assert float(record["big"]) == 1e30 and "gone" not in record
+
+
+def test_a_message_id_that_is_not_text_does_not_hold_up_every_later_record(store):
+    """A producer that is not ours can send "message_id": null (or true): Dramatiq decodes and runs
+    it. The script's prefix .. id fails on it, the write keeps the batch for the next one, and the
+    next fails the same way: no record of this worker is written again."""
+    from dramatiq.broker import MessageProxy
+
+    jobs = Jobs(lambda: store, flush_interval=3600)
+    odd = dramatiq.Message(queue_name="q", actor_name="a", args=(), kwargs={}, options={}, message_id=None)
+    jobs.before_process_message(None, MessageProxy(odd))
+    jobs.after_process_message(None, MessageProxy(odd))
+    jobs.flush()
+    later = dramatiq.Message(queue_name="q", actor_name="a", args=(), kwargs={}, options={})
+    jobs.before_process_message(None, MessageProxy(later))
+    jobs.after_process_message(None, MessageProxy(later))
+    jobs.flush()
+    jobs.flush()
+    assert store.get(later.message_id) is not None and store.get(later.message_id)["status"] == "done"
+
+
+def test_an_option_of_another_type_is_kept_as_its_text_not_a_lua_address(store):
+    """A producer's correlation_id that is an object (a tracing carrier, say) was kept as its text
+    before (and still is by the in-memory store); the script writes Lua's 'table: 0x...'."""
+    from adapters.state.jobs import InMemoryJobStore
+
+    memory = InMemoryJobStore()
+    update = [("m", 8, {"status": "queued", "correlation_id": {"trace": "abc"}})]
+    store.write(update)
+    memory.write(update)
+    assert "table: 0x" not in store.get("m")["correlation_id"]
+    assert "abc" in store.get("m")["correlation_id"] and "abc" in memory.get("m")["correlation_id"]

@@ -326,3 +326,57 @@ def test_an_older_update_merged_before_a_flush_does_not_overwrite_a_newer_one():
     jobs._put("m", 100 * 8, {"status": "queued", "queue": "q"})
     jobs.flush()
     assert store.get("m")["status"] == "done" and store.get("m")["queue"] == "q"
+
+
+def _hooks_env():
+    """A Jobs middleware driven hook by hook, each worker thread its own context (CURRENT_JOB)."""
+    import contextvars
+
+    from dramatiq.broker import MessageProxy
+
+    store = InMemoryJobStore()
+    jobs = Jobs(lambda: store, flush_interval=3600)
+    first = dramatiq.Message(queue_name="q", actor_name="a", args=(), kwargs={}, options={})
+    one, two = contextvars.Context(), contextvars.Context()
+    one.run(jobs.before_process_message, None, MessageProxy(first))
+    # Retries: the count goes up and the message is sent again after a short backoff (a 429 with
+    # Retry-After: 0 is retried after 1 ms), while this thread's after-hooks still have to run.
+    first.options["retries"] = 1
+    retry = first.copy(queue_name="q.DQ", options={"eta": int(time.time() * 1000) + 1})
+    one.run(jobs.after_enqueue, None, retry, 1)
+    time.sleep(0.005)
+    # Another worker thread takes the retry before this one's Jobs.after_process_message ran
+    # (DeadLetters' and Dedup's after-hooks, and the GIL, come in between).
+    second = dramatiq.Message(queue_name="q", actor_name="a", args=(), kwargs={}, options={"retries": 1},
+                              message_id=first.message_id)
+    two.run(jobs.before_process_message, None, MessageProxy(second))
+    return store, jobs, first, second, one, two, MessageProxy
+
+
+def test_a_failed_attempt_recorded_after_its_retry_started_does_not_undo_the_retrys_attempt():
+    # The failed attempt's own update (its "running" fields, sent with the retry since the writer
+    # never saw it running) is ordered by when its after-hook ran, after the retry started: it
+    # overwrote the retry's attempts and started_at, and the final record said attempt 1.
+    store, jobs, first, second, one, two, proxy = _hooks_env()
+    started = jobs._running[second.message_id].started_at
+    jobs.flush()  # the writer sees the retry running
+    assert store.get(second.message_id)["attempts"] == "2"
+    time.sleep(0.005)
+    one.run(jobs.after_process_message, None, proxy(first), exception=RuntimeError("once"))
+    jobs.flush()
+    record = store.get(second.message_id)
+    assert record["attempts"] == "2" and record["started_at"] == str(started)
+    two.run(jobs.after_process_message, None, proxy(second))
+    jobs.flush()
+    record = store.get(second.message_id)
+    assert record["status"] == "done" and record["attempts"] == "2" and record["started_at"] == str(started)
+
+
+def test_a_retry_running_when_its_failed_attempt_is_recorded_is_shown_running():
+    # The failed attempt's _end pops _running[message id], which is the retry's run by then: the
+    # writer never sees the retry running, and its record says "retrying" until it ends.
+    store, jobs, first, second, one, two, proxy = _hooks_env()
+    one.run(jobs.after_process_message, None, proxy(first), exception=RuntimeError("once"))
+    jobs.flush()
+    record = store.get(second.message_id)
+    assert record["status"] == "running" and record["attempts"] == "2"
