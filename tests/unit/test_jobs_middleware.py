@@ -380,3 +380,28 @@ def test_a_retry_running_when_its_failed_attempt_is_recorded_is_shown_running():
     jobs.flush()
     record = store.get(second.message_id)
     assert record["status"] == "running" and record["attempts"] == "2"
+
+
+def test_a_redelivery_of_a_done_message_skipped_after_the_writer_saw_it_keeps_done():
+    # A redelivery (put back while it ran: a Redis worker's heartbeat lapsed, a RabbitMQ channel
+    # closed) of a message that ended done, skipped by Dedup as a duplicate. The writer can see it
+    # in _running between Jobs' before-hook and the skip (Dedup's and CircuitBreaker's before-hooks
+    # run in between): its "running" replaces "done", and the skip then replaces "running".
+    import types
+
+    from dramatiq.broker import MessageProxy
+
+    store = InMemoryJobStore()
+    jobs = Jobs(lambda: store, flush_interval=3600)
+    message = dramatiq.Message(queue_name="q", actor_name="a", args=(), kwargs={}, options={})
+    jobs.before_process_message(None, MessageProxy(message))
+    jobs.after_process_message(None, MessageProxy(message))
+    jobs.flush()
+    assert store.get(message.message_id)["status"] == "done"
+    time.sleep(0.002)
+    again = MessageProxy(dramatiq.Message(**{**message.asdict(), "options": {}}))
+    jobs.before_process_message(None, again)
+    jobs.flush()  # the writer's pass, while a later before-hook decides to skip it
+    jobs.after_skip_message(types.SimpleNamespace(actors={}), again)
+    jobs.flush()
+    assert store.get(message.message_id)["status"] == "done"
