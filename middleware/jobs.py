@@ -35,6 +35,18 @@ def _ms() -> int:
     return int(time.time() * 1000)
 
 
+def _short(value: Any) -> Any:
+    """A producer's text (a correlation id), cut to what a record keeps."""
+    return value[:200] if type(value) is str and len(value) > 200 else value
+
+
+def _error(exception: BaseException) -> str:
+    try:
+        return f"{type(exception).__name__}: {exception}"[:500]
+    except Exception:  # an exception whose text cannot be made
+        return f"{type(exception).__name__}: (no text)"
+
+
 class _Job:
     """The running message, as runtime.report_progress and the background writer see it. Its
     "running" record is written by the writer only if it is still running at a write (or reports
@@ -48,7 +60,7 @@ class _Job:
         self.message_id = message.message_id
         self.attempt = attempt
         self.started_at = started_at
-        self.reenqueued = False
+        self.reenqueued = 0  # the order of its "retrying"/"delayed" when this run sent it again
         self.recorded = False
 
     def report(self, fraction: float, note: str) -> None:
@@ -57,8 +69,8 @@ class _Job:
     def running_fields(self) -> dict[str, Any]:
         message = self.message
         fields = {"actor": message.actor_name, "queue": self._jobs.queue_of(message.queue_name), "status": RUNNING,
-                  "attempts": self.attempt, "started_at": self.started_at,
-                  "enqueued_at": message.message_timestamp, "correlation_id": message.options.get("correlation_id")}
+                  "attempts": self.attempt, "started_at": self.started_at, "enqueued_at": message.message_timestamp,
+                  "correlation_id": _short(message.options.get("correlation_id"))}
         if self.attempt > 1:  # what the previous attempt left
             fields.update(finished_at="", next_attempt_at="", progress="", note="")
         return fields
@@ -66,10 +78,10 @@ class _Job:
 
 def merge(entry: list[Any], order: int, fields: dict[str, Any]) -> None:
     """Fold an update into ``entry`` ([order, fields]) by the JobStore's rules: an older update only
-    fills what is missing; a finished status never goes back to waiting; a skip never replaces
-    done or failed (a redelivery of a message that finished)."""
+    fills what is missing; a finished status never goes back to waiting; a redelivery of a message
+    that finished (its running, its skip as a duplicate) leaves the record as it ended."""
     status, current = fields.get("status"), entry[1].get("status")
-    if status == SKIPPED and current in (DONE, FAILED):
+    if (status == SKIPPED and current in (DONE, FAILED)) or (status == RUNNING and current == DONE):
         return
     if order < entry[0]:
         for name, value in fields.items():
@@ -122,7 +134,7 @@ class Jobs(Middleware):
         self._cancelled: dict[str, int] = {}  # message id -> when its cancellation was asked
         self._cancel_cursor: int | None = None  # None: never polled
         self._cancel_skips: set[str] = set()
-        self._running: dict[str, _Job] = {}
+        self._running: dict[int, _Job] = {}  # id(job): a redelivery of a running message is a run of its own
         self._queues: dict[str, str] = {}  # a message's queue name (maybe a delay queue's) -> its queue
         self._worker: dict[str, Any] | None = None
         self._last_heartbeat = 0.0
@@ -272,7 +284,7 @@ class Jobs(Middleware):
         mid = message.message_id
         if job is not None and job.message_id == mid:
             # Sent again while it runs: Retries (retry count went up) or a park (circuit, Retry-After).
-            job.reenqueued = True
+            job.reenqueued = now * 8 + 3
             retries = message.options.get("retries", 0)
             retry = isinstance(retries, int) and retries >= job.attempt
             status = (RETRYING if retry else DELAYED) if delay else QUEUED
@@ -281,7 +293,7 @@ class Jobs(Middleware):
         fields = {"actor": message.actor_name, "queue": q_name(message.queue_name),
                   "status": DELAYED if delay else QUEUED, "enqueued_at": message.message_timestamp,
                   "next_attempt_at": now + delay if delay else "",
-                  "correlation_id": message.options.get("correlation_id")}
+                  "correlation_id": _short(message.options.get("correlation_id"))}
         self._put(mid, now * 8, fields)
 
     # -- processing --------------------------------------------------------------------------
@@ -301,7 +313,7 @@ class Jobs(Middleware):
         retries = options.get("retries", 0)
         job = _Job(self, raw, retries + 1 if type(retries) is int else 1, _ms())
         CURRENT_JOB.set(job)
-        self._running[mid] = job
+        self._running[id(job)] = job
 
     def progress(self, job: _Job, fraction: float, note: str) -> None:
         if job.message_id in self._cancelled:
@@ -320,24 +332,15 @@ class Jobs(Middleware):
     def _end(self, mid: str) -> _Job | None:
         job = CURRENT_JOB.get()
         CURRENT_JOB.set(None)
-        if job is not None and job.message_id != mid:
-            job = None
-        self._running.pop(mid, None)
+        if job is None or job.message_id != mid:
+            return None
+        self._running.pop(id(job), None)
+        if not job.recorded:
+            # A run the writer never saw running: its "running", as the writer would have written
+            # it (the writer folds it with the run's end into one record).
+            job.recorded = True
+            self._put(mid, job.started_at * 8 + 1, job.running_fields())
         return job
-
-    @staticmethod
-    def _started(job: _Job | None) -> dict[str, Any]:
-        """What "running" would have said, for a run the writer never saw running (its one record)."""
-        return job.running_fields() if job is not None and not job.recorded else {}
-
-    def _reenqueued(self, job: _Job, now: int, **fields: Any) -> None:
-        """A run sent again (a retry, a park): after_enqueue wrote its "retrying" or "delayed" and the
-        next attempt's time; this run adds what it was, without undoing those."""
-        started = self._started(job)
-        started.pop("status", None)
-        started.pop("next_attempt_at", None)
-        if started or fields:
-            self._put(job.message_id, now * 8 + 3, {**started, **fields})
 
     def after_process_message(self, broker: Broker, message: Message, *, result=None, exception=None) -> None:
         raw = unwrap(message)
@@ -346,23 +349,23 @@ class Jobs(Middleware):
         options = raw.options
         if "dead_letter" in options:
             return
-        now = _ms()
         if exception is not None and not message.failed and not isinstance(exception, Cancelled) \
                 and job is not None and job.reenqueued:
-            self._reenqueued(job, now, error=f"{type(exception).__name__}: {exception}"[:500])
+            # Sent again (a retry): its "retrying" and the next attempt's time came from
+            # after_enqueue; the error belongs to that moment, before the next attempt's "running".
+            self._put(mid, job.reenqueued, {"error": _error(exception)})
             return
-        fields = self._started(job)
-        fields["finished_at"] = now
+        now = _ms()
+        fields: dict[str, Any] = {"finished_at": now}
         if exception is None:
             fields["status"] = DONE
         elif isinstance(exception, Cancelled):
             fields.update(status=CANCELLED, reason="cancelled while running")
         elif message.failed:
-            fields.update(status=FAILED, reason=options.get("failed_because") or "failed",
-                          error=f"{type(exception).__name__}: {exception}"[:500],
+            fields.update(status=FAILED, reason=options.get("failed_because") or "failed", error=_error(exception),
                           dead_letter_id=options.get("dead_letter_id"))
         else:
-            fields.update(status=FAILED, reason="not_retried", error=f"{type(exception).__name__}: {exception}"[:500])
+            fields.update(status=FAILED, reason="not_retried", error=_error(exception))
         self._put(mid, now * 8 + 4, fields)
 
     def after_skip_message(self, broker: Broker, message: Message) -> None:
@@ -378,23 +381,18 @@ class Jobs(Middleware):
         if mid in self._cancel_skips:
             self._cancel_skips.discard(mid)
             self._put(mid, now * 8 + 4, {"status": CANCELLED, "reason": "cancelled before it ran",
-                                         "actor": message.actor_name, "queue": q_name(message.queue_name),
+                                         "actor": raw.actor_name, "queue": self.queue_of(raw.queue_name),
                                          "finished_at": now})
             return
         if job is not None and job.reenqueued:
-            self._reenqueued(job, now)  # parked: it runs later, as its record says
-            return
-        fields = self._started(job)
-        fields["finished_at"] = now
+            return  # parked: it runs later, as its record says
         if message.failed:
-            fields.update(status=FAILED, reason=options.get("failed_because") or "failed",
-                          dead_letter_id=options.get("dead_letter_id"))
-            self._put(mid, now * 8 + 4, fields)
+            self._put(mid, now * 8 + 4, {"status": FAILED, "reason": options.get("failed_because") or "failed",
+                                         "dead_letter_id": options.get("dead_letter_id"), "finished_at": now})
             return
-        actor_options = broker.get_actor(message.actor_name).options if message.actor_name in broker.actors else {}
+        actor_options = broker.get_actor(raw.actor_name).options if raw.actor_name in broker.actors else {}
         deduped = self._dedup and ("dedup_key" in options or "dedup_key" in actor_options)
         guarded = self._circuit and "circuit" in actor_options
         reason = ("duplicate or circuit_open" if deduped and guarded else "duplicate" if deduped
                   else "circuit_open" if guarded else "skipped")
-        fields.update(status=SKIPPED, reason=reason)
-        self._put(mid, now * 8 + 4, fields)
+        self._put(mid, now * 8 + 4, {"status": SKIPPED, "reason": reason, "finished_at": now})

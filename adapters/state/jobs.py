@@ -10,12 +10,17 @@ hash of worker heartbeats (JSON).
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
+import redis
+
 from domain.jobs import CANCELLED, FINAL, WAITING
+
+logger = logging.getLogger(__name__)
 
 #: Jobs per script call. Redis runs a script alone: 300 jobs held every other client (the broker's
 #: fetches and acks, the actors' own commands) for about 3 ms; 50 hold them about half a
@@ -34,6 +39,7 @@ local prefix = ARGV[3]
 local null = cjson.null
 local function text(v)
   if type(v) == 'number' then return string.format('%.17g', v) end
+  if type(v) == 'table' then return cjson.encode(v) end
   return type(v) == 'string' and v or tostring(v)
 end
 local index = {}
@@ -43,8 +49,9 @@ for _, u in ipairs(cjson.decode(ARGV[4])) do
   local cur = redis.call('HMGET', key, 'order', 'status')
   local st = cur[2]
   local status = fields.status
-  -- A redelivery of a message that finished, skipped as done: the record keeps how it ended.
-  if not (status == 'skipped' and (st == 'done' or st == 'failed')) then
+  -- A redelivery of a message that finished (run again, or skipped as a duplicate): the record
+  -- keeps how it ended. A failed one may run again: a replay of its dead letter.
+  if not ((status == 'skipped' and (st == 'done' or st == 'failed')) or (status == 'running' and st == 'done')) then
     if (not cur[1]) or order >= tonumber(cur[1]) then
       -- A finished record never goes back to waiting: the enqueue that moves a delayed message to
       -- its queue can record 'queued' after the message already ran (RabbitMQ's confirm comes back
@@ -101,6 +108,12 @@ def _ms() -> int:
     return int(time.time() * 1000)
 
 
+def _encode(updates: Sequence[tuple[str, int, dict[str, Any]]]) -> bytes:
+    """Updates as one JSON argument. Text Redis cannot take (a lone surrogate, from an exception's
+    text or a producer's message id) is replaced, not allowed to fail the write."""
+    return json.dumps(updates, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8", "replace")
+
+
 def _strings(fields: dict[str, Any]) -> dict[str, str]:
     return {name: str(value) for name, value in fields.items() if value is not None}
 
@@ -125,11 +138,19 @@ class RedisJobStore:
         keys = [f"{self.namespace}index"]
         prefix = f"{self.namespace}j:"
         for start in range(0, len(updates), CHUNK):
-            # Text Redis cannot take (a lone surrogate, from an exception's text or a producer's
-            # message id) is replaced, not allowed to fail the batch and every record after it.
-            batch = json.dumps(updates[start:start + CHUNK], ensure_ascii=False, separators=(",", ":"),
-                               default=str).encode("utf-8", "replace")
-            self._write(keys=keys, args=[now, self.retention_ms, prefix, batch])
+            chunk = updates[start:start + CHUNK]
+            try:
+                self._write(keys=keys, args=[now, self.retention_ms, prefix, _encode(chunk)])
+            except redis.ResponseError:
+                # One update the script cannot take (an id that is not text, from a producer that
+                # is not ours) must not fail the others, nor every write after this one (a failed
+                # write is tried again): each alone, and the one that fails is dropped.
+                for update in chunk:
+                    try:
+                        self._write(keys=keys, args=[now, self.retention_ms, prefix, _encode([update])])
+                    except redis.ResponseError:
+                        logger.warning("Job record of message %r dropped: Redis refused it.", update[0],
+                                       exc_info=True)
 
     def get(self, message_id: str) -> dict[str, str] | None:
         raw = self.client.hgetall(self._key(message_id))
@@ -202,9 +223,18 @@ class InMemoryJobStore:
         self._workers: dict[str, dict[str, Any]] = {}
 
     def _expire(self, now: int) -> None:
-        for mid in [m for m, t in self._touched.items() if t < now - self.retention_ms]:
+        # _touched is in the order of the last touch: the expired ones are at its front.
+        while self._touched:
+            mid, touched = next(iter(self._touched.items()))
+            if touched >= now - self.retention_ms:
+                break
+            del self._touched[mid]
             self._jobs.pop(mid, None)
-            self._touched.pop(mid, None)
+        while self._cancels:
+            mid, asked = next(iter(self._cancels.items()))
+            if asked >= now - self.retention_ms:
+                break
+            del self._cancels[mid]
 
     def write(self, updates: Sequence[tuple[str, int, dict[str, str]]]) -> None:
         now = _ms()
@@ -213,8 +243,10 @@ class InMemoryJobStore:
                 fields = _strings(given)
                 record = self._jobs.setdefault(mid, {})
                 current = record.get("order")
-                # A redelivery of a message that finished, skipped as done: the record keeps how it ended.
-                if fields.get("status") == "skipped" and record.get("status") in ("done", "failed"):
+                # A redelivery of a message that finished (run again, or skipped as a duplicate):
+                # the record keeps how it ended. A failed one may run again: a replay.
+                status, ended = fields.get("status"), record.get("status")
+                if (status == "skipped" and ended in ("done", "failed")) or (status == "running" and ended == "done"):
                     continue
                 if current is None or order >= int(current):
                     for name, value in fields.items():
@@ -257,6 +289,7 @@ class InMemoryJobStore:
             if status in FINAL:
                 return status
             record["cancel_requested_at"] = record["updated_at"] = str(now_ms)
+            self._cancels.pop(message_id, None)  # kept in the order they were asked, for _expire
             self._cancels[message_id] = now_ms
             if status in WAITING:
                 record.update(status=CANCELLED, finished_at=str(now_ms), reason="cancelled before it ran")

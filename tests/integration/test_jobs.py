@@ -209,3 +209,15 @@ def test_an_option_of_another_type_is_kept_as_its_text_not_a_lua_address(store):
     memory.write(update)
     assert "table: 0x" not in store.get("m")["correlation_id"]
     assert "abc" in store.get("m")["correlation_id"] and "abc" in memory.get("m")["correlation_id"]
+
+
+@pytest.mark.parametrize("kind", ["redis", "memory"])
+def test_a_redelivery_running_again_leaves_a_done_record_done_but_a_replay_of_a_failed_one_runs(kind, store):
+    from adapters.state.jobs import InMemoryJobStore
+
+    jobs = store if kind == "redis" else InMemoryJobStore()
+    jobs.write([("d", 100 * 8 + 4, {"status": "done", "finished_at": 100}),
+                ("f", 100 * 8 + 4, {"status": "failed", "finished_at": 100})])
+    jobs.write([("d", 200 * 8 + 1, {"status": "running", "attempts": 1}),
+                ("f", 200 * 8 + 1, {"status": "running", "attempts": 1})])
+    assert jobs.get("d")["status"] == "done" and jobs.get("f")["status"] == "running"

@@ -358,7 +358,7 @@ def test_a_failed_attempt_recorded_after_its_retry_started_does_not_undo_the_ret
     # never saw it running) is ordered by when its after-hook ran, after the retry started: it
     # overwrote the retry's attempts and started_at, and the final record said attempt 1.
     store, jobs, first, second, one, two, proxy = _hooks_env()
-    started = jobs._running[second.message_id].started_at
+    started = list(jobs._running.values())[-1].started_at  # the retry's run, the last to start
     jobs.flush()  # the writer sees the retry running
     assert store.get(second.message_id)["attempts"] == "2"
     time.sleep(0.005)
@@ -405,3 +405,19 @@ def test_a_redelivery_of_a_done_message_skipped_after_the_writer_saw_it_keeps_do
     jobs.after_skip_message(types.SimpleNamespace(actors={}), again)
     jobs.flush()
     assert store.get(message.message_id)["status"] == "done"
+
+
+def test_an_exception_whose_text_fails_still_ends_the_record(env: Env) -> None:
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no text for you")
+
+    @dramatiq.actor(broker=env.broker, queue_name="q", max_retries=0)
+    def work() -> None:
+        raise Unprintable()
+
+    env.start()
+    message = work.send()
+    env.join()
+    view = env.show(message.message_id)
+    assert view["status"] == "failed" and "Unprintable" in view["error"]
