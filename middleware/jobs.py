@@ -335,12 +335,23 @@ class Jobs(Middleware):
         if job is None or job.message_id != mid:
             return None
         self._running.pop(id(job), None)
-        if not job.recorded:
-            # A run the writer never saw running: its "running", as the writer would have written
-            # it (the writer folds it with the run's end into one record).
-            job.recorded = True
-            self._put(mid, job.started_at * 8 + 1, job.running_fields())
         return job
+
+    @staticmethod
+    def _unseen(job: _Job | None) -> dict[str, Any]:
+        """For a run that ends: what its "running" would have said, if the writer never saw it
+        running (the run's one record then carries it), else nothing."""
+        if job is None or job.recorded:
+            return {}
+        job.recorded = True
+        return job.running_fields()
+
+    def _ran(self, job: _Job | None) -> None:
+        """For a run sent again (a retry, a park): its "running", at its start's order, if the writer
+        never saw it; what after_enqueue wrote for the next attempt comes after it."""
+        fields = self._unseen(job)
+        if fields:
+            self._put(job.message_id, job.started_at * 8 + 1, fields)  # type: ignore[union-attr]
 
     def after_process_message(self, broker: Broker, message: Message, *, result=None, exception=None) -> None:
         raw = unwrap(message)
@@ -353,10 +364,12 @@ class Jobs(Middleware):
                 and job is not None and job.reenqueued:
             # Sent again (a retry): its "retrying" and the next attempt's time came from
             # after_enqueue; the error belongs to that moment, before the next attempt's "running".
+            self._ran(job)
             self._put(mid, job.reenqueued, {"error": _error(exception)})
             return
         now = _ms()
-        fields: dict[str, Any] = {"finished_at": now}
+        fields = self._unseen(job)
+        fields["finished_at"] = now
         if exception is None:
             fields["status"] = DONE
         elif isinstance(exception, Cancelled):
@@ -385,14 +398,19 @@ class Jobs(Middleware):
                                          "finished_at": now})
             return
         if job is not None and job.reenqueued:
-            return  # parked: it runs later, as its record says
+            self._ran(job)  # parked: it runs later, as its record says
+            return
+        fields = self._unseen(job)
+        fields["finished_at"] = now
         if message.failed:
-            self._put(mid, now * 8 + 4, {"status": FAILED, "reason": options.get("failed_because") or "failed",
-                                         "dead_letter_id": options.get("dead_letter_id"), "finished_at": now})
+            fields.update(status=FAILED, reason=options.get("failed_because") or "failed",
+                          dead_letter_id=options.get("dead_letter_id"))
+            self._put(mid, now * 8 + 4, fields)
             return
         actor_options = broker.get_actor(raw.actor_name).options if raw.actor_name in broker.actors else {}
         deduped = self._dedup and ("dedup_key" in options or "dedup_key" in actor_options)
         guarded = self._circuit and "circuit" in actor_options
         reason = ("duplicate or circuit_open" if deduped and guarded else "duplicate" if deduped
                   else "circuit_open" if guarded else "skipped")
-        self._put(mid, now * 8 + 4, {"status": SKIPPED, "reason": reason, "finished_at": now})
+        fields.update(status=SKIPPED, reason=reason)
+        self._put(mid, now * 8 + 4, fields)
