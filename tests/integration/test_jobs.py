@@ -221,3 +221,35 @@ def test_a_redelivery_running_again_leaves_a_done_record_done_but_a_replay_of_a_
     jobs.write([("d", 200 * 8 + 1, {"status": "running", "attempts": 1}),
                 ("f", 200 * 8 + 1, {"status": "running", "attempts": 1})])
     assert jobs.get("d")["status"] == "done" and jobs.get("f")["status"] == "running"
+
+
+def test_a_write_redis_refuses_as_a_whole_is_kept_for_the_next_write_not_dropped(store):
+    """Review finding: the per-update fallback takes any ResponseError for one update the script
+    cannot take. Redis refuses every call for a while with a ResponseError too: READONLY (a
+    failover: the client still talks to the old primary, now a replica), OOM (maxmemory), MISCONF
+    (a failed RDB save), BUSY (another client's script), NOPERM. Every update of the batch is then
+    tried alone, refused, logged one warning each, and dropped: the records of that window are
+    lost (a "done" never written leaves the record "running" until it expires), where a failed
+    write used to be kept and written again once Redis took writes."""
+    from dramatiq.broker import MessageProxy
+
+    real, refusing, calls = store._write, [True], []
+
+    def write(keys, args):
+        calls.append(1)
+        if refusing[0]:
+            raise redis.exceptions.ReadOnlyError("You can't write against a read only replica.")
+        return real(keys=keys, args=args)
+
+    store._write = write
+    jobs = Jobs(lambda: store, flush_interval=3600)
+    messages = [dramatiq.Message(queue_name="q", actor_name="a", args=(), kwargs={}, options={}) for _ in range(3)]
+    for message in messages:
+        jobs.before_process_message(None, MessageProxy(message))
+        jobs.after_process_message(None, MessageProxy(message))
+    jobs.flush()  # Redis refuses: read only for the failover's few seconds
+    refused_calls = len(calls)
+    refusing[0] = False
+    jobs.flush()
+    assert [(store.get(m.message_id) or {}).get("status") for m in messages] == ["done"] * 3
+    assert refused_calls == 1, f"{refused_calls} script calls for one refused write of 3 updates"

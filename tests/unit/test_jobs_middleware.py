@@ -421,3 +421,136 @@ def test_an_exception_whose_text_fails_still_ends_the_record(env: Env) -> None:
     env.join()
     view = env.show(message.message_id)
     assert view["status"] == "failed" and "Unprintable" in view["error"]
+
+
+def test_a_retry_that_starts_in_the_millisecond_of_its_re_enqueue_is_recorded_as_its_own_attempt(monkeypatch):
+    # Review finding: a run's "running" is ordered started*8+1 and the "retrying" of the retry it
+    # sent enqueue*8+3. The next attempt starts at or after that enqueue, but with a backoff of 0 or
+    # 1 ms (Dramatiq's first backoff with min_backoff=1 is int(0.5 + uniform(0, 0.5)) = 0; a
+    # Retry-After of 0 is 1 ms) the delay queue's consumer moves it and a waiting worker thread
+    # takes it in the same millisecond (or on a host whose clock is a little behind): its "running"
+    # is older than the "retrying" and only fills what is missing. The record says "retrying" while
+    # attempt 2 runs and, the writer having seen it running, ends "done" with attempt 1's attempts
+    # and started_at and the retry's next_attempt_at.
+    import contextvars
+
+    from dramatiq.broker import MessageProxy
+
+    import middleware.jobs as jobs_module
+
+    clock = [1_764_496_000_000]
+    monkeypatch.setattr(jobs_module, "_ms", lambda: clock[0])
+    store = InMemoryJobStore()
+    jobs = Jobs(lambda: store, flush_interval=3600)
+    first = dramatiq.Message(queue_name="q", actor_name="a", args=(), kwargs={}, options={})
+    one, two, consumer = contextvars.Context(), contextvars.Context(), contextvars.Context()
+    one.run(jobs.before_process_message, None, MessageProxy(first))
+    clock[0] += 3  # attempt 1 fails; Retries sends it again after a 0 ms backoff
+    first.options["retries"] = 1
+    retry = first.copy(queue_name="q.DQ", options={"eta": clock[0]})
+    one.run(jobs.before_enqueue, None, retry, 0)
+    one.run(jobs.after_enqueue, None, retry, 0)
+    # The same millisecond: the delay queue's consumer moves it to its queue, a worker thread takes it.
+    moved = retry.copy(queue_name="q")
+    del moved.options["eta"]
+    consumer.run(jobs.before_enqueue, None, moved, None)
+    consumer.run(jobs.after_enqueue, None, moved, None)
+    second = dramatiq.Message(queue_name="q", actor_name="a", args=(), kwargs={}, options={"retries": 1},
+                              message_id=first.message_id)
+    two.run(jobs.before_process_message, None, MessageProxy(second))
+    started = clock[0]
+    jobs.flush()  # the writer sees attempt 2 running (attempt 1's after-hooks have not ended yet)
+    while_running = store.get(first.message_id)
+    clock[0] += 2
+    one.run(jobs.after_process_message, None, MessageProxy(first), exception=RuntimeError("once"))
+    clock[0] += 500
+    two.run(jobs.after_process_message, None, MessageProxy(second))
+    jobs.flush()
+    record = store.get(first.message_id)
+    assert record["status"] == "done"
+    assert (record["attempts"], record["started_at"], record.get("next_attempt_at") or "") == ("2", str(started), "")
+    assert while_running["status"] == "running" and while_running["attempts"] == "2"
+
+
+def test_a_retry_that_started_though_its_enqueue_raised_is_not_recorded_failed_over_it():
+    # Review finding: ClassifiedRetries' _retry_started (the retry's enqueue raised, a lost publish
+    # confirm, but the retry reached the broker and started: "it carries the message on, nothing is
+    # dead-lettered") leaves the message neither failed nor re-enqueued as far as Jobs sees (no
+    # after_enqueue ran). Jobs records it FAILED, reason not_retried, ordered when its after-hook
+    # runs: after the retry started, and after the retry ended "done" when the confirm timed out
+    # late. The record ends "failed" for a message that succeeded.
+    import contextvars
+
+    from dramatiq.broker import MessageProxy
+
+    store = InMemoryJobStore()
+    jobs = Jobs(lambda: store, flush_interval=3600)
+    first = dramatiq.Message(queue_name="q", actor_name="a", args=(), kwargs={}, options={})
+    one, two = contextvars.Context(), contextvars.Context()
+    one.run(jobs.before_process_message, None, MessageProxy(first))
+    time.sleep(0.002)
+    first.options["retries"] = 1  # Retries counted the retry; its enqueue raised after reaching the broker
+    second = dramatiq.Message(queue_name="q", actor_name="a", args=(), kwargs={}, options={"retries": 1},
+                              message_id=first.message_id)
+    two.run(jobs.before_process_message, None, MessageProxy(second))
+    time.sleep(0.002)
+    two.run(jobs.after_process_message, None, MessageProxy(second))  # the retry succeeded
+    jobs.flush()
+    assert store.get(first.message_id)["status"] == "done"
+    time.sleep(0.002)
+    # Attempt 1's after-hooks, once the enqueue gave up: the retry claimed the attempt, so
+    # ClassifiedRetries neither fails the message nor re-enqueues it.
+    one.run(jobs.after_process_message, None, MessageProxy(first), exception=RuntimeError("flaky"))
+    jobs.flush()
+    record = store.get(first.message_id)
+    assert record["status"] == "done" and record["attempts"] == "2", record
+
+
+def test_a_failed_attempts_error_is_not_lost_to_an_earlier_attempts_when_the_next_attempt_was_seen_first():
+    # Review finding: the error of a failed attempt goes in at its retry's order (enqueue*8+3),
+    # older than the next attempt's "running" once that started; an older update only fills what is
+    # missing, and the next attempt's "running" does not clear the error, so when the writer saw
+    # the next attempt running first (tiny backoff), attempt 2's error is dropped and the record
+    # goes on showing attempt 1's: attempt 3 runs "because of" an error that is not the last one.
+    import contextvars
+
+    from dramatiq.broker import MessageProxy
+
+    store = InMemoryJobStore()
+    jobs = Jobs(lambda: store, flush_interval=3600)
+    mid = "m-errors"
+
+    def attempt(retries: int) -> dramatiq.Message:
+        return dramatiq.Message(queue_name="q", actor_name="a", args=(), kwargs={}, options={"retries": retries},
+                                message_id=mid)
+
+    def fail_and_retry(ctx: contextvars.Context, message: dramatiq.Message, error: str, *, hooks_end: bool) -> None:
+        message.options["retries"] += 1
+        retry = message.copy(queue_name="q.DQ", options={"eta": int(time.time() * 1000) + 1})
+        ctx.run(jobs.before_enqueue, None, retry, 1)
+        ctx.run(jobs.after_enqueue, None, retry, 1)
+        if hooks_end:
+            ctx.run(jobs.after_process_message, None, MessageProxy(message), exception=RuntimeError(error))
+
+    one, two, three = contextvars.Context(), contextvars.Context(), contextvars.Context()
+    first = attempt(0)
+    one.run(jobs.before_process_message, None, MessageProxy(first))
+    time.sleep(0.002)
+    fail_and_retry(one, first, "first failure", hooks_end=True)
+    jobs.flush()
+    time.sleep(0.005)
+    second = attempt(1)
+    two.run(jobs.before_process_message, None, MessageProxy(second))
+    jobs.flush()
+    time.sleep(0.002)
+    fail_and_retry(two, second, "second failure", hooks_end=False)
+    time.sleep(0.005)
+    third = attempt(2)
+    three.run(jobs.before_process_message, None, MessageProxy(third))
+    jobs.flush()  # the writer sees attempt 3 running before attempt 2's after-hook ran
+    time.sleep(0.002)
+    two.run(jobs.after_process_message, None, MessageProxy(second), exception=RuntimeError("second failure"))
+    jobs.flush()
+    record = store.get(mid)
+    assert record["status"] == "running" and record["attempts"] == "3"
+    assert "second failure" in record["error"], record["error"]
