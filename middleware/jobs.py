@@ -31,6 +31,15 @@ MAX_PENDING = 100_000
 FIRST_POLL_WAIT_S = 1.0
 
 
+#: Option a message sent again while it runs (a retry, a park) carries: when it was sent (ms). Its
+#: next run orders its updates after it, whatever its clock says: the same millisecond (a retry
+#: after 0 or 1 ms) or a host whose clock is behind would order that run's "running" before the
+#: "retrying" it follows.
+FLOOR_OPTION = "job_order_floor"
+#: How far ahead of this host's clock a floor is believed: a producer's junk must not freeze a record.
+FLOOR_SLACK_MS = 60_000
+
+
 def _ms() -> int:
     return int(time.time() * 1000)
 
@@ -52,14 +61,15 @@ class _Job:
     "running" record is written by the writer only if it is still running at a write (or reports
     progress): a message that starts and ends between two writes costs one record, not two."""
 
-    __slots__ = ("message_id", "attempt", "reenqueued", "recorded", "started_at", "message", "_jobs")
+    __slots__ = ("message_id", "attempt", "reenqueued", "recorded", "started_at", "base", "message", "_jobs")
 
-    def __init__(self, jobs: Jobs, message: Message, attempt: int, started_at: int) -> None:
+    def __init__(self, jobs: Jobs, message: Message, attempt: int, started_at: int, base: int) -> None:
         self._jobs = jobs
         self.message = message
         self.message_id = message.message_id
         self.attempt = attempt
         self.started_at = started_at
+        self.base = base  # the ms this run's updates are ordered from: after what sent it again
         self.reenqueued = 0  # the order of its "retrying"/"delayed" when this run sent it again
         self.recorded = False
 
@@ -198,7 +208,7 @@ class Jobs(Middleware):
             for job in list(self._running.values()):  # a copy made under the GIL: threads add and pop
                 if not job.recorded:
                     job.recorded = True
-                    self._queue.append((job.message_id, job.started_at * 8 + 1, job.running_fields()))
+                    self._queue.append((job.message_id, job.base * 8 + 1, job.running_fields()))
             queue = self._queue
             while queue:
                 mid, order, fields = queue.popleft()
@@ -273,7 +283,10 @@ class Jobs(Middleware):
         started = self._enqueue_started
         if len(started) > 10_000:  # enqueues that raised never reach after_enqueue
             started.clear()
-        started[id(message)] = _ms()
+        now = started[id(message)] = _ms()
+        job = CURRENT_JOB.get()
+        if job is not None and job.message_id == message.message_id:
+            message.options[FLOOR_OPTION] = now
 
     def after_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
         started = self._enqueue_started.pop(id(message), None)
@@ -288,7 +301,13 @@ class Jobs(Middleware):
             retries = message.options.get("retries", 0)
             retry = isinstance(retries, int) and retries >= job.attempt
             status = (RETRYING if retry else DELAYED) if delay else QUEUED
-            self._put(mid, now * 8 + 3, {"status": status, "next_attempt_at": now + delay if delay else ""})
+            fields = {"status": status, "next_attempt_at": now + delay if delay else ""}
+            trace = message.options.get("traceback") if retry else None
+            if type(trace) is str and trace.strip():
+                # Dramatiq's Retries puts the failure's traceback on the retry: its last line is the
+                # error, written with the "retrying" so that a later attempt's never meets an older one.
+                fields["error"] = trace.strip().splitlines()[-1][:500]
+            self._put(mid, now * 8 + 3, fields)
             return
         fields = {"actor": message.actor_name, "queue": q_name(message.queue_name),
                   "status": DELAYED if delay else QUEUED, "enqueued_at": message.message_timestamp,
@@ -311,7 +330,10 @@ class Jobs(Middleware):
             self._cancel_skips.add(mid)
             raise SkipMessage("cancelled")
         retries = options.get("retries", 0)
-        job = _Job(self, raw, retries + 1 if type(retries) is int else 1, _ms())
+        now = _ms()
+        floor = options.get(FLOOR_OPTION)
+        base = floor + 1 if type(floor) is int and now <= floor < now + FLOOR_SLACK_MS else now
+        job = _Job(self, raw, retries + 1 if type(retries) is int else 1, now, base)
         CURRENT_JOB.set(job)
         self._running[id(job)] = job
 
@@ -326,8 +348,9 @@ class Jobs(Middleware):
             fraction = 0.0
         if not job.recorded:
             job.recorded = True
-            self._put(job.message_id, job.started_at * 8 + 1, job.running_fields())
-        self._put(job.message_id, _ms() * 8 + 2, {"progress": f"{fraction:.4f}", "note": str(note)[:200]})
+            self._put(job.message_id, job.base * 8 + 1, job.running_fields())
+        self._put(job.message_id, max(_ms(), job.base) * 8 + 2,
+                  {"progress": f"{fraction:.4f}", "note": str(note)[:200]})
 
     def _end(self, mid: str) -> _Job | None:
         job = CURRENT_JOB.get()
@@ -351,7 +374,7 @@ class Jobs(Middleware):
         never saw it; what after_enqueue wrote for the next attempt comes after it."""
         fields = self._unseen(job)
         if fields:
-            self._put(job.message_id, job.started_at * 8 + 1, fields)  # type: ignore[union-attr]
+            self._put(job.message_id, job.base * 8 + 1, fields)  # type: ignore[union-attr]
 
     def after_process_message(self, broker: Broker, message: Message, *, result=None, exception=None) -> None:
         raw = unwrap(message)
@@ -361,13 +384,22 @@ class Jobs(Middleware):
         if "dead_letter" in options:
             return
         if exception is not None and not message.failed and not isinstance(exception, Cancelled) \
-                and job is not None and job.reenqueued:
-            # Sent again (a retry): its "retrying" and the next attempt's time came from
-            # after_enqueue; the error belongs to that moment, before the next attempt's "running".
-            self._ran(job)
-            self._put(mid, job.reenqueued, {"error": _error(exception)})
-            return
+                and job is not None:
+            retries = options.get("retries", 0)
+            if job.reenqueued:
+                # Sent again (a retry): its "retrying", the next attempt's time and the error came
+                # from after_enqueue; this is at their order, before the next attempt's "running".
+                self._ran(job)
+                self._put(mid, job.reenqueued, {"error": _error(exception)})
+                return
+            if type(retries) is int and retries >= job.attempt:
+                # A retry whose enqueue raised but which reached the broker and started
+                # (ClassifiedRetries found its claim): that run carries the record on.
+                self._ran(job)
+                self._put(mid, job.base * 8 + 1, {"error": _error(exception)})
+                return
         now = _ms()
+        order = max(now, job.base) * 8 + 4 if job is not None else now * 8 + 4
         fields = self._unseen(job)
         fields["finished_at"] = now
         if exception is None:
@@ -379,7 +411,7 @@ class Jobs(Middleware):
                           dead_letter_id=options.get("dead_letter_id"))
         else:
             fields.update(status=FAILED, reason="not_retried", error=_error(exception))
-        self._put(mid, now * 8 + 4, fields)
+        self._put(mid, order, fields)
 
     def after_skip_message(self, broker: Broker, message: Message) -> None:
         raw = unwrap(message)
@@ -400,12 +432,13 @@ class Jobs(Middleware):
         if job is not None and job.reenqueued:
             self._ran(job)  # parked: it runs later, as its record says
             return
+        order = max(now, job.base) * 8 + 4 if job is not None else now * 8 + 4
         fields = self._unseen(job)
         fields["finished_at"] = now
         if message.failed:
             fields.update(status=FAILED, reason=options.get("failed_because") or "failed",
                           dead_letter_id=options.get("dead_letter_id"))
-            self._put(mid, now * 8 + 4, fields)
+            self._put(mid, order, fields)
             return
         actor_options = broker.get_actor(raw.actor_name).options if raw.actor_name in broker.actors else {}
         deduped = self._dedup and ("dedup_key" in options or "dedup_key" in actor_options)
@@ -413,4 +446,4 @@ class Jobs(Middleware):
         reason = ("duplicate or circuit_open" if deduped and guarded else "duplicate" if deduped
                   else "circuit_open" if guarded else "skipped")
         fields.update(status=SKIPPED, reason=reason)
-        self._put(mid, now * 8 + 4, fields)
+        self._put(mid, order, fields)

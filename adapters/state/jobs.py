@@ -114,6 +114,12 @@ def _encode(updates: Sequence[tuple[str, int, dict[str, Any]]]) -> bytes:
     return json.dumps(updates, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8", "replace")
 
 
+def _script_failed(exc: redis.ResponseError) -> bool:
+    """Whether the script itself failed on its input, not Redis refusing to run it (READONLY, OOM,
+    BUSY, MISCONF, NOPERM: every call fails alike until Redis takes writes again)."""
+    return str(exc).startswith("user_script:") or "Error running script" in str(exc)
+
+
 def _strings(fields: dict[str, Any]) -> dict[str, str]:
     return {name: str(value) for name, value in fields.items() if value is not None}
 
@@ -141,16 +147,20 @@ class RedisJobStore:
             chunk = updates[start:start + CHUNK]
             try:
                 self._write(keys=keys, args=[now, self.retention_ms, prefix, _encode(chunk)])
-            except redis.ResponseError:
+            except redis.ResponseError as exc:
+                if not _script_failed(exc):
+                    raise  # Redis refuses every write for now (READONLY, OOM, BUSY...): kept for the next
                 # One update the script cannot take (an id that is not text, from a producer that
                 # is not ours) must not fail the others, nor every write after this one (a failed
-                # write is tried again): each alone, and the one that fails is dropped.
+                # write is tried again): each alone, and the one the script fails on is dropped.
                 for update in chunk:
                     try:
                         self._write(keys=keys, args=[now, self.retention_ms, prefix, _encode([update])])
-                    except redis.ResponseError:
-                        logger.warning("Job record of message %r dropped: Redis refused it.", update[0],
-                                       exc_info=True)
+                    except redis.ResponseError as one:
+                        if not _script_failed(one):
+                            raise
+                        logger.warning("Job record of message %r dropped: the store's script failed on it (%s).",
+                                       update[0], one)
 
     def get(self, message_id: str) -> dict[str, str] | None:
         raw = self.client.hgetall(self._key(message_id))

@@ -455,7 +455,8 @@ def test_a_retry_that_starts_in_the_millisecond_of_its_re_enqueue_is_recorded_as
     del moved.options["eta"]
     consumer.run(jobs.before_enqueue, None, moved, None)
     consumer.run(jobs.after_enqueue, None, moved, None)
-    second = dramatiq.Message(queue_name="q", actor_name="a", args=(), kwargs={}, options={"retries": 1},
+    # What the worker takes is the retry as sent: its options (retries, the order floor) travel with it.
+    second = dramatiq.Message(queue_name="q", actor_name="a", args=(), kwargs={}, options=dict(moved.options),
                               message_id=first.message_id)
     two.run(jobs.before_process_message, None, MessageProxy(second))
     started = clock[0]
@@ -526,6 +527,8 @@ def test_a_failed_attempts_error_is_not_lost_to_an_earlier_attempts_when_the_nex
 
     def fail_and_retry(ctx: contextvars.Context, message: dramatiq.Message, error: str, *, hooks_end: bool) -> None:
         message.options["retries"] += 1
+        # As Dramatiq's Retries does before it sends the retry (retries.py: options["traceback"]).
+        message.options["traceback"] = f"Traceback (most recent call last):\n  ...\nRuntimeError: {error}\n"
         retry = message.copy(queue_name="q.DQ", options={"eta": int(time.time() * 1000) + 1})
         ctx.run(jobs.before_enqueue, None, retry, 1)
         ctx.run(jobs.after_enqueue, None, retry, 1)
@@ -554,3 +557,21 @@ def test_a_failed_attempts_error_is_not_lost_to_an_earlier_attempts_when_the_nex
     record = store.get(mid)
     assert record["status"] == "running" and record["attempts"] == "3"
     assert "second failure" in record["error"], record["error"]
+
+
+@pytest.mark.parametrize("floor", [10**15, "soon", -5, None])
+def test_a_producers_order_floor_far_ahead_or_not_a_number_is_ignored(floor: Any) -> None:
+    from dramatiq.broker import MessageProxy
+
+    from middleware.jobs import FLOOR_OPTION
+
+    store = InMemoryJobStore()
+    jobs = Jobs(lambda: store, flush_interval=3600)
+    message = dramatiq.Message(queue_name="q", actor_name="a", args=(), kwargs={}, options={FLOOR_OPTION: floor})
+    before = int(time.time() * 1000)
+    jobs.before_process_message(None, MessageProxy(message))
+    jobs.after_process_message(None, MessageProxy(message))
+    jobs.flush()
+    record = store.get(message.message_id)
+    assert record["status"] == "done" and int(record["order"]) < (int(time.time() * 1000) + 1) * 8
+    assert int(record["order"]) >= before * 8
