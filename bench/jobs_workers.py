@@ -111,9 +111,11 @@ def main() -> None:
         state.close()
     print(f"`dramatiq bench.latency_worker` (atelier's actors), default options ({os.cpu_count()} processes x 8 "
           f"threads), {n} messages per run, {rounds} rounds, dedup off; rate between the 10th and 90th percent")
-    print(f"{'broker':<9} {'jobs off msg/s':>15} {'jobs on msg/s':>14} {'ratio':>6} {'control':>8}   runs (off / on)")
+    print(f"{'broker':<9} {'jobs off msg/s':>15} {'jobs on msg/s':>14} {'ratio':>6} {'control':>8}   "
+          "runs (off / on / control)")
     for kind, rates, ratio in rows:
-        runs = "  ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(rates["off"], rates["on"], strict=True))
+        runs = "  ".join(f"{a:.0f}/{b:.0f}/{c:.0f}"
+                         for a, b, c in zip(rates["off"], rates["on"], rates["control"], strict=True))
         print(f"{kind:<9} {statistics.median(rates['off']):15.0f} {statistics.median(rates['on']):14.0f} "
               f"{ratio['on']:6.2f} {ratio['control']:8.2f}   {runs}")
     print("msg/s: median over rounds; ratio, control: median over rounds of the side over jobs off in the same round")
