@@ -25,6 +25,25 @@ FINAL = frozenset({DONE, FAILED, SKIPPED, CANCELLED})
 #: Statuses in which a cancel takes effect at once: the message has not started.
 WAITING = frozenset({QUEUED, DELAYED, RETRYING})
 
+def fold(record: dict[str, Any], current: int | None, order: int, fields: dict[str, Any]) -> int | None:
+    """Apply one update (``order``, ``fields``) to ``record`` whose order is ``current`` (None: new),
+    by the rules every JobStore keeps: an older update only fills what is missing; a finished status
+    never goes back to waiting; a redelivery of a message that ended (its running, its skip as a
+    duplicate) leaves the record as it ended (a failed one may run again: a replay). Returns the
+    record's order after, or None when the update is ignored."""
+    status, ended = fields.get("status"), record.get("status")
+    if (status == SKIPPED and ended in (DONE, FAILED)) or (status == RUNNING and ended == DONE):
+        return None
+    if current is not None and order < current:
+        for name, value in fields.items():
+            record.setdefault(name, value)
+        return current
+    if status in WAITING and ended in FINAL:
+        fields = {k: v for k, v in fields.items() if k != "status"}
+    record.update(fields)
+    return order
+
+
 _TIMES = ("enqueued_at", "started_at", "finished_at", "next_attempt_at", "cancel_requested_at", "updated_at")
 
 

@@ -18,7 +18,7 @@ from dramatiq.middleware import Middleware, SkipMessage
 
 from brokers.messages import unwrap
 from domain.errors import Cancelled
-from domain.jobs import CANCELLED, DELAYED, DONE, FAILED, FINAL, QUEUED, RETRYING, RUNNING, SKIPPED, WAITING
+from domain.jobs import CANCELLED, DELAYED, DONE, FAILED, QUEUED, RETRYING, RUNNING, SKIPPED, fold
 from domain.ports import JobStore
 from runtime.jobs import CURRENT_JOB
 
@@ -76,6 +76,10 @@ class _Job:
     def report(self, fraction: float, note: str) -> None:
         self._jobs.progress(self, fraction, note)
 
+    def order(self, ms: int, phase: int) -> int:
+        """An update's order in this run: never before what sent it again."""
+        return max(ms, self.base) * 8 + phase
+
     def running_fields(self) -> dict[str, Any]:
         message = self.message
         fields = {"actor": message.actor_name, "queue": self._jobs.queue_of(message.queue_name), "status": RUNNING,
@@ -84,23 +88,6 @@ class _Job:
         if self.attempt > 1:  # what the previous attempt left
             fields.update(finished_at="", next_attempt_at="", progress="", note="")
         return fields
-
-
-def merge(entry: list[Any], order: int, fields: dict[str, Any]) -> None:
-    """Fold an update into ``entry`` ([order, fields]) by the JobStore's rules: an older update only
-    fills what is missing; a finished status never goes back to waiting; a redelivery of a message
-    that finished (its running, its skip as a duplicate) leaves the record as it ended."""
-    status, current = fields.get("status"), entry[1].get("status")
-    if (status == SKIPPED and current in (DONE, FAILED)) or (status == RUNNING and current == DONE):
-        return
-    if order < entry[0]:
-        for name, value in fields.items():
-            entry[1].setdefault(name, value)
-        return
-    entry[0] = order
-    if status in WAITING and current in FINAL:
-        fields = {k: v for k, v in fields.items() if k != "status"}
-    entry[1].update(fields)
 
 
 class Jobs(Middleware):
@@ -206,9 +193,7 @@ class Jobs(Middleware):
         with self._flush_lock:
             pending, self._unsent = self._unsent, {}
             for job in list(self._running.values()):  # a copy made under the GIL: threads add and pop
-                if not job.recorded:
-                    job.recorded = True
-                    self._queue.append((job.message_id, job.base * 8 + 1, job.running_fields()))
+                self._ran(job)
             queue = self._queue
             while queue:
                 mid, order, fields = queue.popleft()
@@ -216,7 +201,9 @@ class Jobs(Middleware):
                 if entry is None:
                     pending[mid] = [order, fields]
                 else:
-                    merge(entry, order, fields)
+                    after = fold(entry[1], entry[0], order, fields)
+                    if after is not None:
+                        entry[0] = after
             if not pending:
                 return
             try:
@@ -346,11 +333,8 @@ class Jobs(Middleware):
             fraction = 0.0
         if fraction != fraction:  # NaN passes the clamp, and is not JSON
             fraction = 0.0
-        if not job.recorded:
-            job.recorded = True
-            self._put(job.message_id, job.base * 8 + 1, job.running_fields())
-        self._put(job.message_id, max(_ms(), job.base) * 8 + 2,
-                  {"progress": f"{fraction:.4f}", "note": str(note)[:200]})
+        self._ran(job)
+        self._put(job.message_id, job.order(_ms(), 2), {"progress": f"{fraction:.4f}", "note": str(note)[:200]})
 
     def _end(self, mid: str) -> _Job | None:
         job = CURRENT_JOB.get()
@@ -369,12 +353,13 @@ class Jobs(Middleware):
         job.recorded = True
         return job.running_fields()
 
-    def _ran(self, job: _Job | None) -> None:
-        """For a run sent again (a retry, a park): its "running", at its start's order, if the writer
-        never saw it; what after_enqueue wrote for the next attempt comes after it."""
+    def _ran(self, job: _Job) -> None:
+        """The run's "running", at its start's order, unless written already: by the writer for a
+        run still going, before a progress, or apart for a run sent again (a retry, a park), whose
+        next attempt's updates come after it."""
         fields = self._unseen(job)
         if fields:
-            self._put(job.message_id, job.base * 8 + 1, fields)  # type: ignore[union-attr]
+            self._put(job.message_id, job.base * 8 + 1, fields)
 
     def after_process_message(self, broker: Broker, message: Message, *, result=None, exception=None) -> None:
         raw = unwrap(message)
@@ -399,7 +384,7 @@ class Jobs(Middleware):
                 self._put(mid, job.base * 8 + 1, {"error": _error(exception)})
                 return
         now = _ms()
-        order = max(now, job.base) * 8 + 4 if job is not None else now * 8 + 4
+        order = job.order(now, 4) if job is not None else now * 8 + 4
         fields = self._unseen(job)
         fields["finished_at"] = now
         if exception is None:
@@ -432,7 +417,7 @@ class Jobs(Middleware):
         if job is not None and job.reenqueued:
             self._ran(job)  # parked: it runs later, as its record says
             return
-        order = max(now, job.base) * 8 + 4 if job is not None else now * 8 + 4
+        order = job.order(now, 4) if job is not None else now * 8 + 4
         fields = self._unseen(job)
         fields["finished_at"] = now
         if message.failed:

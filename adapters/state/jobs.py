@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from domain.jobs import CANCELLED, FINAL, WAITING
+from domain.jobs import CANCELLED, FINAL, WAITING, fold
 
 logger = logging.getLogger(__name__)
 
@@ -250,23 +250,12 @@ class InMemoryJobStore:
         now = _ms()
         with self._lock:
             for mid, order, given in updates:
-                fields = _strings(given)
                 record = self._jobs.setdefault(mid, {})
                 current = record.get("order")
-                # A redelivery of a message that finished (run again, or skipped as a duplicate):
-                # the record keeps how it ended. A failed one may run again: a replay.
-                status, ended = fields.get("status"), record.get("status")
-                if (status == "skipped" and ended in ("done", "failed")) or (status == "running" and ended == "done"):
+                after = fold(record, None if current is None else int(current), order, _strings(given))
+                if after is None:
                     continue
-                if current is None or order >= int(current):
-                    for name, value in fields.items():
-                        if name == "status" and value in WAITING and record.get("status") in FINAL:
-                            continue
-                        record[name] = value
-                    record["order"] = str(order)
-                else:
-                    for name, value in fields.items():
-                        record.setdefault(name, value)
+                record["order"] = str(after)
                 self._touched.pop(mid, None)
                 self._touched[mid] = now
             self._expire(now)
