@@ -119,6 +119,14 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
     bytes, the id, the queue, the decode error): the worker rejects it at once, which removes it
     from the ack set, and the rest of the fetch is handed on. Maintenance (dead workers' ack sets
     back to the queue) rides on fetches, at least every ``broker.maintenance_interval`` ms.
+
+    Orphans. Dramatiq's consumer thread replaces its consumer after an error, and what it held
+    then can be left in this process's ack set with nobody holding it: the ids of a fetch whose
+    reply the dropped connection lost, the delayed messages it drops on a ConnectionError, one
+    whose move to its queue failed, a put-back that failed in ``close``. The heartbeat of the
+    process lives on, so maintenance never returns them. The broker keeps the ids its consumers
+    hold (fetched, or handed to a worker thread and not settled); a consumer that replaces another
+    puts back, before its first fetch, every id of its ack set that nobody holds.
     """
 
     #: When the queue had more than the consumer could take, it fetches again once this share of
@@ -138,6 +146,8 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
         self._want_room = 0  # while waiting for room: how much frees it (0: not waiting for room)
         self._idle_wait = min(timeout, broker.heartbeat_timeout / 3) / 1000
         self._next_maintenance = 0.0  # the first fetch runs it: a restart recovers dead workers' acks
+        self._held = broker.held_ids(queue_name)
+        self._orphans_possible = broker.consumer_started(queue_name)
         self._wake = threading.Event()
         self._channel = broker.wake_channel(queue_name)
         broker.wakeups.register(self._channel, self._wake)
@@ -152,7 +162,10 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
             # delayed message until this eta, and moves it when next() returns after it.
             eta = message.options.get("eta")
             if isinstance(eta, int) and not isinstance(eta, bool):
-                heapq.heappush(self._etas, (eta, next(self._handed), message.options.get("redis_message_id")))
+                rid = message.options.get("redis_message_id")
+                heapq.heappush(self._etas, (eta, next(self._handed), rid))
+                # The consumer thread holds it in memory, and drops it with this consumer.
+                self._held.discard(self._redis_key(rid))
         return message
 
     def _receive(self) -> Any:
@@ -203,34 +216,31 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
         if maintenance:
             self._next_maintenance = now + self.broker.maintenance_interval / 1000
         try:
-            if self.queue_name in self.broker.dropped_delays:
-                self._restore_dropped_delays()
+            if self._orphans_possible:
+                self._return_orphans()
             pairs = self.broker.fetch(self.queue_name, count, maintenance=maintenance)
         except redis.ConnectionError as e:
-            if self.queue_name.endswith(".DQ"):
-                # Dramatiq's consumer thread answers a ConnectionClosed by dropping the delayed
-                # messages it holds (worker.py: delay_queue = PriorityQueue()); this process keeps
-                # beating its heartbeat, so nothing would ever give them back.
-                self.broker.dropped_delays.add(self.queue_name)
             raise ConnectionClosed(e) from None
         if count:
             self._backlog = len(pairs) >= count
         if not pairs:
             return None
+        self._held.update(rid if isinstance(rid, bytes) else str(rid).encode() for rid, _ in pairs)
         self.message_cache.extend(pairs[1:])
         return self._deliver(*pairs[0])
 
-    def _restore_dropped_delays(self) -> None:
-        """Back to the delay queue: every message this process's ack set holds for it. After a
-        dropped connection the consumer thread holds none of them any more (each delivery of a
-        delay queue waits in its memory until due, then is enqueued and acked)."""
+    def _return_orphans(self) -> None:
+        """Back to the queue: every id of this process's ack set for it that no consumer holds
+        (class docstring, Orphans). The requeue moves only ids still in the ack set, so one acked
+        meanwhile stays acked."""
+        held = self._held.copy()  # before reading the set: an id settled after it is not in it
         key = f"{self.broker.namespace}:__acks__.{self.broker.broker_id}.{self.queue_name}"
-        held = self.broker.client.smembers(key)
-        if held:
-            self.broker.do_requeue(self.queue_name, *held)
-            self.logger.warning("Returned %d delayed message(s) of %r dropped with the lost connection.",
-                                len(held), self.queue_name)
-        self.broker.dropped_delays.discard(self.queue_name)
+        orphans = [rid for rid in self.broker.client.smembers(key) if rid not in held]
+        if orphans:
+            self.broker.do_requeue(self.queue_name, *orphans)
+            self.logger.warning("Returned %d message(s) of %r that this process's ack set held and no consumer "
+                                "did (a lost fetch reply or a dropped connection).", len(orphans), self.queue_name)
+        self._orphans_possible = False
 
     def _deliver(self, redis_id: Any, body: Any) -> MessageProxy:
         """The delivery of ``body`` stored under ``redis_id``: its message, acked under that id, or
@@ -290,12 +300,19 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
         """What Redis knows the delivery by."""
         return self._raw_ids.get(redis_id, redis_id)
 
+    def _redis_key(self, redis_id: Any) -> bytes:
+        """What Redis knows the delivery by, as its ack set returns it."""
+        key = self._key(redis_id)
+        return key if isinstance(key, bytes) else str(key).encode()
+
     def ack(self, message) -> None:
         redis_id = message.options["redis_message_id"]
         try:
             self.broker.do_ack(self.queue_name, self._key(redis_id))
         except redis.ConnectionError as e:
-            raise ConnectionClosed(e) from None
+            raise ConnectionClosed(e) from None  # still held: Dramatiq retries the ack
+        else:
+            self._held.discard(self._redis_key(redis_id))
         finally:
             self._settled(redis_id)
 
@@ -305,6 +322,8 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
             self.broker.do_nack(self.queue_name, self._key(redis_id))
         except redis.ConnectionError as e:
             raise ConnectionClosed(e) from None
+        else:
+            self._held.discard(self._redis_key(redis_id))
         finally:
             self._settled(redis_id)
 
@@ -312,7 +331,10 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
         keys = [self._key(message.options["redis_message_id"]) for message in messages]
         if keys:
             self.logger.debug("Re-enqueueing %r on queue %r.", keys, self.queue_name)
-            self.broker.do_requeue(self.queue_name, *keys)
+            try:
+                self.broker.do_requeue(self.queue_name, *keys)
+            finally:  # put back, or left in the ack set for the next consumer to return
+                self._held.difference_update(k if isinstance(k, bytes) else k.encode() for k in keys)
 
     def close(self) -> None:
         """Stop waiting for wake-ups, and put back what was fetched but never handed to the
@@ -323,10 +345,11 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
         undelivered = [self._key(rid) for rid in handed] + [rid for rid, _ in self.message_cache]
         self._fetched.clear()
         self.message_cache.clear()
+        self._held.difference_update(k if isinstance(k, bytes) else str(k).encode() for k in undelivered)
         if undelivered:
             try:
                 self.broker.do_requeue(self.queue_name, *undelivered)
-            except redis.RedisError:  # RequeueUnfinished or the heartbeat timeout still return them
+            except redis.RedisError:  # the next consumer of the queue returns them (Orphans)
                 self.logger.warning("Could not put back %d fetched message(s) of %r.", len(undelivered),
                                     self.queue_name, exc_info=True)
         for rid in handed:

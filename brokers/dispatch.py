@@ -127,9 +127,9 @@ class AtelierRedisBroker(HookTable, RedisBroker):
         if maintenance_interval is None:
             maintenance_interval = min(5000, max(100, self.heartbeat_timeout // 4))
         self.maintenance_interval = maintenance_interval
-        #: Delay queues whose consumer lost its connection: Dramatiq's consumer thread then drops the
-        #: delayed messages it holds in memory, which stay in this process's ack set (consumers.py).
-        self.dropped_delays: set[str] = set()
+        #: Per queue, the ids of this process's ack set that a consumer holds (consumers.py, Orphans).
+        self._held: dict[str, set[bytes]] = {}
+        self._consumed: set[str] = set()
         self._enqueue_script = self.client.register_script(ENQUEUE)
         self._fetch_script = self.client.register_script(FETCH)
         self._wakeups: WakeupListener | None = None
@@ -138,6 +138,19 @@ class AtelierRedisBroker(HookTable, RedisBroker):
     @property
     def consumer_class(self) -> type[AtelierRedisConsumer]:
         return AtelierRedisConsumer
+
+    def held_ids(self, queue_name: str) -> set[bytes]:
+        """The ids of ``queue_name`` in this process's ack set that its consumers hold, shared by
+        a consumer and the one that replaces it (a worker thread acks through the newer one)."""
+        return self._held.setdefault(queue_name, set())
+
+    def consumer_started(self, queue_name: str) -> bool:
+        """Note a consumer of ``queue_name`` starting; whether one started before in this process
+        (Dramatiq's consumer thread replaces its consumer after an error)."""
+        with self._wakeups_lock:
+            replaced = queue_name in self._consumed
+            self._consumed.add(queue_name)
+        return replaced
 
     def wake_channel(self, queue_name: str) -> str:
         return wake_channel(self.namespace, queue_name)

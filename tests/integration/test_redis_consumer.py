@@ -499,3 +499,62 @@ def test_a_delay_admission_shortens_is_moved_at_its_new_eta(queue: Queue, monkey
     finally:
         worker.stop()
     assert 0.55 <= moved[0] < 0.8, moved
+
+
+def run_all(queue: Queue, broker: AtelierRedisBroker, n: int, *, delay: int | None = None,
+            timeout: float = 15) -> Counter[int]:
+    """Send ``n`` messages (with ``delay``), run a worker until each ran or ``timeout``; the runs."""
+    ran: Counter[int] = Counter()
+
+    @dramatiq.actor(broker=broker, queue_name=queue.name, actor_name=f"{queue.name}_job")
+    def job(i: int) -> None:
+        ran[i] += 1
+
+    for i in range(n):
+        job.send_with_options(args=(i,), delay=delay)
+    worker = start(broker, threads=2, timeout=200)
+    try:
+        services.wait_for(lambda: len(ran) == n and queue.unacked() == 0, timeout=timeout,
+                          message=f"all {n} run and acked")
+    finally:
+        worker.stop()
+    return ran
+
+
+def test_a_fetch_whose_reply_is_lost_gives_its_messages_back_while_the_worker_lives(queue: Queue) -> None:
+    # Redis ran the fetch (ids in this process's ack set, on disk with appendfsync always) and
+    # died before its reply: nothing in the process holds those ids, and its heartbeat lives on.
+    broker = queue.broker(middleware=[])
+    fetch = broker.fetch
+    lost: list[bytes] = []
+
+    def reply_lost(queue_name: str, count: int, **kwargs: Any) -> Any:
+        pairs = fetch(queue_name, count, **kwargs)
+        if pairs and not lost:
+            lost.extend(rid for rid, _ in pairs)
+            raise redis.ConnectionError("Connection closed by server.")
+        return pairs
+
+    broker.fetch = reply_lost  # type: ignore[method-assign]
+    ran = run_all(queue, broker, 10)
+    assert lost
+    assert set(ran.values()) == {1}
+
+
+def test_a_delayed_message_whose_move_fails_on_a_dropped_connection_comes_back(queue: Queue) -> None:
+    # The delay-queue consumer holds its messages in memory until due; the move to the queue
+    # meets a dropped connection, and the consumer thread starts over without them.
+    broker = queue.broker(middleware=[])
+    enqueue = broker.do_enqueue
+    failed: list[str] = []
+
+    def dropped(queue_name: str, message_id: str, data: bytes) -> None:
+        if queue_name == queue.name and not failed:
+            failed.append(message_id)
+            raise redis.ConnectionError("Connection closed by server.")
+        enqueue(queue_name, message_id, data)
+
+    broker.do_enqueue = dropped  # type: ignore[method-assign]
+    ran = run_all(queue, broker, 5, delay=100)
+    assert failed
+    assert set(ran.values()) == {1}
