@@ -28,23 +28,19 @@ logger = logging.getLogger(__name__)
 CHUNK = 50
 
 # KEYS[1] index; ARGV[1] now, ARGV[2] retention ms, ARGV[3] the job hashes' key prefix, ARGV[4] the
-# updates as one JSON array of [message id, order, {field: value}]. One argument for the whole
-# chunk: redis-py packs each argument in Python, and the hot path pays for every one. The hashes'
-# keys are made here from the prefix (they cannot be declared: a chunk's ids are only in ARGV[4]),
-# which holds on a single Redis, the only kind atelier's state runs on.
+# updates as one JSON array of [message id, order, {field: value}], every order and value a string.
+# One argument for the whole chunk: redis-py packs each argument in Python, and the hot path pays
+# for every one. Strings because Redis, on the same cores as the workers, formatted numbers at
+# about a third of the script's time (bench/README.md). The hashes' keys are made here from the
+# prefix (they cannot be declared: a chunk's ids are only in ARGV[4]), which holds on a single
+# Redis, the only kind atelier's state runs on.
 _WRITE = r"""
 local now = tonumber(ARGV[1])
 local ret = tonumber(ARGV[2])
 local prefix = ARGV[3]
-local null = cjson.null
-local function text(v)
-  if type(v) == 'number' then return string.format('%.17g', v) end
-  if type(v) == 'table' then return cjson.encode(v) end
-  return type(v) == 'string' and v or tostring(v)
-end
 local index = {}
 for _, u in ipairs(cjson.decode(ARGV[4])) do
-  local id, order, fields = u[1], u[2], u[3]
+  local id, order, fields = u[1], tonumber(u[2]), u[3]
   local key = prefix .. id
   local cur = redis.call('HMGET', key, 'order', 'status')
   local st = cur[2]
@@ -60,19 +56,15 @@ for _, u in ipairs(cjson.decode(ARGV[4])) do
          (st == 'done' or st == 'failed' or st == 'skipped' or st == 'cancelled') then
         fields.status = nil
       end
-      local sets = {'order', text(order)}
+      local sets = {'order', u[2]}
       for f, v in pairs(fields) do
-        if v ~= null then
-          sets[#sets + 1] = f
-          sets[#sets + 1] = text(v)
-        end
+        sets[#sets + 1] = f
+        sets[#sets + 1] = v
       end
       redis.call('HSET', key, unpack(sets))
     else
       for f, v in pairs(fields) do
-        if v ~= null then
-          redis.call('HSETNX', key, f, text(v))
-        end
+        redis.call('HSETNX', key, f, v)
       end
     end
   end
@@ -109,9 +101,12 @@ def _ms() -> int:
 
 
 def _encode(updates: Sequence[tuple[str, int, dict[str, Any]]]) -> bytes:
-    """Updates as one JSON argument. Text Redis cannot take (a lone surrogate, from an exception's
-    text or a producer's message id) is replaced, not allowed to fail the write."""
-    return json.dumps(updates, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8", "replace")
+    """Updates as one JSON argument, each order and value as its text (what the in-memory store
+    keeps too), None left out. Text Redis cannot take (a lone surrogate, from an exception's text
+    or a producer's message id) is replaced, not allowed to fail the write."""
+    return json.dumps([(mid if type(mid) is str else str(mid), str(order), _strings(fields))
+                       for mid, order, fields in updates],
+                      ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
 
 
 def _script_failed(exc: redis.ResponseError) -> bool:
@@ -120,8 +115,18 @@ def _script_failed(exc: redis.ResponseError) -> bool:
     return str(exc).startswith("user_script:") or "Error running script" in str(exc)
 
 
+def _value_text(value: Any) -> str:
+    """A record's value as its text, as JSON writes it: true, 0.5, {"trace": "abc"}."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
 def _strings(fields: dict[str, Any]) -> dict[str, str]:
-    return {name: str(value) for name, value in fields.items() if value is not None}
+    return {name: value if type(value) is str else _value_text(value)
+            for name, value in fields.items() if value is not None}
 
 
 class RedisJobStore:
