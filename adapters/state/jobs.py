@@ -125,8 +125,16 @@ def _value_text(value: Any) -> str:
 
 
 def _strings(fields: dict[str, Any]) -> dict[str, str]:
-    return {name: value if type(value) is str else _value_text(value)
-            for name, value in fields.items() if value is not None}
+    out = {}
+    for name, value in fields.items():  # a loop: the writer runs it per update, on the workers' GIL
+        kind = type(value)
+        if kind is str:
+            out[name] = value
+        elif kind is int:
+            out[name] = str(value)
+        elif value is not None:
+            out[name] = _value_text(value)
+    return out
 
 
 class RedisJobStore:
