@@ -558,3 +558,47 @@ def test_a_delayed_message_whose_move_fails_on_a_dropped_connection_comes_back(q
     ran = run_all(queue, broker, 5, delay=100)
     assert failed
     assert set(ran.values()) == {1}
+
+
+def test_a_delay_queue_consumer_survives_a_dropped_connection_that_also_fails_its_put_back(queue: Queue) -> None:
+    # The move of a due delayed message meets a dropped connection: RedisBroker.enqueue raises
+    # redis.ConnectionError (not Dramatiq's), so the consumer thread takes its except-Exception
+    # path and closes, putting back the delayed messages it holds in memory, through the same
+    # dropped connection. Redis is back half a second later: both messages must still run once.
+    broker = queue.broker(middleware=[])
+    down_until = [0.0]
+
+    def outage(method: Any) -> Any:
+        def call(queue_name: str, *args: Any, **kwargs: Any) -> Any:
+            if time.monotonic() < down_until[0]:
+                raise redis.ConnectionError("Connection closed by server.")
+            return method(queue_name, *args, **kwargs)
+        return call
+
+    enqueue = broker.do_enqueue
+
+    def move_drops(queue_name: str, message_id: str, data: bytes) -> None:
+        if queue_name == queue.name and not down_until[0]:
+            down_until[0] = time.monotonic() + 0.5
+        outage(enqueue)(queue_name, message_id, data)
+
+    broker.do_enqueue = move_drops  # type: ignore[method-assign]
+    broker.do_requeue = outage(broker.do_requeue)  # type: ignore[method-assign]
+    broker.fetch = outage(broker.fetch)  # type: ignore[method-assign]
+    ran: Counter[int] = Counter()
+
+    @dramatiq.actor(broker=broker, queue_name=queue.name, actor_name=f"{queue.name}_job")
+    def job(i: int) -> None:
+        ran[i] += 1
+
+    job.send_with_options(args=(1,), delay=300)
+    job.send_with_options(args=(2,), delay=1500)  # still held in memory when the first one moves
+    worker = start(broker, threads=2, timeout=200)
+    try:
+        services.wait_for(lambda: len(ran) == 2 and queue.unacked() == 0, timeout=10,
+                          message="both delayed messages run and acked")
+        assert all(t.is_alive() for t in worker.consumers.values())
+    finally:
+        worker.stop()
+    assert down_until[0]
+    assert ran == Counter({1: 1, 2: 1})
