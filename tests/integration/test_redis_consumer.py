@@ -602,3 +602,30 @@ def test_a_delay_queue_consumer_survives_a_dropped_connection_that_also_fails_it
         worker.stop()
     assert down_until[0]
     assert ran == Counter({1: 1, 2: 1})
+
+
+def test_a_nack_retried_after_a_dropped_connection_still_rejects_an_id_that_is_not_utf8(queue: Queue) -> None:
+    # The carrier of a non-UTF-8 id is nacked under the id's raw bytes; the first nack meets a
+    # dropped connection and Dramatiq retries it. The retry must still name the raw bytes.
+    broker = queue.broker(middleware=[])
+    actor = f"{queue.name}_job"
+    dramatiq.actor(lambda i: None, broker=broker, queue_name=queue.name, actor_name=actor)
+    nack = broker.do_nack
+    dropped: list[Any] = []
+
+    def drops_once(queue_name: str, message_id: Any) -> Any:
+        if not dropped:
+            dropped.append(message_id)
+            raise redis.ConnectionError("Connection closed by server.")
+        return nack(queue_name, message_id)
+
+    broker.do_nack = drops_once  # type: ignore[method-assign]
+    write_raw(queue.client, queue.name, {b"\xff\xfeid": good_body(queue.name, actor, 1)})
+    worker = start(broker, threads=2, timeout=200)
+    try:
+        services.wait_for(lambda: dropped and queue.unacked() == 0, timeout=9,
+                          message="the carrier rejected out of the ack set")
+    finally:
+        worker.stop()
+    assert dropped == [b"\xff\xfeid"]
+    assert queue.client.zrange(f"dramatiq:{queue.name}.XQ", 0, -1) == [b"\xff\xfeid"]
