@@ -629,3 +629,67 @@ def test_a_nack_retried_after_a_dropped_connection_still_rejects_an_id_that_is_n
         worker.stop()
     assert dropped == [b"\xff\xfeid"]
     assert queue.client.zrange(f"dramatiq:{queue.name}.XQ", 0, -1) == [b"\xff\xfeid"]
+
+
+def run_and_linger(queue: Queue, broker: AtelierRedisBroker, n: int, *, delay: int | None = None,
+                   timeout: float = 8, linger: float = 1.5) -> Counter[int]:
+    """As run_all, then keeps the worker running ``linger`` seconds more: a message that would run
+    a second time has the time to."""
+    ran: Counter[int] = Counter()
+
+    @dramatiq.actor(broker=broker, queue_name=queue.name, actor_name=f"{queue.name}_job")
+    def job(i: int) -> None:
+        ran[i] += 1
+
+    for i in range(n):
+        job.send_with_options(args=(i,), delay=delay)
+    worker = start(broker, threads=2, timeout=200)
+    try:
+        services.wait_for(lambda: len(ran) == n and queue.unacked() == 0, timeout=timeout,
+                          message=f"all {n} run and acked")
+        time.sleep(linger)  # a second run, had a message been put back after it ran
+    finally:
+        worker.stop()
+    return ran
+
+
+def refuse_first_ack(broker: AtelierRedisBroker, queue_name: str) -> list[str]:
+    """Redis refuses the first ack on ``queue_name`` (READONLY: a replica during a failover), and
+    the fetch after it on that queue meets a dropped connection, so the consumer is replaced; the
+    ids whose ack was refused."""
+    ack, fetch = broker.do_ack, broker.fetch
+    refused: list[str] = []
+    dropped: list[bool] = []
+
+    def readonly_once(name: str, message_id: Any) -> Any:
+        if name == queue_name and not refused:
+            refused.append(message_id)
+            raise redis.ReadOnlyError("You can't write against a read only replica.")
+        return ack(name, message_id)
+
+    def drop_after(name: str, count: int, **kwargs: Any) -> Any:
+        if name == queue_name and refused and not dropped:
+            dropped.append(True)
+            raise redis.ConnectionError("Connection closed by server.")
+        return fetch(name, count, **kwargs)
+
+    broker.do_ack = readonly_once  # type: ignore[method-assign]
+    broker.fetch = drop_after  # type: ignore[method-assign]
+    return refused
+
+
+def test_an_ack_redis_refuses_with_readonly_still_lands_and_its_message_runs_once(queue: Queue) -> None:
+    broker = queue.broker(middleware=[])
+    refused = refuse_first_ack(broker, queue.name)
+    ran = run_all(queue, broker, 3, timeout=8)
+    assert refused
+    assert set(ran.values()) == {1}
+
+
+def test_a_delayed_message_whose_ack_after_its_move_redis_refuses_runs_once(queue: Queue) -> None:
+    broker = queue.broker(middleware=[])
+    refused = refuse_first_ack(broker, f"{queue.name}.DQ")
+    ran = run_and_linger(queue, broker, 1, delay=200)
+    assert refused
+    assert ran == Counter({0: 1})
+
