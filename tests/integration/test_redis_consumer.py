@@ -693,3 +693,22 @@ def test_a_delayed_message_whose_ack_after_its_move_redis_refuses_runs_once(queu
     assert refused
     assert ran == Counter({0: 1})
 
+
+def test_a_delayed_message_whose_move_ran_but_lost_its_reply_runs_once(queue: Queue) -> None:
+    # Redis ran the move of a due delayed message to its queue (on disk with appendfsync always)
+    # and the connection dropped before the reply, as with the fetch whose reply is lost: the
+    # message is on its queue, and its delay-queue id is still in this process's ack set.
+    broker = queue.broker(middleware=[])
+    enqueue = broker.do_enqueue
+    lost: list[str] = []
+
+    def reply_lost(queue_name: str, message_id: str, data: bytes) -> None:
+        enqueue(queue_name, message_id, data)
+        if queue_name == queue.name and not lost:
+            lost.append(message_id)
+            raise redis.ConnectionError("Connection closed by server.")
+
+    broker.do_enqueue = reply_lost  # type: ignore[method-assign]
+    ran = run_and_linger(queue, broker, 1, delay=100)
+    assert lost
+    assert ran == Counter({0: 1})
