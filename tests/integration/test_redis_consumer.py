@@ -558,3 +558,157 @@ def test_a_delayed_message_whose_move_fails_on_a_dropped_connection_comes_back(q
     ran = run_all(queue, broker, 5, delay=100)
     assert failed
     assert set(ran.values()) == {1}
+
+
+def test_a_delay_queue_consumer_survives_a_dropped_connection_that_also_fails_its_put_back(queue: Queue) -> None:
+    # The move of a due delayed message meets a dropped connection: RedisBroker.enqueue raises
+    # redis.ConnectionError (not Dramatiq's), so the consumer thread takes its except-Exception
+    # path and closes, putting back the delayed messages it holds in memory, through the same
+    # dropped connection. Redis is back half a second later: both messages must still run once.
+    broker = queue.broker(middleware=[])
+    down_until = [0.0]
+
+    def outage(method: Any) -> Any:
+        def call(queue_name: str, *args: Any, **kwargs: Any) -> Any:
+            if time.monotonic() < down_until[0]:
+                raise redis.ConnectionError("Connection closed by server.")
+            return method(queue_name, *args, **kwargs)
+        return call
+
+    enqueue = broker.do_enqueue
+
+    def move_drops(queue_name: str, message_id: str, data: bytes) -> None:
+        if queue_name == queue.name and not down_until[0]:
+            down_until[0] = time.monotonic() + 0.5
+        outage(enqueue)(queue_name, message_id, data)
+
+    broker.do_enqueue = move_drops  # type: ignore[method-assign]
+    broker.do_requeue = outage(broker.do_requeue)  # type: ignore[method-assign]
+    broker.fetch = outage(broker.fetch)  # type: ignore[method-assign]
+    ran: Counter[int] = Counter()
+
+    @dramatiq.actor(broker=broker, queue_name=queue.name, actor_name=f"{queue.name}_job")
+    def job(i: int) -> None:
+        ran[i] += 1
+
+    job.send_with_options(args=(1,), delay=300)
+    job.send_with_options(args=(2,), delay=1500)  # still held in memory when the first one moves
+    worker = start(broker, threads=2, timeout=200)
+    try:
+        services.wait_for(lambda: len(ran) == 2 and queue.unacked() == 0, timeout=10,
+                          message="both delayed messages run and acked")
+        assert all(t.is_alive() for t in worker.consumers.values())
+    finally:
+        worker.stop()
+    assert down_until[0]
+    assert ran == Counter({1: 1, 2: 1})
+
+
+def test_a_nack_retried_after_a_dropped_connection_still_rejects_an_id_that_is_not_utf8(queue: Queue) -> None:
+    # The carrier of a non-UTF-8 id is nacked under the id's raw bytes; the first nack meets a
+    # dropped connection and Dramatiq retries it. The retry must still name the raw bytes.
+    broker = queue.broker(middleware=[])
+    actor = f"{queue.name}_job"
+    dramatiq.actor(lambda i: None, broker=broker, queue_name=queue.name, actor_name=actor)
+    nack = broker.do_nack
+    dropped: list[Any] = []
+
+    def drops_once(queue_name: str, message_id: Any) -> Any:
+        if not dropped:
+            dropped.append(message_id)
+            raise redis.ConnectionError("Connection closed by server.")
+        return nack(queue_name, message_id)
+
+    broker.do_nack = drops_once  # type: ignore[method-assign]
+    write_raw(queue.client, queue.name, {b"\xff\xfeid": good_body(queue.name, actor, 1)})
+    worker = start(broker, threads=2, timeout=200)
+    try:
+        services.wait_for(lambda: dropped and queue.unacked() == 0, timeout=9,
+                          message="the carrier rejected out of the ack set")
+    finally:
+        worker.stop()
+    assert dropped == [b"\xff\xfeid"]
+    assert queue.client.zrange(f"dramatiq:{queue.name}.XQ", 0, -1) == [b"\xff\xfeid"]
+
+
+def run_and_linger(queue: Queue, broker: AtelierRedisBroker, n: int, *, delay: int | None = None,
+                   timeout: float = 8, linger: float = 1.5) -> Counter[int]:
+    """As run_all, then keeps the worker running ``linger`` seconds more: a message that would run
+    a second time has the time to."""
+    ran: Counter[int] = Counter()
+
+    @dramatiq.actor(broker=broker, queue_name=queue.name, actor_name=f"{queue.name}_job")
+    def job(i: int) -> None:
+        ran[i] += 1
+
+    for i in range(n):
+        job.send_with_options(args=(i,), delay=delay)
+    worker = start(broker, threads=2, timeout=200)
+    try:
+        services.wait_for(lambda: len(ran) == n and queue.unacked() == 0, timeout=timeout,
+                          message=f"all {n} run and acked")
+        time.sleep(linger)  # a second run, had a message been put back after it ran
+    finally:
+        worker.stop()
+    return ran
+
+
+def refuse_first_ack(broker: AtelierRedisBroker, queue_name: str) -> list[str]:
+    """Redis refuses the first ack on ``queue_name`` (READONLY: a replica during a failover), and
+    the fetch after it on that queue meets a dropped connection, so the consumer is replaced; the
+    ids whose ack was refused."""
+    ack, fetch = broker.do_ack, broker.fetch
+    refused: list[str] = []
+    dropped: list[bool] = []
+
+    def readonly_once(name: str, message_id: Any) -> Any:
+        if name == queue_name and not refused:
+            refused.append(message_id)
+            raise redis.ReadOnlyError("You can't write against a read only replica.")
+        return ack(name, message_id)
+
+    def drop_after(name: str, count: int, **kwargs: Any) -> Any:
+        if name == queue_name and refused and not dropped:
+            dropped.append(True)
+            raise redis.ConnectionError("Connection closed by server.")
+        return fetch(name, count, **kwargs)
+
+    broker.do_ack = readonly_once  # type: ignore[method-assign]
+    broker.fetch = drop_after  # type: ignore[method-assign]
+    return refused
+
+
+def test_an_ack_redis_refuses_with_readonly_still_lands_and_its_message_runs_once(queue: Queue) -> None:
+    broker = queue.broker(middleware=[])
+    refused = refuse_first_ack(broker, queue.name)
+    ran = run_all(queue, broker, 3, timeout=8)
+    assert refused
+    assert set(ran.values()) == {1}
+
+
+def test_a_delayed_message_whose_ack_after_its_move_redis_refuses_runs_once(queue: Queue) -> None:
+    broker = queue.broker(middleware=[])
+    refused = refuse_first_ack(broker, f"{queue.name}.DQ")
+    ran = run_and_linger(queue, broker, 1, delay=200)
+    assert refused
+    assert ran == Counter({0: 1})
+
+
+def test_a_delayed_message_whose_move_ran_but_lost_its_reply_runs_once(queue: Queue) -> None:
+    # Redis ran the move of a due delayed message to its queue (on disk with appendfsync always)
+    # and the connection dropped before the reply, as with the fetch whose reply is lost: the
+    # message is on its queue, and its delay-queue id is still in this process's ack set.
+    broker = queue.broker(middleware=[])
+    enqueue = broker.do_enqueue
+    lost: list[str] = []
+
+    def reply_lost(queue_name: str, message_id: str, data: bytes) -> None:
+        enqueue(queue_name, message_id, data)
+        if queue_name == queue.name and not lost:
+            lost.append(message_id)
+            raise redis.ConnectionError("Connection closed by server.")
+
+    broker.do_enqueue = reply_lost  # type: ignore[method-assign]
+    ran = run_and_linger(queue, broker, 1, delay=100)
+    assert lost
+    assert ran == Counter({0: 1})
