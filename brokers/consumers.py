@@ -35,6 +35,7 @@ import itertools
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from queue import Empty
 from typing import Any
 
@@ -49,6 +50,18 @@ from dramatiq.common import current_millis
 from dramatiq.errors import ConnectionClosed
 
 from brokers.admission import Junk, admit, carrier, decode, letter_for, undecodable_letter
+
+#: Error replies with which Redis refuses commands for a while (a failover, a long script, a load,
+#: memory): an ack or a requeue refused with one is tried again, as after a dropped connection.
+_REFUSALS = frozenset({"READONLY", "BUSY", "LOADING", "OOM", "MISCONF", "TRYAGAIN", "MASTERDOWN", "NOREPLICAS",
+                       "CLUSTERDOWN"})
+
+
+def redis_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` says Redis cannot be used for now, rather than that the command is wrong."""
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | redis.ReadOnlyError):
+        return True
+    return isinstance(exc, redis.ResponseError) and str(exc).split(" ", 1)[0] in _REFUSALS
 
 
 class FetchBatches:
@@ -140,13 +153,14 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
         self.queued_message_ids: set[str] = set()  # ids handed out and not settled (Dramatiq: message ids)
         self._etas: list[tuple[int, int, Any]] = []  # (eta, n, id) of delayed messages handed out
         self._handed = itertools.count()
-        self._raw_ids: dict[str, bytes] = {}  # ids that are not UTF-8: their readable form -> their bytes
+        self._raw_ids = broker.raw_ids(queue_name)  # ids that are not UTF-8: readable form -> bytes
         self._refill = max(1, prefetch // self.REFILL_SHARE)
         self._backlog = False  # the last fetch took all it asked for: the queue may hold more
         self._want_room = 0  # while waiting for room: how much frees it (0: not waiting for room)
         self._idle_wait = min(timeout, broker.heartbeat_timeout / 3) / 1000
         self._next_maintenance = 0.0  # the first fetch runs it: a restart recovers dead workers' acks
         self._held = broker.held_ids(queue_name)
+        self._delayed = broker.delayed_ids(queue_name)
         self._orphans_possible = broker.consumer_started(queue_name)
         self._wake = threading.Event()
         self._channel = broker.wake_channel(queue_name)
@@ -164,8 +178,10 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
             if isinstance(eta, int) and not isinstance(eta, bool):
                 rid = message.options.get("redis_message_id")
                 heapq.heappush(self._etas, (eta, next(self._handed), rid))
-                # The consumer thread holds it in memory, and drops it with this consumer.
+                # The consumer thread holds it in memory, and drops it with this consumer; when it
+                # is due, the broker moves it and acks it in one call (AtelierRedisBroker.enqueue).
                 self._held.discard(self._redis_key(rid))
+                self._delayed.add(rid)
         return message
 
     def _receive(self) -> Any:
@@ -238,6 +254,10 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
         orphans = [rid for rid in self.broker.client.smembers(key) if rid not in held]
         if orphans:
             self.broker.do_requeue(self.queue_name, *orphans)
+            for rid in orphans:
+                readable = rid.decode("utf-8", "backslashreplace")
+                self._delayed.discard(readable)
+                self._raw_ids.pop(readable, None)
             self.logger.warning("Returned %d message(s) of %r that this process's ack set held and no consumer "
                                 "did (a lost fetch reply or a dropped connection).", len(orphans), self.queue_name)
         self._orphans_possible = False
@@ -290,8 +310,6 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
 
     def _settled(self, redis_id: str) -> None:
         self.queued_message_ids.discard(redis_id)
-        if self._raw_ids:
-            self._raw_ids.pop(redis_id, None)
         need = self._want_room
         if need and self.prefetch - self.outstanding_message_count >= need:
             self._wake.set()
@@ -306,35 +324,45 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
         return key if isinstance(key, bytes) else str(key).encode()
 
     def ack(self, message) -> None:
-        redis_id = message.options["redis_message_id"]
-        try:
-            self.broker.do_ack(self.queue_name, self._key(redis_id))
-        except redis.ConnectionError as e:
-            raise ConnectionClosed(e) from None  # still held: Dramatiq retries the ack
-        else:
-            self._held.discard(self._redis_key(redis_id))
-        finally:
-            self._settled(redis_id)
+        self._settle(message, self.broker.do_ack)
 
     def nack(self, message) -> None:
+        self._settle(message, self.broker.do_nack)
+
+    def _settle(self, message: Any, command: Callable[[str, Any], Any]) -> None:
         redis_id = message.options["redis_message_id"]
         try:
-            self.broker.do_nack(self.queue_name, self._key(redis_id))
-        except redis.ConnectionError as e:
-            raise ConnectionClosed(e) from None
+            command(self.queue_name, self._key(redis_id))
+        except redis.RedisError as e:
+            if redis_outage(e):
+                # Dramatiq tries it again (post_process_message), maybe through a newer consumer:
+                # it stays held, under the same key.
+                raise ConnectionClosed(e) from None
+            raise
         else:
-            self._held.discard(self._redis_key(redis_id))
+            self._forget(redis_id)
         finally:
             self._settled(redis_id)
 
+    def _forget(self, redis_id: Any) -> None:
+        self._held.discard(self._redis_key(redis_id))
+        self._delayed.discard(redis_id)
+        if self._raw_ids:
+            self._raw_ids.pop(redis_id, None)
+
     def requeue(self, messages) -> None:
-        keys = [self._key(message.options["redis_message_id"]) for message in messages]
-        if keys:
-            self.logger.debug("Re-enqueueing %r on queue %r.", keys, self.queue_name)
+        rids = [message.options["redis_message_id"] for message in messages]
+        if rids:
+            self.logger.debug("Re-enqueueing %r on queue %r.", rids, self.queue_name)
             try:
-                self.broker.do_requeue(self.queue_name, *keys)
-            finally:  # put back, or left in the ack set for the next consumer to return
-                self._held.difference_update(k if isinstance(k, bytes) else k.encode() for k in keys)
+                self.broker.do_requeue(self.queue_name, *[self._key(rid) for rid in rids])
+            except redis.RedisError as e:
+                # Left in the ack set for the next consumer to return (Orphans); Dramatiq's consumer
+                # thread and Worker.stop take a ConnectionClosed, any other error kills the thread.
+                raise ConnectionClosed(e) from None
+            finally:
+                for rid in rids:
+                    self._forget(rid)
 
     def close(self) -> None:
         """Stop waiting for wake-ups, and put back what was fetched but never handed to the
@@ -346,6 +374,8 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
         self._fetched.clear()
         self.message_cache.clear()
         self._held.difference_update(k if isinstance(k, bytes) else str(k).encode() for k in undelivered)
+        for rid in handed:
+            self._raw_ids.pop(rid, None)
         if undelivered:
             try:
                 self.broker.do_requeue(self.queue_name, *undelivered)

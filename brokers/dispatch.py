@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import threading
 from typing import Any
+from uuid import uuid4
 
 import dramatiq.errors
 import redis
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.common import current_millis
+from dramatiq.common import current_millis, dq_name
 from dramatiq.errors import QueueNotFound
 from dramatiq.middleware import Middleware, MiddlewareError
 
@@ -127,8 +128,12 @@ class AtelierRedisBroker(HookTable, RedisBroker):
         if maintenance_interval is None:
             maintenance_interval = min(5000, max(100, self.heartbeat_timeout // 4))
         self.maintenance_interval = maintenance_interval
-        #: Per queue, the ids of this process's ack set that a consumer holds (consumers.py, Orphans).
+        #: Per queue, the ids of this process's ack set that a consumer holds (consumers.py, Orphans),
+        #: the ids of its delay queue handed out (held by the consumer thread until due, then moved),
+        #: and the ids that are not UTF-8 (their readable form -> their bytes).
         self._held: dict[str, set[bytes]] = {}
+        self._delayed: dict[str, set[str]] = {}
+        self._raw: dict[str, dict[str, bytes]] = {}
         self._consumed: set[str] = set()
         self._enqueue_script = self.client.register_script(ENQUEUE)
         self._fetch_script = self.client.register_script(FETCH)
@@ -143,6 +148,15 @@ class AtelierRedisBroker(HookTable, RedisBroker):
         """The ids of ``queue_name`` in this process's ack set that its consumers hold, shared by
         a consumer and the one that replaces it (a worker thread acks through the newer one)."""
         return self._held.setdefault(queue_name, set())
+
+    def delayed_ids(self, queue_name: str) -> set[str]:
+        """The ids of delay queue ``queue_name`` handed out by this process and not yet settled."""
+        return self._delayed.setdefault(queue_name, set())
+
+    def raw_ids(self, queue_name: str) -> dict[str, bytes]:
+        """Ids of ``queue_name`` that are not UTF-8, by their readable form: kept until settled,
+        whichever consumer settles them (Dramatiq retries a failed ack through a newer one)."""
+        return self._raw.setdefault(queue_name, {})
 
     def consumer_started(self, queue_name: str) -> bool:
         """Note a consumer of ``queue_name`` starting; whether one started before in this process
@@ -165,10 +179,39 @@ class AtelierRedisBroker(HookTable, RedisBroker):
                     self._wakeups = WakeupListener(lambda: pool.connection_class(**pool.connection_kwargs))
         return self._wakeups
 
-    def do_enqueue(self, queue_name: str, message_id: str, data: bytes) -> None:
-        """Dramatiq's enqueue (HSET body, RPUSH id), publishing a wake-up when the queue was empty."""
-        self._enqueue_script(keys=[self.namespace], args=[queue_name, message_id, data,
-                                                          self.wake_channel(queue_name)])
+    def enqueue(self, message: Any, *, delay: int | None = None) -> Any:
+        """Dramatiq's enqueue; a delayed message moved to its queue when due (by the consumer
+        thread of its delay queue) is moved and acked in one script, so that a reply lost between
+        the two can neither run it twice nor leave it in the ack set."""
+        queue_name = message.queue_name
+        moving = None
+        if delay is None:
+            rid = message.options.get("redis_message_id")
+            delay_queue = dq_name(queue_name)
+            if type(rid) is str and rid in self._delayed.get(delay_queue, ()):
+                moving = (delay_queue, self._raw.get(delay_queue, {}).get(rid, rid))
+        message = message.copy(options={"redis_message_id": str(uuid4())})  # what Dramatiq's does from here
+        if delay is not None:
+            queue_name = dq_name(queue_name)
+            message = message.copy(queue_name=queue_name, options={"eta": current_millis() + delay})
+        self.logger.debug("Enqueueing message %r on queue %r.", message.message_id, queue_name)
+        self.emit_before("enqueue", message, delay)
+        self.do_enqueue(queue_name, message.options["redis_message_id"], message.encode(), moving=moving)
+        self.emit_after("enqueue", message, delay)
+        return message
+
+    def do_enqueue(self, queue_name: str, message_id: str, data: bytes, *,
+                   moving: tuple[str, str | bytes] | None = None) -> None:
+        """Dramatiq's enqueue (HSET body, RPUSH id), publishing a wake-up when the queue was empty.
+        ``moving`` (delay queue, id): the delivery of the delay queue this enqueue moves, acked in
+        the same script; if this process no longer holds it (returned to its delay queue), nothing
+        is enqueued, since it is moved from there again."""
+        args: list[Any] = [queue_name, message_id, data, self.wake_channel(queue_name)]
+        if moving is not None:
+            delay_queue, rid = moving
+            args += [f"{self.namespace}:__acks__.{self.broker_id}.{delay_queue}",
+                     f"{self.namespace}:{delay_queue}.msgs", rid]
+        self._enqueue_script(keys=[self.namespace], args=args)
 
     def do_requeue(self, queue_name: str, *message_ids: str) -> Any:
         """Dramatiq's requeue, then a wake-up: what went back is there to take now."""

@@ -34,8 +34,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-#: enqueue(keys=[namespace], args=[queue_name, message_id, body, channel])
+#: enqueue(keys=[namespace], args=[queue_name, message_id, body, channel(, ack set, hash, id)]): with
+#: the last three, the enqueue moves a delay queue's delivery: it is acked in the same call, and
+#: nothing is enqueued if the ack set no longer holds it (0).
 ENQUEUE = """
+if ARGV[7] then
+    if redis.call("srem", ARGV[5], ARGV[7]) == 0 then
+        return 0
+    end
+    redis.call("hdel", ARGV[6], ARGV[7])
+end
 local queue = KEYS[1] .. ":" .. ARGV[1]
 redis.call("hset", queue .. ".msgs", ARGV[2], ARGV[3])
 if redis.call("rpush", queue, ARGV[2]) == 1 then

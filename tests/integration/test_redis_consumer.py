@@ -548,11 +548,11 @@ def test_a_delayed_message_whose_move_fails_on_a_dropped_connection_comes_back(q
     enqueue = broker.do_enqueue
     failed: list[str] = []
 
-    def dropped(queue_name: str, message_id: str, data: bytes) -> None:
+    def dropped(queue_name: str, message_id: str, data: bytes, **kwargs: Any) -> None:
         if queue_name == queue.name and not failed:
             failed.append(message_id)
             raise redis.ConnectionError("Connection closed by server.")
-        enqueue(queue_name, message_id, data)
+        enqueue(queue_name, message_id, data, **kwargs)
 
     broker.do_enqueue = dropped  # type: ignore[method-assign]
     ran = run_all(queue, broker, 5, delay=100)
@@ -577,10 +577,10 @@ def test_a_delay_queue_consumer_survives_a_dropped_connection_that_also_fails_it
 
     enqueue = broker.do_enqueue
 
-    def move_drops(queue_name: str, message_id: str, data: bytes) -> None:
+    def move_drops(queue_name: str, message_id: str, data: bytes, **kwargs: Any) -> None:
         if queue_name == queue.name and not down_until[0]:
             down_until[0] = time.monotonic() + 0.5
-        outage(enqueue)(queue_name, message_id, data)
+        outage(enqueue)(queue_name, message_id, data, **kwargs)
 
     broker.do_enqueue = move_drops  # type: ignore[method-assign]
     broker.do_requeue = outage(broker.do_requeue)  # type: ignore[method-assign]
@@ -702,8 +702,8 @@ def test_a_delayed_message_whose_move_ran_but_lost_its_reply_runs_once(queue: Qu
     enqueue = broker.do_enqueue
     lost: list[str] = []
 
-    def reply_lost(queue_name: str, message_id: str, data: bytes) -> None:
-        enqueue(queue_name, message_id, data)
+    def reply_lost(queue_name: str, message_id: str, data: bytes, **kwargs: Any) -> None:
+        enqueue(queue_name, message_id, data, **kwargs)
         if queue_name == queue.name and not lost:
             lost.append(message_id)
             raise redis.ConnectionError("Connection closed by server.")
