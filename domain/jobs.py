@@ -6,9 +6,22 @@ JSON shape the ops server and the CLI both print.
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import UTC, datetime
 from typing import Any
+
+
+def record_text(value: Any) -> str:
+    """A value as a record keeps it, its text as JSON writes it: true, 0.5, {"trace": "abc"}."""
+    if type(value) is str:
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False, default=str)
+
 
 QUEUED = "queued"
 DELAYED = "delayed"

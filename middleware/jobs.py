@@ -18,7 +18,7 @@ from dramatiq.middleware import Middleware, SkipMessage
 
 from brokers.messages import unwrap
 from domain.errors import Cancelled
-from domain.jobs import CANCELLED, DELAYED, DONE, FAILED, QUEUED, RETRYING, RUNNING, SKIPPED, fold
+from domain.jobs import CANCELLED, DELAYED, DONE, FAILED, QUEUED, RETRYING, RUNNING, SKIPPED, fold, record_text
 from domain.ports import JobStore
 from runtime.jobs import CURRENT_JOB
 
@@ -44,9 +44,17 @@ def _ms() -> int:
     return int(time.time() * 1000)
 
 
-def _short(value: Any) -> Any:
-    """A producer's text (a correlation id), cut to what a record keeps."""
-    return value[:200] if type(value) is str and len(value) > 200 else value
+def _short(value: Any) -> str:
+    """A producer's value (a correlation id, a reason), as text cut to what a record keeps."""
+    text = value if type(value) is str else record_text(value)
+    return text[:200] if len(text) > 200 else text
+
+
+def _given(fields: dict[str, Any], name: str, value: Any) -> None:
+    """A producer's value into ``fields`` as text, if it gave one. Every value of an update is
+    text: the store sends them as they are (adapters/state/jobs.py)."""
+    if value is not None:
+        fields[name] = _short(value)
 
 
 def _error(exception: BaseException) -> str:
@@ -82,9 +90,10 @@ class _Job:
 
     def running_fields(self) -> dict[str, Any]:
         message = self.message
-        fields = {"actor": message.actor_name, "queue": self._jobs.queue_of(message.queue_name), "status": RUNNING,
-                  "attempts": self.attempt, "started_at": self.started_at, "enqueued_at": message.message_timestamp,
-                  "correlation_id": _short(message.options.get("correlation_id"))}
+        fields = {"actor": _short(message.actor_name), "queue": self._jobs.queue_of(message.queue_name),
+                  "status": RUNNING, "attempts": str(self.attempt), "started_at": str(self.started_at)}
+        _given(fields, "enqueued_at", message.message_timestamp)
+        _given(fields, "correlation_id", message.options.get("correlation_id"))
         if self.attempt > 1:  # what the previous attempt left
             fields.update(finished_at="", next_attempt_at="", progress="", note="")
         return fields
@@ -288,7 +297,7 @@ class Jobs(Middleware):
             retries = message.options.get("retries", 0)
             retry = isinstance(retries, int) and retries >= job.attempt
             status = (RETRYING if retry else DELAYED) if delay else QUEUED
-            fields = {"status": status, "next_attempt_at": now + delay if delay else ""}
+            fields = {"status": status, "next_attempt_at": str(now + delay) if delay else ""}
             trace = message.options.get("traceback") if retry else None
             if type(trace) is str and trace.strip():
                 # Dramatiq's Retries puts the failure's traceback on the retry: its last line is the
@@ -296,10 +305,10 @@ class Jobs(Middleware):
                 fields["error"] = trace.strip().splitlines()[-1][:500]
             self._put(mid, now * 8 + 3, fields)
             return
-        fields = {"actor": message.actor_name, "queue": q_name(message.queue_name),
-                  "status": DELAYED if delay else QUEUED, "enqueued_at": message.message_timestamp,
-                  "next_attempt_at": now + delay if delay else "",
-                  "correlation_id": _short(message.options.get("correlation_id"))}
+        fields = {"actor": _short(message.actor_name), "queue": _short(q_name(message.queue_name)),
+                  "status": DELAYED if delay else QUEUED, "next_attempt_at": str(now + delay) if delay else ""}
+        _given(fields, "enqueued_at", message.message_timestamp)
+        _given(fields, "correlation_id", message.options.get("correlation_id"))
         self._put(mid, now * 8, fields)
 
     # -- processing --------------------------------------------------------------------------
@@ -386,14 +395,15 @@ class Jobs(Middleware):
         now = _ms()
         order = job.order(now, 4) if job is not None else now * 8 + 4
         fields = self._unseen(job)
-        fields["finished_at"] = now
+        fields["finished_at"] = str(now)
         if exception is None:
             fields["status"] = DONE
         elif isinstance(exception, Cancelled):
             fields.update(status=CANCELLED, reason="cancelled while running")
         elif message.failed:
-            fields.update(status=FAILED, reason=options.get("failed_because") or "failed", error=_error(exception),
-                          dead_letter_id=options.get("dead_letter_id"))
+            fields.update(status=FAILED, reason=_short(options.get("failed_because") or "failed"),
+                          error=_error(exception))
+            _given(fields, "dead_letter_id", options.get("dead_letter_id"))
         else:
             fields.update(status=FAILED, reason="not_retried", error=_error(exception))
         self._put(mid, order, fields)
@@ -406,23 +416,23 @@ class Jobs(Middleware):
         now = _ms()
         if "dead_letter" in options:
             if options.get("dead_letter_id"):  # the carrier wrote its letter at last
-                self._put(mid, now * 8 + 4, {"dead_letter_id": options["dead_letter_id"]})
+                self._put(mid, now * 8 + 4, {"dead_letter_id": _short(options["dead_letter_id"])})
             return
         if mid in self._cancel_skips:
             self._cancel_skips.discard(mid)
             self._put(mid, now * 8 + 4, {"status": CANCELLED, "reason": "cancelled before it ran",
-                                         "actor": raw.actor_name, "queue": self.queue_of(raw.queue_name),
-                                         "finished_at": now})
+                                         "actor": _short(raw.actor_name), "queue": self.queue_of(raw.queue_name),
+                                         "finished_at": str(now)})
             return
         if job is not None and job.reenqueued:
             self._ran(job)  # parked: it runs later, as its record says
             return
         order = job.order(now, 4) if job is not None else now * 8 + 4
         fields = self._unseen(job)
-        fields["finished_at"] = now
+        fields["finished_at"] = str(now)
         if message.failed:
-            fields.update(status=FAILED, reason=options.get("failed_because") or "failed",
-                          dead_letter_id=options.get("dead_letter_id"))
+            fields.update(status=FAILED, reason=_short(options.get("failed_because") or "failed"))
+            _given(fields, "dead_letter_id", options.get("dead_letter_id"))
             self._put(mid, order, fields)
             return
         actor_options = broker.get_actor(raw.actor_name).options if raw.actor_name in broker.actors else {}

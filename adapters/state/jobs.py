@@ -18,7 +18,8 @@ from typing import Any
 
 import redis
 
-from domain.jobs import CANCELLED, FINAL, WAITING, fold
+from brokers.redis_errors import redis_outage
+from domain.jobs import CANCELLED, FINAL, WAITING, fold, record_text
 
 logger = logging.getLogger(__name__)
 
@@ -101,40 +102,34 @@ def _ms() -> int:
 
 
 def _encode(updates: Sequence[tuple[str, int, dict[str, Any]]]) -> bytes:
-    """Updates as one JSON argument, each order and value as its text (what the in-memory store
-    keeps too), None left out. Text Redis cannot take (a lone surrogate, from an exception's text
-    or a producer's message id) is replaced, not allowed to fail the write."""
-    return json.dumps([(mid if type(mid) is str else str(mid), str(order), _strings(fields))
-                       for mid, order, fields in updates],
-                      ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
+    """Updates as one JSON argument, as given: the Jobs middleware gives every value as text, the
+    script takes them as they are, and a value that is not (None, true, an object) fails the
+    script, whose chunk is then written one update at a time through ``_encode_one``. Text Redis
+    cannot take (a lone surrogate, from an exception's text or a producer's message id) is
+    replaced, not allowed to fail the write."""
+    return json.dumps([(mid, str(order), fields) for mid, order, fields in updates], ensure_ascii=False,
+                      separators=(",", ":"), default=str).encode("utf-8", "replace")
+
+
+def _encode_one(update: tuple[str, int, dict[str, Any]]) -> bytes:
+    """One update with its id and every value made text (None left out)."""
+    mid, order, fields = update
+    return json.dumps([(record_text(mid), str(order), _strings(fields))], ensure_ascii=False,
+                      separators=(",", ":")).encode("utf-8", "replace")
 
 
 def _script_failed(exc: redis.ResponseError) -> bool:
-    """Whether the script itself failed on its input, not Redis refusing to run it (READONLY, OOM,
-    BUSY, MISCONF, NOPERM: every call fails alike until Redis takes writes again)."""
-    return str(exc).startswith("user_script:") or "Error running script" in str(exc)
-
-
-def _value_text(value: Any) -> str:
-    """A record's value as its text, as JSON writes it: true, 0.5, {"trace": "abc"}."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    return json.dumps(value, ensure_ascii=False, default=str)
+    """Whether the script itself failed on its input (a Lua error, an argument a command refused),
+    not Redis refusing to run it (READONLY, OOM, BUSY, MISCONF: every call fails alike until Redis
+    takes writes again, also when a command inside the script meets it)."""
+    text = str(exc)
+    if redis_outage(exc) or text.startswith("NOPERM"):
+        return False
+    return "user_script:" in text or "Error running script" in text
 
 
 def _strings(fields: dict[str, Any]) -> dict[str, str]:
-    out = {}
-    for name, value in fields.items():  # a loop: the writer runs it per update, on the workers' GIL
-        kind = type(value)
-        if kind is str:
-            out[name] = value
-        elif kind is int:
-            out[name] = str(value)
-        elif value is not None:
-            out[name] = _value_text(value)
-    return out
+    return {name: record_text(value) for name, value in fields.items() if value is not None}
 
 
 class RedisJobStore:
@@ -168,7 +163,7 @@ class RedisJobStore:
                 # write is tried again): each alone, and the one the script fails on is dropped.
                 for update in chunk:
                     try:
-                        self._write(keys=keys, args=[now, self.retention_ms, prefix, _encode([update])])
+                        self._write(keys=keys, args=[now, self.retention_ms, prefix, _encode_one(update)])
                     except redis.ResponseError as one:
                         if not _script_failed(one):
                             raise
