@@ -44,15 +44,18 @@ def _ms() -> int:
     return int(time.time() * 1000)
 
 
-def _short(value: Any) -> str:
-    """A producer's value (a correlation id, a reason), as text cut to what a record keeps."""
-    text = value if type(value) is str else record_text(value)
-    return text[:200] if len(text) > 200 else text
+def _short(value: Any) -> str | int:
+    """A producer's value (a correlation id, a timestamp, a reason) as a record keeps it: text cut
+    to 200 characters, an integer as it is, anything else as its text. Every value of an update is
+    text or an integer: the store sends them as they are (adapters/state/jobs.py)."""
+    kind = type(value)
+    if kind is str:
+        return value[:200] if len(value) > 200 else value
+    return value if kind is int else record_text(value)[:200]
 
 
 def _given(fields: dict[str, Any], name: str, value: Any) -> None:
-    """A producer's value into ``fields`` as text, if it gave one. Every value of an update is
-    text: the store sends them as they are (adapters/state/jobs.py)."""
+    """A producer's value into ``fields``, if it gave one (None is left out)."""
     if value is not None:
         fields[name] = _short(value)
 
@@ -90,10 +93,15 @@ class _Job:
 
     def running_fields(self) -> dict[str, Any]:
         message = self.message
-        fields = {"actor": _short(message.actor_name), "queue": self._jobs.queue_of(message.queue_name),
-                  "status": RUNNING, "attempts": str(self.attempt), "started_at": str(self.started_at)}
-        _given(fields, "enqueued_at", message.message_timestamp)
-        _given(fields, "correlation_id", message.options.get("correlation_id"))
+        fields = {"actor": message.actor_name, "queue": self._jobs.queue_of(message.queue_name),
+                  "status": RUNNING, "attempts": self.attempt, "started_at": self.started_at}
+        stamp, cid = message.message_timestamp, message.options.get("correlation_id")
+        if type(stamp) is int:
+            fields["enqueued_at"] = stamp
+        else:
+            _given(fields, "enqueued_at", stamp)
+        if cid is not None:
+            fields["correlation_id"] = cid if type(cid) is str and len(cid) <= 200 else _short(cid)
         if self.attempt > 1:  # what the previous attempt left
             fields.update(finished_at="", next_attempt_at="", progress="", note="")
         return fields
@@ -297,7 +305,7 @@ class Jobs(Middleware):
             retries = message.options.get("retries", 0)
             retry = isinstance(retries, int) and retries >= job.attempt
             status = (RETRYING if retry else DELAYED) if delay else QUEUED
-            fields = {"status": status, "next_attempt_at": str(now + delay) if delay else ""}
+            fields = {"status": status, "next_attempt_at": now + delay if delay else ""}
             trace = message.options.get("traceback") if retry else None
             if type(trace) is str and trace.strip():
                 # Dramatiq's Retries puts the failure's traceback on the retry: its last line is the
@@ -305,8 +313,8 @@ class Jobs(Middleware):
                 fields["error"] = trace.strip().splitlines()[-1][:500]
             self._put(mid, now * 8 + 3, fields)
             return
-        fields = {"actor": _short(message.actor_name), "queue": _short(q_name(message.queue_name)),
-                  "status": DELAYED if delay else QUEUED, "next_attempt_at": str(now + delay) if delay else ""}
+        fields = {"actor": _short(message.actor_name), "queue": q_name(message.queue_name),
+                  "status": DELAYED if delay else QUEUED, "next_attempt_at": now + delay if delay else ""}
         _given(fields, "enqueued_at", message.message_timestamp)
         _given(fields, "correlation_id", message.options.get("correlation_id"))
         self._put(mid, now * 8, fields)
@@ -395,7 +403,7 @@ class Jobs(Middleware):
         now = _ms()
         order = job.order(now, 4) if job is not None else now * 8 + 4
         fields = self._unseen(job)
-        fields["finished_at"] = str(now)
+        fields["finished_at"] = now
         if exception is None:
             fields["status"] = DONE
         elif isinstance(exception, Cancelled):
@@ -421,15 +429,15 @@ class Jobs(Middleware):
         if mid in self._cancel_skips:
             self._cancel_skips.discard(mid)
             self._put(mid, now * 8 + 4, {"status": CANCELLED, "reason": "cancelled before it ran",
-                                         "actor": _short(raw.actor_name), "queue": self.queue_of(raw.queue_name),
-                                         "finished_at": str(now)})
+                                         "actor": raw.actor_name, "queue": self.queue_of(raw.queue_name),
+                                         "finished_at": now})
             return
         if job is not None and job.reenqueued:
             self._ran(job)  # parked: it runs later, as its record says
             return
         order = job.order(now, 4) if job is not None else now * 8 + 4
         fields = self._unseen(job)
-        fields["finished_at"] = str(now)
+        fields["finished_at"] = now
         if message.failed:
             fields.update(status=FAILED, reason=_short(options.get("failed_because") or "failed"))
             _given(fields, "dead_letter_id", options.get("dead_letter_id"))

@@ -29,10 +29,11 @@ logger = logging.getLogger(__name__)
 CHUNK = 50
 
 # KEYS[1] index; ARGV[1] now, ARGV[2] retention ms, ARGV[3] the job hashes' key prefix, ARGV[4] the
-# updates as one JSON array of [message id, order, {field: value}], every order and value a string.
-# One argument for the whole chunk: redis-py packs each argument in Python, and the hot path pays
-# for every one. Strings because Redis, on the same cores as the workers, formatted numbers at
-# about a third of the script's time (bench/README.md). The hashes' keys are made here from the
+# updates as one JSON array of [message id, order, {field: value}], the order a string, each value a
+# string or an integer. One argument for the whole chunk: redis-py packs each argument in Python,
+# and the hot path pays for every one. The script formats nothing: Lua's string.format of numbers
+# was about a third of its time, on the cores the workers use (bench/README.md); a command given
+# a number writes its digits itself, in C. The hashes' keys are made here from the
 # prefix (they cannot be declared: a chunk's ids are only in ARGV[4]), which holds on a single
 # Redis, the only kind atelier's state runs on.
 _WRITE = r"""
@@ -102,9 +103,10 @@ def _ms() -> int:
 
 
 def _encode(updates: Sequence[tuple[str, int, dict[str, Any]]]) -> bytes:
-    """Updates as one JSON argument, as given: the Jobs middleware gives every value as text, the
-    script takes them as they are, and a value that is not (None, true, an object) fails the
-    script, whose chunk is then written one update at a time through ``_encode_one``. Text Redis
+    """Updates as one JSON argument, as given: the Jobs middleware gives every value as text or an
+    integer, which the script's commands take as they are (Redis writes an integer's digits); a
+    value that is neither (None, true, an object) fails the script, whose chunk is then written
+    one update at a time through ``_encode_one``, each value made text. Text Redis
     cannot take (a lone surrogate, from an exception's text or a producer's message id) is
     replaced, not allowed to fail the write."""
     return json.dumps([(mid, str(order), fields) for mid, order, fields in updates], ensure_ascii=False,

@@ -253,3 +253,41 @@ def test_a_write_redis_refuses_as_a_whole_is_kept_for_the_next_write_not_dropped
     jobs.flush()
     assert [(store.get(m.message_id) or {}).get("status") for m in messages] == ["done"] * 3
     assert refused_calls == 1, f"{refused_calls} script calls for one refused write of 3 updates"
+
+
+def test_the_middlewares_updates_go_in_one_script_call_and_a_producers_odd_value_is_kept_as_text(store):
+    """The store sends the middleware's values as they are: a None among them (a message with no
+    correlation id, a failure with no dead letter) fails the script and sends the chunk again one
+    update at a time. Each kind of end is one call; a producer's object is written as its JSON."""
+    from dramatiq.broker import MessageProxy
+
+    from domain.errors import Cancelled
+
+    real, calls = store._write, []
+
+    def write(keys, args):
+        calls.append(1)
+        return real(keys=keys, args=args)
+
+    store._write = write
+    jobs = Jobs(lambda: store, flush_interval=3600)
+    ends = {"done": None, "failed": ValueError("bad"), "cancelled": Cancelled("asked")}
+    messages = {}
+    for status, exception in ends.items():
+        message = dramatiq.Message(queue_name="q", actor_name="a", args=(), kwargs={}, options={})
+        proxy = MessageProxy(message)
+        jobs.after_enqueue(None, message, None)
+        jobs.before_process_message(None, proxy)
+        if status == "failed":
+            proxy.fail()
+        jobs.after_process_message(None, proxy, exception=exception)
+        messages[status] = message
+    jobs.flush()
+    assert len(calls) == 1, f"{len(calls)} script calls for one chunk"
+    assert {s: store.get(m.message_id)["status"] for s, m in messages.items()} == {s: s for s in ends}
+    odd = dramatiq.Message(queue_name="q", actor_name="a", args=(), kwargs={}, options={"correlation_id": {"t": 1}},
+                           message_timestamp=1.5)
+    jobs.after_enqueue(None, odd, None)
+    jobs.flush()
+    assert store.get(odd.message_id)["correlation_id"] == '{"t": 1}'
+    assert store.get(odd.message_id)["enqueued_at"] == "1.5"
