@@ -712,3 +712,35 @@ def test_a_delayed_message_whose_move_ran_but_lost_its_reply_runs_once(queue: Qu
     ran = run_and_linger(queue, broker, 1, delay=100)
     assert lost
     assert ran == Counter({0: 1})
+
+
+def test_an_ack_redis_refuses_with_oom_is_tried_again_not_given_up(private_redis: str) -> None:
+    # Redis at its maxmemory (noeviction) refuses the ack script (its first write, the heartbeat's
+    # ZADD, may grow memory): the reply is "-OOM command not allowed ...", which redis-py raises as
+    # OutOfMemoryError with the "OOM" code cut off its text. Memory is freed a moment later: the
+    # ack must be tried again, as for READONLY or BUSY, not given up with the message left in the
+    # live worker's ack set.
+    queue = Queue(private_redis)
+    try:
+        broker = queue.broker(middleware=[])
+        ack = broker.do_ack
+        refused: list[BaseException] = []
+
+        def oom_once(name: str, message_id: Any) -> Any:
+            if name == queue.name and not refused:
+                queue.client.config_set("maxmemory", "1")  # over it at once: noeviction refuses writes
+                try:
+                    return ack(name, message_id)
+                except redis.RedisError as exc:
+                    refused.append(exc)
+                    raise
+                finally:
+                    queue.client.config_set("maxmemory", "0")
+            return ack(name, message_id)
+
+        broker.do_ack = oom_once  # type: ignore[method-assign]
+        ran = run_and_linger(queue, broker, 3, timeout=8, linger=0.5)
+        assert [type(e).__name__ for e in refused] == ["OutOfMemoryError"]
+        assert set(ran.values()) == {1}
+    finally:
+        queue.close()
