@@ -744,3 +744,23 @@ def test_an_ack_redis_refuses_with_oom_is_tried_again_not_given_up(private_redis
         assert set(ran.values()) == {1}
     finally:
         queue.close()
+
+
+def test_two_ids_that_are_not_utf8_with_the_same_readable_form_are_both_rejected(queue: Queue) -> None:
+    # b"\xff\xfe" and b"\\xff\xfe" (a backslash, "xff", then a lone byte) both read as "\\xff\\xfe"
+    # (backslashreplace): the broker keeps one raw id per readable form, so the second delivery's
+    # bytes replace the first's, the first carrier's nack rejects the second id, and the second
+    # carrier's nack names the readable form: the first id stays in the live worker's ack set.
+    broker = queue.broker(middleware=[])
+    actor = f"{queue.name}_job"
+    dramatiq.actor(lambda i: None, broker=broker, queue_name=queue.name, actor_name=actor)
+    ids = [b"\xff\xfe", b"\\xff\xfe"]
+    assert len({i.decode("utf-8", "backslashreplace") for i in ids}) == 1
+    write_raw(queue.client, queue.name, {i: good_body(queue.name, actor, n) for n, i in enumerate(ids)})
+    worker = start(broker, threads=2, timeout=200)
+    try:
+        services.wait_for(lambda: queue.client.zcard(f"dramatiq:{queue.name}.XQ") == 2 and queue.unacked() == 0,
+                          timeout=8, message="both carriers rejected out of the ack set")
+    finally:
+        worker.stop()
+    assert sorted(queue.client.zrange(f"dramatiq:{queue.name}.XQ", 0, -1)) == sorted(ids)
