@@ -712,3 +712,55 @@ def test_a_delayed_message_whose_move_ran_but_lost_its_reply_runs_once(queue: Qu
     ran = run_and_linger(queue, broker, 1, delay=100)
     assert lost
     assert ran == Counter({0: 1})
+
+
+def test_an_ack_redis_refuses_with_oom_is_tried_again_not_given_up(private_redis: str) -> None:
+    # Redis at its maxmemory (noeviction) refuses the ack script (its first write, the heartbeat's
+    # ZADD, may grow memory): the reply is "-OOM command not allowed ...", which redis-py raises as
+    # OutOfMemoryError with the "OOM" code cut off its text. Memory is freed a moment later: the
+    # ack must be tried again, as for READONLY or BUSY, not given up with the message left in the
+    # live worker's ack set.
+    queue = Queue(private_redis)
+    try:
+        broker = queue.broker(middleware=[])
+        ack = broker.do_ack
+        refused: list[BaseException] = []
+
+        def oom_once(name: str, message_id: Any) -> Any:
+            if name == queue.name and not refused:
+                queue.client.config_set("maxmemory", "1")  # over it at once: noeviction refuses writes
+                try:
+                    return ack(name, message_id)
+                except redis.RedisError as exc:
+                    refused.append(exc)
+                    raise
+                finally:
+                    queue.client.config_set("maxmemory", "0")
+            return ack(name, message_id)
+
+        broker.do_ack = oom_once  # type: ignore[method-assign]
+        ran = run_and_linger(queue, broker, 3, timeout=8, linger=0.5)
+        assert [type(e).__name__ for e in refused] == ["OutOfMemoryError"]
+        assert set(ran.values()) == {1}
+    finally:
+        queue.close()
+
+
+def test_two_ids_that_are_not_utf8_with_the_same_readable_form_are_both_rejected(queue: Queue) -> None:
+    # b"\xff\xfe" and b"\\xff\xfe" (a backslash, "xff", then a lone byte) both read as "\\xff\\xfe"
+    # (backslashreplace): the broker keeps one raw id per readable form, so the second delivery's
+    # bytes replace the first's, the first carrier's nack rejects the second id, and the second
+    # carrier's nack names the readable form: the first id stays in the live worker's ack set.
+    broker = queue.broker(middleware=[])
+    actor = f"{queue.name}_job"
+    dramatiq.actor(lambda i: None, broker=broker, queue_name=queue.name, actor_name=actor)
+    ids = [b"\xff\xfe", b"\\xff\xfe"]
+    assert len({i.decode("utf-8", "backslashreplace") for i in ids}) == 1
+    write_raw(queue.client, queue.name, {i: good_body(queue.name, actor, n) for n, i in enumerate(ids)})
+    worker = start(broker, threads=2, timeout=200)
+    try:
+        services.wait_for(lambda: queue.client.zcard(f"dramatiq:{queue.name}.XQ") == 2 and queue.unacked() == 0,
+                          timeout=8, message="both carriers rejected out of the ack set")
+    finally:
+        worker.stop()
+    assert sorted(queue.client.zrange(f"dramatiq:{queue.name}.XQ", 0, -1)) == sorted(ids)
