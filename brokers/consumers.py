@@ -142,7 +142,7 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
         self.queued_message_ids: set[str] = set()  # ids handed out and not settled (Dramatiq: message ids)
         self._etas: list[tuple[int, int, Any]] = []  # (eta, n, id) of delayed messages handed out
         self._handed = itertools.count()
-        self._raw_ids = broker.raw_ids(queue_name)  # ids that are not UTF-8: readable form -> bytes
+        self._raw_ids = broker.raw_ids(queue_name)  # ids that are not UTF-8: their carrier's id -> bytes
         self._refill = max(1, prefetch // self.REFILL_SHARE)
         self._backlog = False  # the last fetch took all it asked for: the queue may hold more
         self._want_room = 0  # while waiting for room: how much frees it (0: not waiting for room)
@@ -169,7 +169,7 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
                 heapq.heappush(self._etas, (eta, next(self._handed), rid))
                 # The consumer thread holds it in memory, and drops it with this consumer; when it
                 # is due, the broker moves it and acks it in one call (AtelierRedisBroker.enqueue).
-                self._held.discard(self._redis_key(rid))
+                self._held.discard(self._redis_key(message))
                 self._delayed.add(rid)
         return message
 
@@ -244,9 +244,7 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
         if orphans:
             self.broker.do_requeue(self.queue_name, *orphans)
             for rid in orphans:
-                readable = rid.decode("utf-8", "backslashreplace")
-                self._delayed.discard(readable)
-                self._raw_ids.pop(readable, None)
+                self._delayed.discard(rid.decode("utf-8", "backslashreplace"))
             self.logger.warning("Returned %d message(s) of %r that this process's ack set held and no consumer "
                                 "did (a lost fetch reply or a dropped connection).", len(orphans), self.queue_name)
         self._orphans_possible = False
@@ -259,11 +257,12 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
             rid: Any = redis_id.decode() if isinstance(redis_id, bytes) else str(redis_id)
         except UnicodeDecodeError as exc:
             # Written by hand: Redis knows it by its raw bytes only, so this consumer acks it under
-            # those; the message carries a readable (JSON-safe) form of them.
+            # those, found by the carrier's own id (two such ids can read alike); the message
+            # carries a readable (JSON-safe) form of them.
             rid = redis_id.decode("utf-8", "backslashreplace")
-            self._raw_ids[rid] = redis_id
             letter = undecodable_letter(queue_name, body or b"", rid, exc)
             message = carrier(queue_name, letter, options={"redis_message_id": rid})
+            self._raw_ids[message.message_id] = redis_id
         else:
             message = self._message(queue_name, rid, body)
         self.queued_message_ids.add(rid)
@@ -303,13 +302,17 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
         if need and self.prefetch - self.outstanding_message_count >= need:
             self._wake.set()
 
-    def _key(self, redis_id: str) -> str | bytes:
-        """What Redis knows the delivery by."""
-        return self._raw_ids.get(redis_id, redis_id)
+    def _key(self, message: Any) -> str | bytes:
+        """What Redis knows the delivery of ``message`` by."""
+        if self._raw_ids:
+            raw = self._raw_ids.get(message.message_id)
+            if raw is not None:
+                return raw
+        return message.options["redis_message_id"]
 
-    def _redis_key(self, redis_id: Any) -> bytes:
+    def _redis_key(self, message: Any) -> bytes:
         """What Redis knows the delivery by, as its ack set returns it."""
-        key = self._key(redis_id)
+        key = self._key(message)
         return key if isinstance(key, bytes) else str(key).encode()
 
     def ack(self, message) -> None:
@@ -321,7 +324,7 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
     def _settle(self, message: Any, command: Callable[[str, Any], Any]) -> None:
         redis_id = message.options["redis_message_id"]
         try:
-            command(self.queue_name, self._key(redis_id))
+            command(self.queue_name, self._key(message))
         except redis.RedisError as e:
             if redis_outage(e):
                 # Dramatiq tries it again (post_process_message), maybe through a newer consumer:
@@ -329,42 +332,44 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
                 raise ConnectionClosed(e) from None
             raise
         else:
-            self._forget(redis_id)
+            self._forget(message)
         finally:
             self._settled(redis_id)
 
-    def _forget(self, redis_id: Any) -> None:
-        self._held.discard(self._redis_key(redis_id))
-        self._delayed.discard(redis_id)
+    def _forget(self, message: Any) -> None:
+        self._held.discard(self._redis_key(message))
+        self._delayed.discard(message.options["redis_message_id"])
         if self._raw_ids:
-            self._raw_ids.pop(redis_id, None)
+            self._raw_ids.pop(message.message_id, None)
 
     def requeue(self, messages) -> None:
-        rids = [message.options["redis_message_id"] for message in messages]
-        if rids:
-            self.logger.debug("Re-enqueueing %r on queue %r.", rids, self.queue_name)
+        messages = list(messages)
+        if messages:
+            keys = [self._key(message) for message in messages]
+            self.logger.debug("Re-enqueueing %r on queue %r.", keys, self.queue_name)
             try:
-                self.broker.do_requeue(self.queue_name, *[self._key(rid) for rid in rids])
+                self.broker.do_requeue(self.queue_name, *keys)
             except redis.RedisError as e:
                 # Left in the ack set for the next consumer to return (Orphans); Dramatiq's consumer
                 # thread and Worker.stop take a ConnectionClosed, any other error kills the thread.
                 raise ConnectionClosed(e) from None
             finally:
-                for rid in rids:
-                    self._forget(rid)
+                for message in messages:
+                    self._forget(message)
 
     def close(self) -> None:
         """Stop waiting for wake-ups, and put back what was fetched but never handed to the
         consumer thread (Dramatiq's consumer drops it: it stayed in the ack set until the process
         stopped, when the consumer is replaced after an error)."""
         self.broker.wakeups.unregister(self._channel, self._wake)
-        handed = [m.options["redis_message_id"] for m in self._fetched]  # admitted, not yet returned
-        undelivered = [self._key(rid) for rid in handed] + [rid for rid, _ in self.message_cache]
+        fetched = list(self._fetched)  # admitted, not yet returned
+        handed = [m.options["redis_message_id"] for m in fetched]
+        undelivered = [self._key(m) for m in fetched] + [rid for rid, _ in self.message_cache]
         self._fetched.clear()
         self.message_cache.clear()
         self._held.difference_update(k if isinstance(k, bytes) else str(k).encode() for k in undelivered)
-        for rid in handed:
-            self._raw_ids.pop(rid, None)
+        for m in fetched:
+            self._raw_ids.pop(m.message_id, None)
         if undelivered:
             try:
                 self.broker.do_requeue(self.queue_name, *undelivered)

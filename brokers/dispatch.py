@@ -130,7 +130,7 @@ class AtelierRedisBroker(HookTable, RedisBroker):
         self.maintenance_interval = maintenance_interval
         #: Per queue, the ids of this process's ack set that a consumer holds (consumers.py, Orphans),
         #: the ids of its delay queue handed out (held by the consumer thread until due, then moved),
-        #: and the ids that are not UTF-8 (their readable form -> their bytes).
+        #: and the ids that are not UTF-8 (their carrier's message id -> their bytes).
         self._held: dict[str, set[bytes]] = {}
         self._delayed: dict[str, set[str]] = {}
         self._raw: dict[str, dict[str, bytes]] = {}
@@ -154,7 +154,7 @@ class AtelierRedisBroker(HookTable, RedisBroker):
         return self._delayed.setdefault(queue_name, set())
 
     def raw_ids(self, queue_name: str) -> dict[str, bytes]:
-        """Ids of ``queue_name`` that are not UTF-8, by their readable form: kept until settled,
+        """Ids of ``queue_name`` that are not UTF-8, by their carrier's message id: kept until settled,
         whichever consumer settles them (Dramatiq retries a failed ack through a newer one)."""
         return self._raw.setdefault(queue_name, {})
 
@@ -189,7 +189,7 @@ class AtelierRedisBroker(HookTable, RedisBroker):
             rid = message.options.get("redis_message_id")
             delay_queue = dq_name(queue_name)
             if type(rid) is str and rid in self._delayed.get(delay_queue, ()):
-                moving = (delay_queue, self._raw.get(delay_queue, {}).get(rid, rid))
+                moving = (delay_queue, rid)  # UTF-8: a raw id's delivery is a carrier, with no eta
         message = message.copy(options={"redis_message_id": str(uuid4())})  # what Dramatiq's does from here
         if delay is not None:
             queue_name = dq_name(queue_name)

@@ -12,6 +12,8 @@ _REFUSALS = frozenset({"READONLY", "BUSY", "LOADING", "OOM", "MISCONF", "TRYAGAI
 
 def redis_outage(exc: BaseException) -> bool:
     """Whether ``exc`` says Redis cannot be used for now, rather than that the command is wrong."""
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | redis.ReadOnlyError):
+    # redis-py cuts the code off the text of the replies it has a class for (READONLY, OOM).
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | redis.ReadOnlyError
+                  | redis.exceptions.OutOfMemoryError):
         return True
     return isinstance(exc, redis.ResponseError) and str(exc).split(" ", 1)[0] in _REFUSALS

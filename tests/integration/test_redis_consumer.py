@@ -725,9 +725,10 @@ def test_an_ack_redis_refuses_with_oom_is_tried_again_not_given_up(private_redis
         broker = queue.broker(middleware=[])
         ack = broker.do_ack
         refused: list[BaseException] = []
+        first = threading.Lock()  # the first ack only: worker threads ack at once
 
         def oom_once(name: str, message_id: Any) -> Any:
-            if name == queue.name and not refused:
+            if name == queue.name and first.acquire(blocking=False):
                 queue.client.config_set("maxmemory", "1")  # over it at once: noeviction refuses writes
                 try:
                     return ack(name, message_id)
