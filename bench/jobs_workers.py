@@ -12,6 +12,7 @@ again) shows how far from 1.00 two identical sides land on this machine.
 
     .venv/bin/python bench/jobs_workers.py [messages] [rounds]    (from the checkout root)
     BENCH_BROKERS=rabbitmq .venv/bin/python bench/jobs_workers.py 20000 5   (one broker only)
+    BENCH_WORK_MS=1 .venv/bin/python bench/jobs_workers.py 10000 5   (an actor with 1 ms of CPU work)
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def run(kind: str, side: str, n: int, tmp: Path, state: redis.Redis) -> float:
     key = f"bench:{prefix}count"
     env = env_for("atelier", broker_url, REDIS_URL, prefix, key, f"sqlite:///{tmp}/{prefix}.db")
     env["JOBS_ENABLED"] = "true" if side == "on" else "false"
+    env["BENCH_WORK_MS"] = os.environ.get("BENCH_WORK_MS", "0")  # env_for leaves BENCH_* out
     env.pop("DRAMATIQ_PROCESSES", None)
     migrate(env)
     fill(kind, broker_url, prefix, n)
@@ -109,8 +111,10 @@ def main() -> None:
                      for side in SIDES}
             rows.append((kind, rates, ratio))
         state.close()
+    work = os.environ.get("BENCH_WORK_MS", "0")
     print(f"`dramatiq bench.latency_worker` (atelier's actors), default options ({os.cpu_count()} processes x 8 "
-          f"threads), {n} messages per run, {rounds} rounds, dedup off; rate between the 10th and 90th percent")
+          f"threads), {n} messages per run, {rounds} rounds, dedup off, {work} ms of CPU work per message; "
+          "rate between the 10th and 90th percent")
     print(f"{'broker':<9} {'jobs off msg/s':>15} {'jobs on msg/s':>14} {'ratio':>6} {'control':>8}   "
           "runs (off / on / control)")
     for kind, rates, ratio in rows:

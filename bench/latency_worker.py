@@ -7,7 +7,8 @@ atelier's broker class (its consumer, Dramatiq's middleware). BENCH_SIDE=atelier
 `actors` package as `dramatiq actors` loads it (its broker, its stack, every actor), and the probe.
 
 The probe actor records when it started (``time.time()``) in BENCH_STATE_URL under BENCH_KEY; the
-count actor (bench/jobs_overhead.py) adds one to BENCH_KEY's counter.
+count actor (bench/jobs_workers.py) adds one to BENCH_KEY's counter, after BENCH_WORK_MS of CPU work
+(default none).
 """
 
 from __future__ import annotations
@@ -51,6 +52,14 @@ def probe(i: int) -> None:
     state.rpush(KEY, f"{i} {time.time()!r}")
 
 
+#: Work the count actor does before its INCR, in ms of the CPU (holding the GIL, as Python work does).
+WORK_S = float(os.environ.get("BENCH_WORK_MS", "0")) / 1000
+
+
 @dramatiq.actor(queue_name=f"{PREFIX}bench", actor_name="bench_count", max_retries=0)
 def count(i: int) -> None:
+    if WORK_S:
+        until = time.thread_time() + WORK_S
+        while time.thread_time() < until:
+            pass
     state.incr(KEY)
