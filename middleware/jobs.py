@@ -130,7 +130,12 @@ class Jobs(Middleware):
       heartbeat_interval: seconds between worker heartbeats; a worker silent for 3 of them is shown
         not alive, for 10 of them it is forgotten.
       dedup, circuit: whether Dedup / CircuitBreaker are in the stack (to name a skip's reason).
+
+    Actor option ``jobs=False``: the actor's messages get no record (and so cannot be followed or
+    cancelled): for a high-volume actor whose work is small next to what a record costs.
     """
+
+    actor_options = {"jobs"}
 
     def __init__(self, store: Callable[[], JobStore], *, flush_interval: float = 0.2,
                  heartbeat_interval: float = 5.0, dedup: bool = False, circuit: bool = False) -> None:
@@ -150,6 +155,7 @@ class Jobs(Middleware):
         self._cancel_skips: set[str] = set()
         self._running: dict[int, _Job] = {}  # id(job): a redelivery of a running message is a run of its own
         self._queues: dict[str, str] = {}  # a message's queue name (maybe a delay queue's) -> its queue
+        self._tracked: dict[Any, bool] = {}  # actor name -> whether its messages get records
         self._worker: dict[str, Any] | None = None
         self._last_heartbeat = 0.0
         self._flusher: threading.Thread | None = None
@@ -171,6 +177,17 @@ class Jobs(Middleware):
                 self._queues.clear()
             queue = self._queues[name] = q_name(name)
         return queue
+
+    def _tracks(self, broker: Broker | None, actor_name: Any) -> bool:
+        """Whether messages of ``actor_name`` get records: not for an actor declared ``jobs=False``."""
+        tracked = self._tracked.get(actor_name)
+        if tracked is None:
+            actors = getattr(broker, "actors", None) or {}
+            actor = actors.get(actor_name) if type(actor_name) is str else None
+            tracked = actor is None or actor.options.get("jobs", True) is not False
+            if actor is not None:  # names of actors this broker has not declared come from producers
+                self._tracked[actor_name] = tracked
+        return tracked
 
     # -- buffering -------------------------------------------------------------------------
     def _put(self, message_id: str, order: int, fields: dict[str, Any]) -> None:
@@ -281,6 +298,8 @@ class Jobs(Middleware):
 
     # -- enqueue -----------------------------------------------------------------------------
     def before_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
+        if not self._tracks(broker, message.actor_name):
+            return
         # The record's order is the time the enqueue began: a worker can take the message before
         # the enqueue returns (RabbitMQ's publisher confirm), and its "running" and "done" must
         # come after this "queued" in the record's order.
@@ -294,7 +313,7 @@ class Jobs(Middleware):
 
     def after_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
         started = self._enqueue_started.pop(id(message), None)
-        if "dead_letter" in message.options:
+        if "dead_letter" in message.options or not self._tracks(broker, message.actor_name):
             return  # a dead letter waiting to be written, not a run of the message
         now = started if started is not None else _ms()
         job = CURRENT_JOB.get()
@@ -323,7 +342,7 @@ class Jobs(Middleware):
     def before_process_message(self, broker: Broker, message: Message) -> None:
         raw = unwrap(message)
         options = raw.options
-        if "dead_letter" in options:
+        if "dead_letter" in options or not self._tracks(broker, raw.actor_name):
             return
         mid = raw.message_id
         if not self._first_poll.is_set() and self._worker is not None:
@@ -383,7 +402,7 @@ class Jobs(Middleware):
         mid = raw.message_id
         job = self._end(mid)
         options = raw.options
-        if "dead_letter" in options:
+        if "dead_letter" in options or not self._tracks(broker, raw.actor_name):
             return
         if exception is not None and not message.failed and not isinstance(exception, Cancelled) \
                 and job is not None:
@@ -423,8 +442,12 @@ class Jobs(Middleware):
         options = raw.options
         now = _ms()
         if "dead_letter" in options:
-            if options.get("dead_letter_id"):  # the carrier wrote its letter at last
+            letter = options["dead_letter"]
+            of = letter.get("actor") if isinstance(letter, dict) else None
+            if options.get("dead_letter_id") and self._tracks(broker, of):  # the carrier wrote its letter at last
                 self._put(mid, now * 8 + 4, {"dead_letter_id": _short(options["dead_letter_id"])})
+            return
+        if not self._tracks(broker, raw.actor_name):
             return
         if mid in self._cancel_skips:
             self._cancel_skips.discard(mid)

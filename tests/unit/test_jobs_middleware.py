@@ -575,3 +575,26 @@ def test_a_producers_order_floor_far_ahead_or_not_a_number_is_ignored(floor: Any
     record = store.get(message.message_id)
     assert record["status"] == "done" and int(record["order"]) < (int(time.time() * 1000) + 1) * 8
     assert int(record["order"]) >= before * 8
+
+
+def test_an_actor_declared_with_jobs_false_keeps_no_records_and_the_others_do(env: Env) -> None:
+    ran: list[int] = []
+
+    @dramatiq.actor(broker=env.broker, queue_name="q", jobs=False)
+    def tiny(x: int) -> None:
+        report_progress(0.5, "no record to report to")
+        ran.append(x)
+
+    @dramatiq.actor(broker=env.broker, queue_name="q")
+    def tracked(x: int) -> None:
+        ran.append(x)
+
+    untracked = [tiny.send(i) for i in range(3)] + [tiny.send_with_options(args=(9,), delay=10)]
+    kept = tracked.send(7)
+    env.start()
+    env.join()
+    wait_for(lambda: len(ran) == 5)
+    env.jobs.flush()
+    assert all(env.store.get(m.message_id) is None for m in untracked)
+    assert env.show(kept.message_id)["status"] == "done"
+    assert env.service.cancel(untracked[0].message_id) is None  # unknown, as the ops server answers 404
