@@ -1,9 +1,9 @@
 """Where the cost of job records goes, as users run the workers: the CPU time per message of each
 process on the machine (the worker processes, Redis, RabbitMQ, the rest), JOBS_ENABLED false
 against true, with bench/jobs_workers.py's set-up (real `dramatiq bench.latency_worker`
-processes with default options, a counting actor, N messages queued before the worker starts,
-dedup off). CPU is read from /proc (utime + stime) at the 10th and the 90th percent of N, so the
-worker's start-up and tail are left out. Linux only.
+processes with default options, a counting actor with BENCH_WORK_MS of work, N messages queued
+before the worker starts, dedup off). CPU is read from /proc (utime + stime) at the 10th and the
+90th percent of N, so the worker's start-up and tail are left out. Linux only.
 
     .venv/bin/python bench/jobs_cpu.py [messages] [rounds] [redis|rabbitmq]    (from the checkout root)
 """
@@ -14,8 +14,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,8 +21,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import redis  # noqa: E402
-from jobs_workers import fill  # noqa: E402
-from worker_latency import RABBITMQ_URL, REDIS_URL, Worker, env_for, migrate, purge  # noqa: E402
+from jobs_workers import measure  # noqa: E402
+from worker_latency import REDIS_URL  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 GROUPS = {"redis-server": "redis", "beam.smp": "rabbitmq"}
@@ -50,33 +48,8 @@ def cpu_by_group(session: int) -> dict[str, float]:
 
 def run(kind: str, side: str, n: int, tmp: Path, state: redis.Redis) -> tuple[float, dict[str, float]]:
     """(messages a second, CPU µs per message by group) between the 10th and the 90th percent of n."""
-    broker_url = REDIS_URL if kind == "redis" else RABBITMQ_URL
-    prefix = f"jc{uuid.uuid4().hex[:6]}_"
-    key = f"bench:{prefix}count"
-    env = env_for("atelier", broker_url, REDIS_URL, prefix, key, f"sqlite:///{tmp}/{prefix}.db")
-    env["JOBS_ENABLED"] = "true" if side == "on" else "false"
-    env.pop("DRAMATIQ_PROCESSES", None)
-    migrate(env)
-    fill(kind, broker_url, prefix, n)
-    lo, hi = n // 10, n * 9 // 10
-    at: dict[int, tuple[float, dict[str, float]]] = {}
-    worker = Worker(env, tmp / f"{prefix}.log", processes=None)
-    session = os.getsid(worker.proc.pid)
-    try:
-        deadline = time.monotonic() + 600
-        while hi not in at and time.monotonic() < deadline:
-            done = int(state.get(key) or 0)
-            for mark in (lo, hi):
-                if mark not in at and done >= mark:
-                    at[mark] = (time.perf_counter(), cpu_by_group(session))
-            time.sleep(0.005)
-        assert hi in at, f"{kind}/{side}: {state.get(key)} of {n} ran"
-    finally:
-        worker.stop()
-        state.delete(key)
-        purge(kind, prefix, REDIS_URL)
-    (t0, c0), (t1, c1) = at[lo], at[hi]
-    count = hi - lo
+    (t0, c0), (t1, c1) = measure(kind, side, n, tmp, state, cpu_by_group)
+    count = n * 9 // 10 - n // 10
     return count / (t1 - t0), {g: (c1.get(g, 0.0) - c0.get(g, 0.0)) / count * 1e6 for g in c1}
 
 

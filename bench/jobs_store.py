@@ -15,9 +15,7 @@ from them.
 from __future__ import annotations
 
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,16 +23,12 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import redis  # noqa: E402
+from worker_latency import private_redis  # noqa: E402
 
 from adapters.state.jobs import CHUNK, RedisJobStore, _strings  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def updates(n: int) -> tuple[list, list]:
@@ -85,21 +79,12 @@ def baseline_side(client: redis.Redis, batches: tuple[list, list]) -> float:
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
-    server = shutil.which("redis-server")
-    if server is None:
+    if shutil.which("redis-server") is None:
         sys.exit("redis-server is not on PATH")
-    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-                                 "no", "--dir", tmp], stdout=subprocess.DEVNULL)
+        proc, url = private_redis(Path(tmp))
+        client = redis.Redis.from_url(url)
         try:
-            client = redis.Redis(port=port)
-            for _ in range(100):
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    time.sleep(0.05)
             sides: dict[str, list[float]] = {"baseline (no rules)": [], "atelier script": []}
             for r in range(rounds):
                 order = list(sides) if r % 2 == 0 else list(reversed(sides))
@@ -109,6 +94,7 @@ def main() -> None:
                     run = baseline_side if name.startswith("baseline") else script_side
                     sides[name].append(run(client, batches) / (2 * n))
         finally:
+            client.close()
             proc.terminate()
             proc.wait(10)
     print(f"Redis time per record, {n} jobs x 2 records, {rounds} rounds (median, min):")

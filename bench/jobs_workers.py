@@ -23,7 +23,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -63,8 +65,10 @@ def fill(kind: str, broker_url: str, prefix: str, n: int) -> None:
     broker.close()
 
 
-def run(kind: str, side: str, n: int, tmp: Path, state: redis.Redis) -> float:
-    """Messages per second between the 10th and 90th percent of n, for one side."""
+def measure(kind: str, side: str, n: int, tmp: Path, state: redis.Redis,
+            sample: Callable[[int], Any] = lambda session: None) -> tuple[tuple[float, Any], tuple[float, Any]]:
+    """Run one side over n queued messages; at the 10th and at the 90th percent of n, the time and
+    ``sample(the worker's session id)``."""
     broker_url = REDIS_URL if kind == "redis" else RABBITMQ_URL
     prefix = f"jw{uuid.uuid4().hex[:6]}_"
     key = f"bench:{prefix}count"
@@ -75,23 +79,29 @@ def run(kind: str, side: str, n: int, tmp: Path, state: redis.Redis) -> float:
     migrate(env)
     fill(kind, broker_url, prefix, n)
     lo, hi = n // 10, n * 9 // 10
-    marks: dict[int, float] = {}
+    marks: dict[int, tuple[float, Any]] = {}
     worker = Worker(env, tmp / f"{prefix}.log", processes=None)
+    session = os.getsid(worker.proc.pid)
     try:
         deadline = time.monotonic() + 600
         while hi not in marks and time.monotonic() < deadline:
             done = int(state.get(key) or 0)
-            now = time.perf_counter()
             for mark in (lo, hi):
                 if mark not in marks and done >= mark:
-                    marks[mark] = now
+                    marks[mark] = (time.perf_counter(), sample(session))
             time.sleep(0.005)
         assert hi in marks, f"{kind}/{side}: {state.get(key)} of {n} ran"
     finally:
         worker.stop()
         state.delete(key)
         purge(kind, prefix, REDIS_URL)
-    return (hi - lo) / (marks[hi] - marks[lo])
+    return marks[lo], marks[hi]
+
+
+def run(kind: str, side: str, n: int, tmp: Path, state: redis.Redis) -> float:
+    """Messages per second between the 10th and 90th percent of n, for one side."""
+    (t0, _), (t1, _) = measure(kind, side, n, tmp, state)
+    return (n * 9 // 10 - n // 10) / (t1 - t0)
 
 
 def main() -> None:

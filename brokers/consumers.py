@@ -53,6 +53,11 @@ from brokers.admission import Junk, admit, carrier, decode, letter_for, undecoda
 from brokers.redis_errors import redis_outage
 
 
+def _as_bytes(key: Any) -> bytes:
+    """An id as this process's ack set returns it."""
+    return key if isinstance(key, bytes) else str(key).encode()
+
+
 class FetchBatches:
     """Mixin for a Dramatiq consumer: emits "fetch" with every message one fetch brought."""
 
@@ -230,7 +235,7 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
             self._backlog = len(pairs) >= count
         if not pairs:
             return None
-        self._held.update(rid if isinstance(rid, bytes) else str(rid).encode() for rid, _ in pairs)
+        self._held.update(_as_bytes(rid) for rid, _ in pairs)
         self.message_cache.extend(pairs[1:])
         return self._deliver(*pairs[0])
 
@@ -312,8 +317,7 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
 
     def _redis_key(self, message: Any) -> bytes:
         """What Redis knows the delivery by, as its ack set returns it."""
-        key = self._key(message)
-        return key if isinstance(key, bytes) else str(key).encode()
+        return _as_bytes(self._key(message))
 
     def ack(self, message) -> None:
         self._settle(message, self.broker.do_ack)
@@ -367,7 +371,7 @@ class AtelierRedisConsumer(FetchBatches, _RedisConsumer):
         undelivered = [self._key(m) for m in fetched] + [rid for rid, _ in self.message_cache]
         self._fetched.clear()
         self.message_cache.clear()
-        self._held.difference_update(k if isinstance(k, bytes) else str(k).encode() for k in undelivered)
+        self._held.difference_update(_as_bytes(k) for k in undelivered)
         for m in fetched:
             self._raw_ids.pop(m.message_id, None)
         if undelivered:

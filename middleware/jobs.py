@@ -95,13 +95,8 @@ class _Job:
         message = self.message
         fields = {"actor": message.actor_name, "queue": self._jobs.queue_of(message.queue_name),
                   "status": RUNNING, "attempts": self.attempt, "started_at": self.started_at}
-        stamp, cid = message.message_timestamp, message.options.get("correlation_id")
-        if type(stamp) is int:
-            fields["enqueued_at"] = stamp
-        else:
-            _given(fields, "enqueued_at", stamp)
-        if cid is not None:
-            fields["correlation_id"] = cid if type(cid) is str and len(cid) <= 200 else _short(cid)
+        _given(fields, "enqueued_at", message.message_timestamp)
+        _given(fields, "correlation_id", message.options.get("correlation_id"))
         if self.attempt > 1:  # what the previous attempt left
             fields.update(finished_at="", next_attempt_at="", progress="", note="")
         return fields

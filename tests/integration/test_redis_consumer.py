@@ -502,8 +502,9 @@ def test_a_delay_admission_shortens_is_moved_at_its_new_eta(queue: Queue, monkey
 
 
 def run_all(queue: Queue, broker: AtelierRedisBroker, n: int, *, delay: int | None = None,
-            timeout: float = 15) -> Counter[int]:
-    """Send ``n`` messages (with ``delay``), run a worker until each ran or ``timeout``; the runs."""
+            timeout: float = 15, linger: float = 0.0) -> Counter[int]:
+    """Send ``n`` messages (with ``delay``), run a worker until each ran or ``timeout``, then
+    ``linger`` seconds more (a message that would run a second time has the time to); the runs."""
     ran: Counter[int] = Counter()
 
     @dramatiq.actor(broker=broker, queue_name=queue.name, actor_name=f"{queue.name}_job")
@@ -516,6 +517,7 @@ def run_all(queue: Queue, broker: AtelierRedisBroker, n: int, *, delay: int | No
     try:
         services.wait_for(lambda: len(ran) == n and queue.unacked() == 0, timeout=timeout,
                           message=f"all {n} run and acked")
+        time.sleep(linger)  # a second run, had a message been put back after it ran
     finally:
         worker.stop()
     return ran
@@ -631,28 +633,6 @@ def test_a_nack_retried_after_a_dropped_connection_still_rejects_an_id_that_is_n
     assert queue.client.zrange(f"dramatiq:{queue.name}.XQ", 0, -1) == [b"\xff\xfeid"]
 
 
-def run_and_linger(queue: Queue, broker: AtelierRedisBroker, n: int, *, delay: int | None = None,
-                   timeout: float = 8, linger: float = 1.5) -> Counter[int]:
-    """As run_all, then keeps the worker running ``linger`` seconds more: a message that would run
-    a second time has the time to."""
-    ran: Counter[int] = Counter()
-
-    @dramatiq.actor(broker=broker, queue_name=queue.name, actor_name=f"{queue.name}_job")
-    def job(i: int) -> None:
-        ran[i] += 1
-
-    for i in range(n):
-        job.send_with_options(args=(i,), delay=delay)
-    worker = start(broker, threads=2, timeout=200)
-    try:
-        services.wait_for(lambda: len(ran) == n and queue.unacked() == 0, timeout=timeout,
-                          message=f"all {n} run and acked")
-        time.sleep(linger)  # a second run, had a message been put back after it ran
-    finally:
-        worker.stop()
-    return ran
-
-
 def refuse_first_ack(broker: AtelierRedisBroker, queue_name: str) -> list[str]:
     """Redis refuses the first ack on ``queue_name`` (READONLY: a replica during a failover), and
     the fetch after it on that queue meets a dropped connection, so the consumer is replaced; the
@@ -689,7 +669,7 @@ def test_an_ack_redis_refuses_with_readonly_still_lands_and_its_message_runs_onc
 def test_a_delayed_message_whose_ack_after_its_move_redis_refuses_runs_once(queue: Queue) -> None:
     broker = queue.broker(middleware=[])
     refused = refuse_first_ack(broker, f"{queue.name}.DQ")
-    ran = run_and_linger(queue, broker, 1, delay=200)
+    ran = run_all(queue, broker, 1, delay=200, timeout=8, linger=1.5)
     assert refused
     assert ran == Counter({0: 1})
 
@@ -709,7 +689,7 @@ def test_a_delayed_message_whose_move_ran_but_lost_its_reply_runs_once(queue: Qu
             raise redis.ConnectionError("Connection closed by server.")
 
     broker.do_enqueue = reply_lost  # type: ignore[method-assign]
-    ran = run_and_linger(queue, broker, 1, delay=100)
+    ran = run_all(queue, broker, 1, delay=100, timeout=8, linger=1.5)
     assert lost
     assert ran == Counter({0: 1})
 
@@ -740,7 +720,7 @@ def test_an_ack_redis_refuses_with_oom_is_tried_again_not_given_up(private_redis
             return ack(name, message_id)
 
         broker.do_ack = oom_once  # type: ignore[method-assign]
-        ran = run_and_linger(queue, broker, 3, timeout=8, linger=0.5)
+        ran = run_all(queue, broker, 3, timeout=8, linger=0.5)
         assert [type(e).__name__ for e in refused] == ["OutOfMemoryError"]
         assert set(ran.values()) == {1}
     finally:
