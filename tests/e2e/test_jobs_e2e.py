@@ -14,6 +14,7 @@ from tests import services
 
 MODULE = "tests.e2e.jobs_actors"
 pytestmark = pytest.mark.e2e
+DELAY_MS = 20_000
 
 
 @pytest.fixture
@@ -71,9 +72,12 @@ def test_follow_messages_to_done_failed_and_cancelled(env, tmp_path):
         bad = send(env, "bad", "bad")
         failed = services.wait_for(status_is(env, bad, "failed"), timeout=60, message="failed")
         assert failed["reason"] == "permanent" and failed["dead_letter_id"] and "bad bad" in failed["error"]
-        delayed = send(env, "ok", "delayed", delay=3000)
+        # Long enough for the CLI calls below to land before it is due on a loaded machine (each
+        # starts a Python process); the sentinel, sent after it with the same delay, is due later.
+        delayed = send(env, "ok", "delayed", delay=DELAY_MS)
         assert services.wait_for(status_is(env, delayed, "delayed"), timeout=30, message="delayed record")
         assert jobs(env, "cancel", delayed)["cancel"] == "cancelled"
+        sentinel = send(env, "ok", "sentinel", delay=DELAY_MS)
         long = send(env, "long", "long")
         running = services.wait_for(lambda: (v := status_is(env, long, "running")()) and v["progress"] and v,
                                     timeout=60, message="running with progress")
@@ -81,8 +85,7 @@ def test_follow_messages_to_done_failed_and_cancelled(env, tmp_path):
         assert jobs(env, "cancel", long)["cancel"] == "requested"
         cancelled = services.wait_for(status_is(env, long, "cancelled"), timeout=30, message="stopped")
         assert cancelled["reason"] == "cancelled while running" and cancelled["attempts"] == 1
-        # A sentinel sent after the delayed one, with the same delay, runs: the delayed one was due too.
-        sentinel = send(env, "ok", "sentinel", delay=3000)
+        # The sentinel runs: the delayed one was due too.
         services.wait_for(status_is(env, sentinel, "done"), timeout=60, message="sentinel")
     runs = state.hgetall(f"{ns}:runs")
     assert "queued" not in runs and "delayed" not in runs and runs["long"] == "1" and runs["ok"] == "1"
