@@ -6,7 +6,7 @@ RabbitMQ because V's connections dropped (closed by rabbitmqctl, on a vhost of t
 on Redis because maintenance took V for dead and requeued what it held. The second delivery must
 neither run beside the first nor be acknowledged as done; then V is killed (kill -9) before its
 run ends, and the message must still run to completion, exactly once, on the other process, once
-V's dedup lease has ended (DEDUP_LEASE_TTL_S=2)."""
+V's dedup lease has ended (DEDUP_LEASE_TTL_S=4)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from tests import services
 pytestmark = [pytest.mark.e2e, pytest.mark.fault]
 
 MODULE = "tests.e2e.dedup_actors"
-LEASE_TTL_S = 2
+LEASE_TTL_S = 4  # renewed every 1.3 s: a stall of the renewing thread under load must not end it
 
 
 def rabbitmqctl(*args: str) -> str:
@@ -162,7 +162,7 @@ def test_a_message_delivered_again_while_it_runs_then_killed_runs_to_completion_
         survivor_pids = {int(pid) for pid in state.lrange(starts, 0, -1)[1:]}
         assert len(survivor_pids) == 1 and os.getpgid(survivor_pids.pop()) == survivor.proc.pid
         assert state.llen(starts) == 2  # the killed run, and the one that completed
-        assert recovery < LEASE_TTL_S + 10
+        assert recovery < LEASE_TTL_S + 20
         print(f"\n{'rabbitmq' if rabbit else 'redis'}: run again {recovery:.1f} s after kill -9 "
               f"(lease {LEASE_TTL_S} s)")
     finally:

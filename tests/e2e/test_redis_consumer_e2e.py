@@ -53,7 +53,7 @@ def send(env: dict[str, str], *keys: str) -> None:
 
 def unacked(state: Any, prefix: str) -> dict[str, set[str]]:
     """Ack set of each worker process for the recovery queue: {key: ids}."""
-    return {key: state.smembers(key) for key in state.scan_iter(f"dramatiq:__acks__.*.{prefix}recovery")}
+    return {key: state.smembers(key) for key in state.scan_iter(f"dramatiq:__acks__.*.{prefix}recovery", count=1000)}
 
 
 @pytest.mark.fault
