@@ -99,7 +99,7 @@ def test_concurrent_callers_never_go_over_the_rates(redis_ns):
         t.join()
     for p in pacers:
         p.client.close()
-    assert len(granted) >= 40  # it did let sends through: 20/s for 2.5 s, about 50
+    assert len(granted) >= 30  # it did let sends through: 20 per 1.1 s for 2.5 s, about 45
     assert max_in_window([t for t, _ in granted], 1.0) <= 20
     by_recipient = defaultdict(list)
     for t, r in granted:
