@@ -22,6 +22,8 @@ import redis
 from dramatiq.brokers.redis import MAINTENANCE_SCALE, RedisBroker
 
 from tests import services
+from tests.fault.backlog import wait_empty
+from tests.fault.servers import RabbitVhost
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fault]
 
@@ -29,30 +31,23 @@ MODULE = "tests.e2e.dedup_actors"
 LEASE_TTL_S = 4  # renewed every 1.3 s: a stall of the renewing thread under load must not end it
 
 
-def rabbitmqctl(*args: str) -> str:
-    return subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, check=True,
-                          timeout=60).stdout
-
-
 @pytest.fixture
 def env(broker_env):
     env = dict(broker_env)
     vhost = None
     if env["BROKER_URL"].startswith("amqp"):
-        vhost = services.unique("dedup_e2e_")  # its connections are closed below: a vhost of its own
-        rabbitmqctl("add_vhost", vhost)
-        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-        env["BROKER_URL"] = f"{services.RABBITMQ_URL.rstrip('/')}/{vhost}"
+        vhost = RabbitVhost()  # its connections are closed below: a vhost of its own
+        env["BROKER_URL"] = vhost.url
     env.update(TEST_STATE_REDIS_URL=services.REDIS_URL, TEST_STATE_NS=services.unique("dd"),
                DEDUP_LEASE_TTL_S=str(LEASE_TTL_S), dramatiq_restart_delay="300")
     state = redis.Redis.from_url(services.REDIS_URL, decode_responses=True)
-    yield env, state
+    yield env, state, vhost
     keys = list(state.scan_iter(f"{env['TEST_STATE_NS']}*")) + list(state.scan_iter(f"atelier:{env['QUEUE_PREFIX']}*"))
     if keys:
         state.delete(*keys)
     state.close()
     if vhost is not None:
-        rabbitmqctl("delete_vhost", vhost)
+        vhost.close()
     else:
         services.purge_queues(env["BROKER_URL"], env["QUEUE_PREFIX"], ("dedup",))
 
@@ -61,16 +56,6 @@ def send(env: dict[str, str], order: str, message_id: str) -> None:
     sent = subprocess.run([sys.executable, "-m", MODULE, "send", order, message_id], env=env, cwd=services.ROOT,
                           capture_output=True, text=True, timeout=120)
     assert sent.returncode == 0, sent.stderr
-
-
-def drop_connections(vhost: str) -> None:
-    """RabbitMQ closes every connection of the vhost, as a network cut would: what was unacked on
-    them is delivered again, while the workers still run it."""
-    for line in rabbitmqctl("list_connections", "pid", "vhost").splitlines():
-        pid, _, where = line.partition("\t")
-        if where == vhost:
-            subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "test: dropped"], capture_output=True,
-                           timeout=60)
 
 
 def requeue_held(queue: str) -> int:
@@ -93,21 +78,6 @@ def requeue_held(queue: str) -> int:
     return moved
 
 
-def in_broker(env: dict[str, str], queue: str) -> int:
-    """Messages of the queue and its delay queue still in the broker, waiting or unacknowledged."""
-    names = (queue, f"{queue}.DQ")
-    if env["BROKER_URL"].startswith("amqp"):
-        listed = rabbitmqctl("list_queues", "-p", env["BROKER_URL"].rsplit("/", 1)[1], "name", "messages")
-        return sum(int(count) for name, count in (line.split("\t") for line in listed.splitlines()) if name in names)
-    client = redis.Redis.from_url(services.REDIS_URL)
-    try:
-        return sum(client.llen(f"dramatiq:{name}") for name in names) + sum(
-            client.scard(acks) for name in names
-            for acks in client.scan_iter(f"dramatiq:__acks__.*.{name}", count=1000))
-    finally:
-        client.close()
-
-
 def maintain(queue: str) -> None:
     """Redis's maintenance with a short heartbeat timeout: a killed worker's messages (its queue
     and delay queue) go back at once instead of after a minute, whenever a fetch happens to run it."""
@@ -120,11 +90,11 @@ def maintain(queue: str) -> None:
 
 
 def test_a_message_delivered_again_while_it_runs_then_killed_runs_to_completion_exactly_once(env, tmp_path):
-    env, state = env
+    env, state, vhost = env
     ns, order, message_id = env["TEST_STATE_NS"], "o1", str(uuid.uuid4())
     queue = f"{env['QUEUE_PREFIX']}dedup"
     starts = f"{ns}:starts:{order}"
-    rabbit = env["BROKER_URL"].startswith("amqp")
+    rabbit = vhost is not None
     workers = [services.WorkerProcess(env, tmp_path / f"worker-{name}.log", threads=2, modules=(MODULE,))
                for name in ("a", "b")]
     for worker in workers:
@@ -136,7 +106,9 @@ def test_a_message_delivered_again_while_it_runs_then_killed_runs_to_completion_
 
         # The broker hands it out again while it runs.
         if rabbit:
-            drop_connections(env["BROKER_URL"].rsplit("/", 1)[1])
+            # RabbitMQ closes the connections, as a network cut would: what was unacked on them is
+            # delivered again, while the workers still run it.
+            vhost.close_connections()
         else:
             assert requeue_held(queue) == 1
         services.wait_for(lambda: state.llen(starts) > 1 or any("was skipped" in w.output() for w in workers),
@@ -157,7 +129,8 @@ def test_a_message_delivered_again_while_it_runs_then_killed_runs_to_completion_
         state.set(f"{ns}:release:{order}", 1)
         services.wait_for(lambda: state.hget(f"{ns}:effects", order) == "1", timeout=30, message="its effect")
         # Nothing left to come round: every delivery acknowledged, none waiting.
-        services.wait_for(lambda: in_broker(env, queue) == 0, timeout=30, interval=0.5, message="the queues empty")
+        left = wait_empty(env["BROKER_URL"], queue, timeout=30)
+        assert left == 0, f"{left} messages still on the broker"
         assert state.hgetall(f"{ns}:effects") == {order: "1"}
         survivor_pids = {int(pid) for pid in state.lrange(starts, 0, -1)[1:]}
         assert len(survivor_pids) == 1 and os.getpgid(survivor_pids.pop()) == survivor.proc.pid
